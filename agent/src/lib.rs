@@ -12,3 +12,6 @@
 //! - [`config`], [`logging`], [`ops`]: configuration, logs, systemd integration.
 
 pub mod outbox;
+pub mod channel;
+pub mod event;
+pub mod sign;
