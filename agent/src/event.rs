@@ -42,7 +42,9 @@ impl<'de> Visitor<'de> for LenientInt {
         i64::try_from(v).map_err(|_| E::custom("integer out of range"))
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<i64, E> {
-        v.trim().parse().map_err(|_| E::custom(format!("not an integer: {v:?}")))
+        v.trim()
+            .parse()
+            .map_err(|_| E::custom(format!("not an integer: {v:?}")))
     }
 }
 
@@ -81,7 +83,9 @@ fn lenient_opt_int<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Er
 }
 
 /// Strings the firmware may send as numbers (`faceid`, `vip_level`, ...).
-fn lenient_opt_str<'de: 'a, 'a, D: Deserializer<'de>>(d: D) -> Result<Option<Cow<'a, str>>, D::Error> {
+fn lenient_opt_str<'de: 'a, 'a, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Cow<'a, str>>, D::Error> {
     struct V;
     impl<'de> Visitor<'de> for V {
         type Value = Option<Cow<'de, str>>;
@@ -221,8 +225,19 @@ pub struct Envelope<'a> {
 
 impl<'a> Envelope<'a> {
     /// Serialises the envelope around `raw` (which must be the bytes `view` was parsed from).
-    pub fn encode(camera: &str, source: Source, received_at_ms: u64, view: &EventView<'_>, raw: &[u8]) -> Result<Vec<u8>, EventError> {
-        let text = std::str::from_utf8(raw).map_err(|e| EventError::Json(serde_json::Error::io(std::io::Error::new(std::io::ErrorKind::InvalidData, e))))?;
+    pub fn encode(
+        camera: &str,
+        source: Source,
+        received_at_ms: u64,
+        view: &EventView<'_>,
+        raw: &[u8],
+    ) -> Result<Vec<u8>, EventError> {
+        let text = std::str::from_utf8(raw).map_err(|e| {
+            EventError::Json(serde_json::Error::io(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                e,
+            )))
+        })?;
         let event: &serde_json::value::RawValue = serde_json::from_str(text.trim())?;
         let env = Envelope {
             camera,
@@ -274,7 +289,10 @@ mod tests {
     fn dynamic_event_labels_depend_on_the_path() {
         let raw = br#"{"event_id":1,"event_type":"dynamic_detect_event","sn":"FS1","report_time":1,"detect_type":3,"video_url":"https://x/a.flv"}"#;
         let v = EventView::parse(raw).unwrap();
-        assert_eq!(v.detect_label(Source::Channel), Some("picture and voice changed"));
+        assert_eq!(
+            v.detect_label(Source::Channel),
+            Some("picture and voice changed")
+        );
         assert_eq!(v.detect_label(Source::Hook), Some("human detected"));
     }
 
@@ -289,8 +307,18 @@ mod tests {
 
     #[test]
     fn bad_events_are_typed_errors() {
-        for raw in [&b"{"[..], b"[]", br#"{"event_type":"x","sn":"S"}"#, br#"{"event_id":1,"event_type":"x","sn":""}"#, b"\xff"] {
-            assert!(EventView::parse(raw).is_err(), "{:?}", String::from_utf8_lossy(raw));
+        for raw in [
+            &b"{"[..],
+            b"[]",
+            br#"{"event_type":"x","sn":"S"}"#,
+            br#"{"event_id":1,"event_type":"x","sn":""}"#,
+            b"\xff",
+        ] {
+            assert!(
+                EventView::parse(raw).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(raw)
+            );
         }
     }
 

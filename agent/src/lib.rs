@@ -11,7 +11,10 @@
 //! - [`sim`]: a camera simulator speaking the protocol as a camera does (tests, demo, bench).
 //! - [`config`], [`logging`], [`ops`]: configuration, logs, systemd integration.
 
-pub mod outbox;
 pub mod channel;
+pub mod config;
 pub mod event;
+pub mod intake;
+pub mod outbox;
 pub mod sign;
+pub mod status;

@@ -14,7 +14,10 @@ use subtle::ConstantTimeEq;
 
 /// Computes `sign` over `params` (any order; `sign` itself and empty values are skipped).
 pub fn sign(params: &[(&str, &str)], secret: &str) -> String {
-    let mut kept: Vec<&(&str, &str)> = params.iter().filter(|(k, v)| *k != "sign" && !v.is_empty()).collect();
+    let mut kept: Vec<&(&str, &str)> = params
+        .iter()
+        .filter(|(k, v)| *k != "sign" && !v.is_empty())
+        .collect();
     kept.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
     let mut h = Md5::new();
     for (i, (k, v)) in kept.iter().enumerate() {
@@ -38,12 +41,17 @@ pub fn sign(params: &[(&str, &str)], secret: &str) -> String {
 pub fn random_token() -> String {
     const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
     let mut rng = rand::rng();
-    (0..8).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
+    (0..8)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
 }
 
 /// Current Unix time in seconds, as the `timestamp` parameter wants it.
 pub fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -51,11 +59,18 @@ pub enum SignError {
     #[error("missing parameter `{0}`")]
     Missing(&'static str),
     #[error("malformed parameter `{field}`: {reason}")]
-    Malformed { field: &'static str, reason: &'static str },
+    Malformed {
+        field: &'static str,
+        reason: &'static str,
+    },
     #[error("unknown app_id")]
     UnknownAppId,
     #[error("timestamp {timestamp} is {skew} s away from local time (window {window} s)")]
-    OutsideWindow { timestamp: u64, skew: u64, window: u64 },
+    OutsideWindow {
+        timestamp: u64,
+        skew: u64,
+        window: u64,
+    },
     #[error("signature does not match")]
     Forged,
     #[error("replayed request (app_id, random, timestamp seen before)")]
@@ -91,30 +106,49 @@ impl Verifier {
     /// `window_secs`: how far `timestamp` may be from local time (default 300);
     /// `max_entries`: bound of the replay cache (fails closed when full of live entries).
     pub fn new(window_secs: u64, max_entries: usize) -> Self {
-        Self { window_secs, max_entries, seen: Mutex::new(HashMap::new()) }
+        Self {
+            window_secs,
+            max_entries,
+            seen: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Verifies `params` (which include `app_id`, `timestamp`, `random` and `sign`) against
     /// `secret` at Unix time `now`, and remembers it against replay.
     pub fn verify(&self, params: &[(&str, &str)], secret: &str, now: u64) -> Result<(), SignError> {
         let get = |name: &'static str| {
-            params.iter().find(|(k, _)| *k == name).map(|(_, v)| *v).filter(|v| !v.is_empty()).ok_or(SignError::Missing(name))
+            params
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| *v)
+                .filter(|v| !v.is_empty())
+                .ok_or(SignError::Missing(name))
         };
         let app_id = get("app_id")?;
         let random = get("random")?;
         let ts_text = get("timestamp")?;
         let given = get("sign")?;
         if !(6..=10).contains(&random.len()) || !random.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            return Err(SignError::Malformed { field: "random", reason: "6-10 digits and letters" });
+            return Err(SignError::Malformed {
+                field: "random",
+                reason: "6-10 digits and letters",
+            });
         }
         let timestamp: u64 = ts_text
             .parse()
             .ok()
             .filter(|_| ts_text.bytes().all(|b| b.is_ascii_digit()))
-            .ok_or(SignError::Malformed { field: "timestamp", reason: "Unix seconds" })?;
+            .ok_or(SignError::Malformed {
+                field: "timestamp",
+                reason: "Unix seconds",
+            })?;
         let skew = timestamp.abs_diff(now);
         if skew > self.window_secs {
-            return Err(SignError::OutsideWindow { timestamp, skew, window: self.window_secs });
+            return Err(SignError::OutsideWindow {
+                timestamp,
+                skew,
+                window: self.window_secs,
+            });
         }
         let expected = sign(params, secret);
         // Case-insensitive hex would let two spellings of one signature pass the replay key check;
@@ -155,19 +189,33 @@ mod tests {
 
     #[test]
     fn golden_vector_from_decisions() {
-        assert_eq!(sign(VECTOR, "kdsofkdsnflke9382938k"), "4AB07ACA8AC43AC0FD83718BF4D740E1");
+        assert_eq!(
+            sign(VECTOR, "kdsofkdsnflke9382938k"),
+            "4AB07ACA8AC43AC0FD83718BF4D740E1"
+        );
         // Order of the input does not matter; `sign` and empty values are ignored.
         let mut shuffled: Vec<(&str, &str)> = VECTOR.iter().rev().copied().collect();
         shuffled.push(("sign", "WHATEVER"));
         shuffled.push(("empty", ""));
-        assert_eq!(sign(&shuffled, "kdsofkdsnflke9382938k"), "4AB07ACA8AC43AC0FD83718BF4D740E1");
+        assert_eq!(
+            sign(&shuffled, "kdsofkdsnflke9382938k"),
+            "4AB07ACA8AC43AC0FD83718BF4D740E1"
+        );
     }
 
     fn signed(now: u64, random: &str) -> Vec<(String, String)> {
         let ts = now.to_string();
-        let base = [("app_id", "app"), ("random", random), ("timestamp", ts.as_str()), ("keep_alive", "30")];
+        let base = [
+            ("app_id", "app"),
+            ("random", random),
+            ("timestamp", ts.as_str()),
+            ("keep_alive", "30"),
+        ];
         let s = sign(&base, "secret");
-        let mut v: Vec<(String, String)> = base.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut v: Vec<(String, String)> = base
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         v.push(("sign".into(), s));
         v
     }
@@ -181,42 +229,99 @@ mod tests {
         let ver = Verifier::new(300, 100);
         let p = signed(1_700_000_000, "abc123");
         assert_eq!(ver.verify(&refs(&p), "secret", 1_700_000_010), Ok(()));
-        assert_eq!(ver.verify(&refs(&p), "secret", 1_700_000_020), Err(SignError::Replayed));
+        assert_eq!(
+            ver.verify(&refs(&p), "secret", 1_700_000_020),
+            Err(SignError::Replayed)
+        );
     }
 
     #[test]
     fn verify_rejects_forged_wrong_secret_and_window() {
         let ver = Verifier::new(300, 100);
         let mut p = signed(1_700_000_000, "abc124");
-        assert_eq!(ver.verify(&refs(&p), "other", 1_700_000_000), Err(SignError::Forged));
-        assert!(matches!(ver.verify(&refs(&p), "secret", 1_700_000_301), Err(SignError::OutsideWindow { skew: 301, .. })));
+        assert_eq!(
+            ver.verify(&refs(&p), "other", 1_700_000_000),
+            Err(SignError::Forged)
+        );
+        assert!(matches!(
+            ver.verify(&refs(&p), "secret", 1_700_000_301),
+            Err(SignError::OutsideWindow { skew: 301, .. })
+        ));
         p[3].1 = "60".into(); // keep_alive tampered
-        assert_eq!(ver.verify(&refs(&p), "secret", 1_700_000_000), Err(SignError::Forged));
-        let lower: Vec<(String, String)> =
-            signed(1_700_000_000, "abc125").into_iter().map(|(k, v)| if k == "sign" { (k, v.to_lowercase()) } else { (k, v) }).collect();
-        assert_eq!(ver.verify(&refs(&lower), "secret", 1_700_000_000), Err(SignError::Forged));
+        assert_eq!(
+            ver.verify(&refs(&p), "secret", 1_700_000_000),
+            Err(SignError::Forged)
+        );
+        let lower: Vec<(String, String)> = signed(1_700_000_000, "abc125")
+            .into_iter()
+            .map(|(k, v)| {
+                if k == "sign" {
+                    (k, v.to_lowercase())
+                } else {
+                    (k, v)
+                }
+            })
+            .collect();
+        assert_eq!(
+            ver.verify(&refs(&lower), "secret", 1_700_000_000),
+            Err(SignError::Forged)
+        );
     }
 
     #[test]
     fn verify_rejects_missing_and_malformed() {
         let ver = Verifier::new(300, 100);
-        assert_eq!(ver.verify(&[("app_id", "a")], "s", 0), Err(SignError::Missing("random")));
-        let p = [("app_id", "a"), ("random", "12"), ("timestamp", "1"), ("sign", "X")];
-        assert!(matches!(ver.verify(&p, "s", 1), Err(SignError::Malformed { field: "random", .. })));
-        let p = [("app_id", "a"), ("random", "123456"), ("timestamp", "+1"), ("sign", "X")];
-        assert!(matches!(ver.verify(&p, "s", 1), Err(SignError::Malformed { field: "timestamp", .. })));
+        assert_eq!(
+            ver.verify(&[("app_id", "a")], "s", 0),
+            Err(SignError::Missing("random"))
+        );
+        let p = [
+            ("app_id", "a"),
+            ("random", "12"),
+            ("timestamp", "1"),
+            ("sign", "X"),
+        ];
+        assert!(matches!(
+            ver.verify(&p, "s", 1),
+            Err(SignError::Malformed {
+                field: "random",
+                ..
+            })
+        ));
+        let p = [
+            ("app_id", "a"),
+            ("random", "123456"),
+            ("timestamp", "+1"),
+            ("sign", "X"),
+        ];
+        assert!(matches!(
+            ver.verify(&p, "s", 1),
+            Err(SignError::Malformed {
+                field: "timestamp",
+                ..
+            })
+        ));
     }
 
     #[test]
     fn replay_cache_is_bounded_and_expires() {
         let ver = Verifier::new(300, 2);
         let now = 1_700_000_000;
-        assert!(ver.verify(&refs(&signed(now, "aaaaaa")), "secret", now).is_ok());
-        assert!(ver.verify(&refs(&signed(now, "bbbbbb")), "secret", now).is_ok());
-        assert_eq!(ver.verify(&refs(&signed(now, "cccccc")), "secret", now), Err(SignError::ReplayCacheFull));
+        assert!(ver
+            .verify(&refs(&signed(now, "aaaaaa")), "secret", now)
+            .is_ok());
+        assert!(ver
+            .verify(&refs(&signed(now, "bbbbbb")), "secret", now)
+            .is_ok());
+        assert_eq!(
+            ver.verify(&refs(&signed(now, "cccccc")), "secret", now),
+            Err(SignError::ReplayCacheFull)
+        );
         // Once the first entries are out of the window they make room.
         let later = now + 301;
-        assert!(ver.verify(&refs(&signed(later, "dddddd")), "secret", later).is_ok());
+        assert!(ver
+            .verify(&refs(&signed(later, "dddddd")), "secret", later)
+            .is_ok());
     }
 
     #[test]
@@ -227,4 +332,12 @@ mod tests {
             assert!(t.bytes().all(|b| b.is_ascii_alphanumeric()));
         }
     }
+}
+
+/// Current Unix time in milliseconds (envelope timestamps).
+pub fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }

@@ -14,7 +14,11 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(min: Duration, max: Duration) -> Self {
-        Self { min, max: max.max(min), attempt: 0 }
+        Self {
+            min,
+            max: max.max(min),
+            attempt: 0,
+        }
     }
 
     /// Delay before the next attempt: uniform in `[min, min(max, min·2^attempt)]`.

@@ -136,7 +136,11 @@ pub struct FrameCodec {
 
 impl FrameCodec {
     pub const fn new(role: Role) -> Self {
-        Self { role, crc_scope: CrcScope::Payload, max_payload: MAX_PAYLOAD }
+        Self {
+            role,
+            crc_scope: CrcScope::Payload,
+            max_payload: MAX_PAYLOAD,
+        }
     }
 
     pub const fn with_crc_scope(mut self, scope: CrcScope) -> Self {
@@ -170,7 +174,10 @@ impl FrameCodec {
         let packet_type = self.packet_type(raw_type)?;
         let len = u16::from_be_bytes([buf[6], buf[7]]) as usize;
         if len > self.max_payload {
-            return Err(FrameError::Oversize { len, max: self.max_payload });
+            return Err(FrameError::Oversize {
+                len,
+                max: self.max_payload,
+            });
         }
         let total = HEADER_LEN + len + CRC_LEN;
         if buf.len() < total {
@@ -195,7 +202,15 @@ impl FrameCodec {
         } else {
             None
         };
-        Ok(Some((Frame { version, packet_type, payload, quirk }, total)))
+        Ok(Some((
+            Frame {
+                version,
+                packet_type,
+                payload,
+                quirk,
+            },
+            total,
+        )))
     }
 
     fn packet_type(&self, raw: u8) -> Result<PacketType, FrameError> {
@@ -218,15 +233,29 @@ impl FrameCodec {
 }
 
 /// Appends one frame to `out`. The payload must fit the u16 length field.
-pub fn encode(packet_type: PacketType, payload: &[u8], scope: CrcScope, out: &mut Vec<u8>) -> Result<(), FrameError> {
+pub fn encode(
+    packet_type: PacketType,
+    payload: &[u8],
+    scope: CrcScope,
+    out: &mut Vec<u8>,
+) -> Result<(), FrameError> {
     encode_raw(packet_type.code(), VERSION, payload, scope, out)
 }
 
 /// Like [`encode`] with any type byte and version: used by the simulator to send the quirks
 /// (0x11, type 7, other versions) that camgate must accept.
-pub fn encode_raw(type_byte: u8, version: u8, payload: &[u8], scope: CrcScope, out: &mut Vec<u8>) -> Result<(), FrameError> {
+pub fn encode_raw(
+    type_byte: u8,
+    version: u8,
+    payload: &[u8],
+    scope: CrcScope,
+    out: &mut Vec<u8>,
+) -> Result<(), FrameError> {
     if payload.len() > MAX_PAYLOAD {
-        return Err(FrameError::Oversize { len: payload.len(), max: MAX_PAYLOAD });
+        return Err(FrameError::Oversize {
+            len: payload.len(),
+            max: MAX_PAYLOAD,
+        });
     }
     let start = out.len();
     out.reserve(HEADER_LEN + payload.len() + CRC_LEN);
@@ -250,9 +279,15 @@ mod tests {
     /// Golden vectors written by hand from the spec: header, payload, and the CRC-32 of the
     /// payload as zlib computes it (`zlib.crc32(payload)`).
     fn golden() -> Vec<(PacketType, &'static [u8], Vec<u8>)> {
-        let pingreq = vec![0xFF, 0x3E, 0x3E, 0xFF, 0x01, 0x03, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00];
-        let pingresp = vec![0xFF, 0x3E, 0x3E, 0xFF, 0x01, 0x04, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00];
-        let disconnect = vec![0xFF, 0x3E, 0x3E, 0xFF, 0x01, 0x0B, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00];
+        let pingreq = vec![
+            0xFF, 0x3E, 0x3E, 0xFF, 0x01, 0x03, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        ];
+        let pingresp = vec![
+            0xFF, 0x3E, 0x3E, 0xFF, 0x01, 0x04, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        ];
+        let disconnect = vec![
+            0xFF, 0x3E, 0x3E, 0xFF, 0x01, 0x0B, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        ];
         let code0: &'static [u8] = br#"{"code":0}"#;
         let mut connack = vec![0xFF, 0x3E, 0x3E, 0xFF, 0x01, 0x02, 0x00, 0x0A];
         connack.extend_from_slice(code0);
@@ -295,7 +330,10 @@ mod tests {
             let mut out = Vec::new();
             encode(ty, payload, CrcScope::Payload, &mut out).unwrap();
             assert_eq!(out, bytes, "encode {}", ty.name());
-            let (frame, used) = FrameCodec::new(Role::Client).decode(&bytes).unwrap().unwrap();
+            let (frame, used) = FrameCodec::new(Role::Client)
+                .decode(&bytes)
+                .unwrap()
+                .unwrap();
             assert_eq!(used, bytes.len());
             assert_eq!(frame.packet_type, ty);
             assert_eq!(frame.payload, payload);
@@ -305,7 +343,13 @@ mod tests {
 
     #[test]
     fn client_to_server_types_decode_on_the_server() {
-        for ty in [PacketType::Connect, PacketType::Subscribe, PacketType::Unsubscribe, PacketType::Publish, PacketType::PingReq] {
+        for ty in [
+            PacketType::Connect,
+            PacketType::Subscribe,
+            PacketType::Unsubscribe,
+            PacketType::Publish,
+            PacketType::PingReq,
+        ] {
             let mut out = Vec::new();
             encode(ty, b"{}", CrcScope::Payload, &mut out).unwrap();
             let (frame, _) = FrameCodec::new(Role::Server).decode(&out).unwrap().unwrap();
@@ -329,7 +373,14 @@ mod tests {
                 pos += used;
                 frames += 1;
             }
-            let expected: usize = golden().iter().scan(0, |acc, (_, _, b)| { *acc += b.len(); Some(*acc) }).filter(|end| *end <= cut).count();
+            let expected: usize = golden()
+                .iter()
+                .scan(0, |acc, (_, _, b)| {
+                    *acc += b.len();
+                    Some(*acc)
+                })
+                .filter(|end| *end <= cut)
+                .count();
             assert_eq!(frames, expected, "cut at {cut}");
         }
     }
@@ -339,14 +390,20 @@ mod tests {
         let (_, _, mut bytes) = golden().remove(3);
         let len = bytes.len();
         bytes.extend_from_slice(&[0xFF, 0x3E, 0x3E]);
-        let (frame, used) = FrameCodec::new(Role::Client).decode(&bytes).unwrap().unwrap();
+        let (frame, used) = FrameCodec::new(Role::Client)
+            .decode(&bytes)
+            .unwrap()
+            .unwrap();
         assert_eq!(used, len);
         assert_eq!(frame.packet_type, PacketType::Connack);
     }
 
     #[test]
     fn bad_flag_is_refused_on_the_first_byte() {
-        assert_eq!(FrameCodec::new(Role::Client).decode(&[0x00]), Err(FrameError::BadFlag([0, 0, 0, 0])));
+        assert_eq!(
+            FrameCodec::new(Role::Client).decode(&[0x00]),
+            Err(FrameError::BadFlag([0, 0, 0, 0]))
+        );
         assert_eq!(
             FrameCodec::new(Role::Client).decode(&[0xFF, 0x3E, 0x3F]),
             Err(FrameError::BadFlag([0xFF, 0x3E, 0x3F, 0]))
@@ -359,7 +416,10 @@ mod tests {
         let (_, _, mut bytes) = golden().remove(3);
         let last = bytes.len() - 1;
         bytes[last] ^= 0x01;
-        assert!(matches!(FrameCodec::new(Role::Client).decode(&bytes), Err(FrameError::BadCrc { .. })));
+        assert!(matches!(
+            FrameCodec::new(Role::Client).decode(&bytes),
+            Err(FrameError::BadCrc { .. })
+        ));
     }
 
     #[test]
@@ -367,7 +427,10 @@ mod tests {
         for t in [0u8, 12, 0x10, 0x12, 0xFF] {
             let mut out = Vec::new();
             encode_raw(t, 1, b"", CrcScope::Payload, &mut out).unwrap();
-            assert_eq!(FrameCodec::new(Role::Client).decode(&out), Err(FrameError::UnknownType(t)));
+            assert_eq!(
+                FrameCodec::new(Role::Client).decode(&out),
+                Err(FrameError::UnknownType(t))
+            );
         }
     }
 
@@ -375,9 +438,21 @@ mod tests {
     fn oversize_is_refused_from_the_header_alone() {
         let codec = FrameCodec::new(Role::Client).with_max_payload(1024);
         let header = [0xFF, 0x3E, 0x3E, 0xFF, 0x01, 0x09, 0x04, 0x01];
-        assert_eq!(codec.decode(&header), Err(FrameError::Oversize { len: 1025, max: 1024 }));
+        assert_eq!(
+            codec.decode(&header),
+            Err(FrameError::Oversize {
+                len: 1025,
+                max: 1024
+            })
+        );
         let mut big = Vec::new();
-        assert!(encode(PacketType::Publish, &vec![b' '; MAX_PAYLOAD + 1], CrcScope::Payload, &mut big).is_err());
+        assert!(encode(
+            PacketType::Publish,
+            &vec![b' '; MAX_PAYLOAD + 1],
+            CrcScope::Payload,
+            &mut big
+        )
+        .is_err());
     }
 
     #[test]
@@ -386,25 +461,43 @@ mod tests {
         let mut out = Vec::new();
         encode_raw(0x11, 1, b"", CrcScope::Payload, &mut out).unwrap();
         let (f, _) = codec.decode(&out).unwrap().unwrap();
-        assert_eq!((f.packet_type, f.quirk), (PacketType::Disconnect, Some(Quirk::Disconnect0x11)));
+        assert_eq!(
+            (f.packet_type, f.quirk),
+            (PacketType::Disconnect, Some(Quirk::Disconnect0x11))
+        );
 
         out.clear();
         encode_raw(7, 1, br#"{"code":0}"#, CrcScope::Payload, &mut out).unwrap();
         let (f, _) = codec.decode(&out).unwrap().unwrap();
-        assert_eq!((f.packet_type, f.quirk), (PacketType::Unsuback, Some(Quirk::UnsubackAs7)));
+        assert_eq!(
+            (f.packet_type, f.quirk),
+            (PacketType::Unsuback, Some(Quirk::UnsubackAs7))
+        );
 
         out.clear();
         encode_raw(4, 2, b"", CrcScope::Payload, &mut out).unwrap();
         let (f, _) = codec.decode(&out).unwrap().unwrap();
-        assert_eq!((f.packet_type, f.quirk), (PacketType::PingResp, Some(Quirk::Version(2))));
+        assert_eq!(
+            (f.packet_type, f.quirk),
+            (PacketType::PingResp, Some(Quirk::Version(2)))
+        );
     }
 
     #[test]
     fn frame_crc_scope_round_trips_and_differs() {
         let mut out = Vec::new();
-        encode(PacketType::Puback, br#"{"event_id":1}"#, CrcScope::Frame, &mut out).unwrap();
+        encode(
+            PacketType::Puback,
+            br#"{"event_id":1}"#,
+            CrcScope::Frame,
+            &mut out,
+        )
+        .unwrap();
         let codec = FrameCodec::new(Role::Client).with_crc_scope(CrcScope::Frame);
         assert!(codec.decode(&out).unwrap().is_some());
-        assert!(matches!(FrameCodec::new(Role::Client).decode(&out), Err(FrameError::BadCrc { .. })));
+        assert!(matches!(
+            FrameCodec::new(Role::Client).decode(&out),
+            Err(FrameError::BadCrc { .. })
+        ));
     }
 }

@@ -3,6 +3,8 @@
 //! then [`driver`]: one tokio task per camera that owns the socket, and [`tls`] for trust.
 
 pub mod backoff;
+pub mod driver;
 pub mod frame;
 pub mod packet;
 pub mod session;
+pub mod tls;

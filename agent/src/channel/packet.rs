@@ -12,7 +12,11 @@ use crate::sign;
 #[derive(Debug, thiserror::Error)]
 pub enum PacketError {
     #[error("{packet} payload is not the expected JSON: {source}")]
-    BadJson { packet: &'static str, #[source] source: serde_json::Error },
+    BadJson {
+        packet: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error(transparent)]
     Frame(#[from] FrameError),
 }
@@ -33,14 +37,31 @@ pub struct Connect<'a> {
 
 impl<'a> Connect<'a> {
     /// A signed CONNECT: sign over `app_id, keep_alive, random, timestamp` (DECISIONS §3).
-    pub fn signed(app_id: &'a str, secret: &str, keep_alive: u64, unix_now: u64, random: String) -> Connect<'a> {
+    pub fn signed(
+        app_id: &'a str,
+        secret: &str,
+        keep_alive: u64,
+        unix_now: u64,
+        random: String,
+    ) -> Connect<'a> {
         let timestamp = unix_now.to_string();
         let ka = keep_alive.to_string();
         let sign = sign::sign(
-            &[("app_id", app_id), ("keep_alive", &ka), ("random", &random), ("timestamp", &timestamp)],
+            &[
+                ("app_id", app_id),
+                ("keep_alive", &ka),
+                ("random", &random),
+                ("timestamp", &timestamp),
+            ],
             secret,
         );
-        Connect { app_id: Cow::Borrowed(app_id), timestamp: Cow::Owned(timestamp), random: Cow::Owned(random), sign: Cow::Owned(sign), keep_alive }
+        Connect {
+            app_id: Cow::Borrowed(app_id),
+            timestamp: Cow::Owned(timestamp),
+            random: Cow::Owned(random),
+            sign: Cow::Owned(sign),
+            keep_alive,
+        }
     }
 
     /// The parameters covered by the sign, plus `sign`, for [`sign::Verifier::verify`].
@@ -75,13 +96,27 @@ pub struct Puback {
 }
 
 /// Parses a JSON payload of `packet`, mapping the error to a typed one.
-pub fn parse<'a, T: Deserialize<'a>>(packet: PacketType, payload: &'a [u8]) -> Result<T, PacketError> {
-    serde_json::from_slice(payload).map_err(|source| PacketError::BadJson { packet: packet.name(), source })
+pub fn parse<'a, T: Deserialize<'a>>(
+    packet: PacketType,
+    payload: &'a [u8],
+) -> Result<T, PacketError> {
+    serde_json::from_slice(payload).map_err(|source| PacketError::BadJson {
+        packet: packet.name(),
+        source,
+    })
 }
 
 /// Appends a frame whose payload is `value` as compact JSON.
-pub fn encode_json<T: Serialize>(packet: PacketType, value: &T, scope: CrcScope, out: &mut Vec<u8>) -> Result<(), PacketError> {
-    let payload = serde_json::to_vec(value).map_err(|source| PacketError::BadJson { packet: packet.name(), source })?;
+pub fn encode_json<T: Serialize>(
+    packet: PacketType,
+    value: &T,
+    scope: CrcScope,
+    out: &mut Vec<u8>,
+) -> Result<(), PacketError> {
+    let payload = serde_json::to_vec(value).map_err(|source| PacketError::BadJson {
+        packet: packet.name(),
+        source,
+    })?;
     frame::encode(packet, &payload, scope, out)?;
     Ok(())
 }
@@ -108,7 +143,16 @@ mod tests {
         let payload = format!(
             r#"{{"app_id":"mdk923idkf","timestamp":"1593029283","random":"289192","sign":"{CONNECT_SIGN}","keep_alive":30}}"#
         );
-        let mut expected = vec![0xFF, 0x3E, 0x3E, 0xFF, 0x01, 0x01, 0x00, payload.len() as u8];
+        let mut expected = vec![
+            0xFF,
+            0x3E,
+            0x3E,
+            0xFF,
+            0x01,
+            0x01,
+            0x00,
+            payload.len() as u8,
+        ];
         expected.extend_from_slice(payload.as_bytes());
         expected.extend_from_slice(&CONNECT_CRC.to_be_bytes());
         assert_eq!(out, expected);
@@ -123,16 +167,35 @@ mod tests {
     #[test]
     fn subscribe_and_puback_golden_bytes() {
         let mut out = Vec::new();
-        let list = EventList { event_list: vec!["face_recog_event".into(), "dynamic_detect_event".into()] };
+        let list = EventList {
+            event_list: vec!["face_recog_event".into(), "dynamic_detect_event".into()],
+        };
         encode_json(PacketType::Subscribe, &list, CrcScope::Payload, &mut out).unwrap();
         let payload = br#"{"event_list":["face_recog_event","dynamic_detect_event"]}"#;
-        let mut expected = vec![0xFF, 0x3E, 0x3E, 0xFF, 0x01, 0x05, 0x00, payload.len() as u8];
+        let mut expected = vec![
+            0xFF,
+            0x3E,
+            0x3E,
+            0xFF,
+            0x01,
+            0x05,
+            0x00,
+            payload.len() as u8,
+        ];
         expected.extend_from_slice(payload);
         expected.extend_from_slice(&SUBSCRIBE_CRC.to_be_bytes());
         assert_eq!(out, expected);
 
         out.clear();
-        encode_json(PacketType::Puback, &Puback { event_id: EventId(1) }, CrcScope::Payload, &mut out).unwrap();
+        encode_json(
+            PacketType::Puback,
+            &Puback {
+                event_id: EventId(1),
+            },
+            CrcScope::Payload,
+            &mut out,
+        )
+        .unwrap();
         assert_eq!(&out[..8], &[0xFF, 0x3E, 0x3E, 0xFF, 0x01, 0x0A, 0x00, 0x0E]);
         assert_eq!(&out[8..22], br#"{"event_id":1}"#);
     }
@@ -141,8 +204,20 @@ mod tests {
 
     #[test]
     fn bad_payloads_are_typed_errors() {
-        assert!(matches!(parse::<Code>(PacketType::Connack, b"{\"code\":"), Err(PacketError::BadJson { packet: "CONNACK", .. })));
-        assert!(matches!(parse::<Code>(PacketType::Connack, b"{}"), Err(PacketError::BadJson { .. })));
-        assert!(matches!(parse::<EventList>(PacketType::Subscribe, b"{\"event_list\":\"x\"}"), Err(PacketError::BadJson { .. })));
+        assert!(matches!(
+            parse::<Code>(PacketType::Connack, b"{\"code\":"),
+            Err(PacketError::BadJson {
+                packet: "CONNACK",
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse::<Code>(PacketType::Connack, b"{}"),
+            Err(PacketError::BadJson { .. })
+        ));
+        assert!(matches!(
+            parse::<EventList>(PacketType::Subscribe, b"{\"event_list\":\"x\"}"),
+            Err(PacketError::BadJson { .. })
+        ));
     }
 }

@@ -77,7 +77,10 @@ pub enum SessionError {
 impl SessionError {
     /// Whether the camera broke the protocol (counted and logged as such; DECISIONS §2).
     pub fn is_protocol_error(&self) -> bool {
-        matches!(self, SessionError::Unexpected { .. } | SessionError::Packet(_))
+        matches!(
+            self,
+            SessionError::Unexpected { .. } | SessionError::Packet(_)
+        )
     }
 
     /// Stable label for counters and logs.
@@ -128,9 +131,16 @@ impl Session {
             outstanding_pings: 0,
             cfg,
         };
-        let connect = Connect::signed(&s.cfg.app_id, &s.cfg.secret, s.cfg.keep_alive.as_secs(), unix_now, random);
+        let connect = Connect::signed(
+            &s.cfg.app_id,
+            &s.cfg.secret,
+            s.cfg.keep_alive.as_secs(),
+            unix_now,
+            random,
+        );
         let scope = s.cfg.crc_scope;
-        packet::encode_json(PacketType::Connect, &connect, scope, &mut s.transmit).expect("CONNECT fits in a frame");
+        packet::encode_json(PacketType::Connect, &connect, scope, &mut s.transmit)
+            .expect("CONNECT fits in a frame");
         s
     }
 
@@ -157,8 +167,15 @@ impl Session {
     }
 
     /// Handles one frame from the camera.
-    pub fn handle_frame<'a>(&mut self, frame: Frame<'a>, now: Instant) -> Result<SessionEvent<'a>, SessionError> {
-        let unexpected = |state| SessionError::Unexpected { packet: frame.packet_type.name(), state };
+    pub fn handle_frame<'a>(
+        &mut self,
+        frame: Frame<'a>,
+        now: Instant,
+    ) -> Result<SessionEvent<'a>, SessionError> {
+        let unexpected = |state| SessionError::Unexpected {
+            packet: frame.packet_type.name(),
+            state,
+        };
         match (self.state, frame.packet_type) {
             (State::Closed, _) => Err(unexpected(State::Closed)),
             (_, PacketType::Disconnect) => {
@@ -169,12 +186,22 @@ impl Session {
                 let Code { code } = packet::parse(frame.packet_type, frame.payload)?;
                 if code != 0 {
                     self.state = State::Closed;
-                    return Err(SessionError::Refused { phase: Phase::Connect, code });
+                    return Err(SessionError::Refused {
+                        phase: Phase::Connect,
+                        code,
+                    });
                 }
                 self.state = State::AwaitSuback;
                 self.next_ping = Some(now + self.cfg.keep_alive);
-                let list = EventList { event_list: self.cfg.events.iter().map(|e| e.as_str().into()).collect() };
-                packet::encode_json(PacketType::Subscribe, &list, self.cfg.crc_scope, &mut self.transmit)?;
+                let list = EventList {
+                    event_list: self.cfg.events.iter().map(|e| e.as_str().into()).collect(),
+                };
+                packet::encode_json(
+                    PacketType::Subscribe,
+                    &list,
+                    self.cfg.crc_scope,
+                    &mut self.transmit,
+                )?;
                 self.answer_deadline = Some((Phase::Subscribe, now + self.cfg.subscribe_timeout));
                 Ok(SessionEvent::Connected)
             }
@@ -182,17 +209,25 @@ impl Session {
                 let Code { code } = packet::parse(frame.packet_type, frame.payload)?;
                 if code != 0 {
                     self.state = State::Closed;
-                    return Err(SessionError::Refused { phase: Phase::Subscribe, code });
+                    return Err(SessionError::Refused {
+                        phase: Phase::Subscribe,
+                        code,
+                    });
                 }
                 self.state = State::Ready;
                 self.answer_deadline = None;
                 Ok(SessionEvent::Subscribed)
             }
-            (State::Ready, PacketType::Unsuback) if matches!(self.answer_deadline, Some((Phase::Unsubscribe, _))) => {
+            (State::Ready, PacketType::Unsuback)
+                if matches!(self.answer_deadline, Some((Phase::Unsubscribe, _))) =>
+            {
                 let Code { code } = packet::parse(frame.packet_type, frame.payload)?;
                 self.answer_deadline = None;
                 if code != 0 {
-                    return Err(SessionError::Refused { phase: Phase::Unsubscribe, code });
+                    return Err(SessionError::Refused {
+                        phase: Phase::Unsubscribe,
+                        code,
+                    });
                 }
                 Ok(SessionEvent::Unsubscribed)
             }
@@ -201,7 +236,9 @@ impl Session {
                 Ok(SessionEvent::Nothing)
             }
             // Some cameras start publishing before their SUBACK arrives; events are never refused.
-            (State::AwaitSuback | State::Ready, PacketType::Publish) => Ok(SessionEvent::Publish(frame.payload)),
+            (State::AwaitSuback | State::Ready, PacketType::Publish) => {
+                Ok(SessionEvent::Publish(frame.payload))
+            }
             (state, _) => Err(unexpected(state)),
         }
     }
@@ -222,7 +259,9 @@ impl Session {
             if now >= at {
                 if self.outstanding_pings >= self.cfg.max_missed_pings {
                     self.state = State::Closed;
-                    return Err(SessionError::KeepAliveExpired { missed: self.outstanding_pings });
+                    return Err(SessionError::KeepAliveExpired {
+                        missed: self.outstanding_pings,
+                    });
                 }
                 packet::encode_empty(PacketType::PingReq, self.cfg.crc_scope, &mut self.transmit);
                 self.outstanding_pings += 1;
@@ -237,17 +276,32 @@ impl Session {
         if self.state == State::Closed {
             return;
         }
-        packet::encode_json(PacketType::Puback, &Puback { event_id }, self.cfg.crc_scope, &mut self.transmit)
-            .expect("PUBACK fits in a frame");
+        packet::encode_json(
+            PacketType::Puback,
+            &Puback { event_id },
+            self.cfg.crc_scope,
+            &mut self.transmit,
+        )
+        .expect("PUBACK fits in a frame");
     }
 
     /// Queues UNSUBSCRIBE for `events`; the answer is awaited like SUBACK.
     pub fn unsubscribe(&mut self, events: &[String], now: Instant) -> Result<(), SessionError> {
         if self.state != State::Ready {
-            return Err(SessionError::Unexpected { packet: "UNSUBSCRIBE", state: self.state });
+            return Err(SessionError::Unexpected {
+                packet: "UNSUBSCRIBE",
+                state: self.state,
+            });
         }
-        let list = EventList { event_list: events.iter().map(|e| e.as_str().into()).collect() };
-        packet::encode_json(PacketType::Unsubscribe, &list, self.cfg.crc_scope, &mut self.transmit)?;
+        let list = EventList {
+            event_list: events.iter().map(|e| e.as_str().into()).collect(),
+        };
+        packet::encode_json(
+            PacketType::Unsubscribe,
+            &list,
+            self.cfg.crc_scope,
+            &mut self.transmit,
+        )?;
         self.answer_deadline = Some((Phase::Unsubscribe, now + self.cfg.subscribe_timeout));
         Ok(())
     }
@@ -255,7 +309,11 @@ impl Session {
     /// Queues DISCONNECT and closes the session (shutdown, or after a protocol error).
     pub fn disconnect(&mut self) {
         if self.state != State::Closed {
-            packet::encode_empty(PacketType::Disconnect, self.cfg.crc_scope, &mut self.transmit);
+            packet::encode_empty(
+                PacketType::Disconnect,
+                self.cfg.crc_scope,
+                &mut self.transmit,
+            );
             self.state = State::Closed;
         }
         self.answer_deadline = None;
@@ -301,8 +359,15 @@ mod tests {
         v
     }
 
-    fn feed<'a>(s: &mut Session, bytes: &'a [u8], now: Instant) -> Result<SessionEvent<'a>, SessionError> {
-        let (f, _) = FrameCodec::new(Role::Client).decode(bytes).unwrap().unwrap();
+    fn feed<'a>(
+        s: &mut Session,
+        bytes: &'a [u8],
+        now: Instant,
+    ) -> Result<SessionEvent<'a>, SessionError> {
+        let (f, _) = FrameCodec::new(Role::Client)
+            .decode(bytes)
+            .unwrap()
+            .unwrap();
         s.handle_frame(f, now)
     }
 
@@ -315,10 +380,32 @@ mod tests {
         let p = c.sign_params();
         let refs: Vec<(&str, &str)> = p.iter().map(|(k, v)| (*k, v.as_str())).collect();
         v.verify(&refs, "secret", 1_700_000_000).unwrap();
-        assert_eq!(feed(&mut s, &frame_bytes(PacketType::Connack, br#"{"code":0}"#), now).unwrap(), SessionEvent::Connected);
+        assert_eq!(
+            feed(
+                &mut s,
+                &frame_bytes(PacketType::Connack, br#"{"code":0}"#),
+                now
+            )
+            .unwrap(),
+            SessionEvent::Connected
+        );
         let out = sent(&mut s);
-        assert_eq!(out, vec![(PacketType::Subscribe, br#"{"event_list":["face_recog_event"]}"#.to_vec())]);
-        assert_eq!(feed(&mut s, &frame_bytes(PacketType::Suback, br#"{"code":0}"#), now).unwrap(), SessionEvent::Subscribed);
+        assert_eq!(
+            out,
+            vec![(
+                PacketType::Subscribe,
+                br#"{"event_list":["face_recog_event"]}"#.to_vec()
+            )]
+        );
+        assert_eq!(
+            feed(
+                &mut s,
+                &frame_bytes(PacketType::Suback, br#"{"code":0}"#),
+                now
+            )
+            .unwrap(),
+            SessionEvent::Subscribed
+        );
         assert_eq!(s.state(), State::Ready);
         s
     }
@@ -327,24 +414,63 @@ mod tests {
     fn connect_subscribe_publish_puback() {
         let t0 = Instant::now();
         let mut s = ready(t0);
-        let ev = frame_bytes(PacketType::Publish, br#"{"event_id":5,"event_type":"x","sn":"S"}"#);
-        assert!(matches!(feed(&mut s, &ev, t0).unwrap(), SessionEvent::Publish(_)));
-        assert!(!s.has_transmit(), "no PUBACK before the outbox says durable");
+        let ev = frame_bytes(
+            PacketType::Publish,
+            br#"{"event_id":5,"event_type":"x","sn":"S"}"#,
+        );
+        assert!(matches!(
+            feed(&mut s, &ev, t0).unwrap(),
+            SessionEvent::Publish(_)
+        ));
+        assert!(
+            !s.has_transmit(),
+            "no PUBACK before the outbox says durable"
+        );
         s.puback(EventId(5));
-        assert_eq!(sent(&mut s), vec![(PacketType::Puback, br#"{"event_id":5}"#.to_vec())]);
+        assert_eq!(
+            sent(&mut s),
+            vec![(PacketType::Puback, br#"{"event_id":5}"#.to_vec())]
+        );
     }
 
     #[test]
     fn refused_connect_and_subscribe_are_typed() {
         let t0 = Instant::now();
         let mut s = Session::new(cfg(), t0, 1, "abcdef12".into());
-        let err = feed(&mut s, &frame_bytes(PacketType::Connack, br#"{"code":2}"#), t0).unwrap_err();
-        assert!(matches!(err, SessionError::Refused { phase: Phase::Connect, code: 2 }));
+        let err = feed(
+            &mut s,
+            &frame_bytes(PacketType::Connack, br#"{"code":2}"#),
+            t0,
+        )
+        .unwrap_err();
+        assert!(matches!(
+            err,
+            SessionError::Refused {
+                phase: Phase::Connect,
+                code: 2
+            }
+        ));
 
         let mut s = Session::new(cfg(), t0, 1, "abcdef12".into());
-        feed(&mut s, &frame_bytes(PacketType::Connack, br#"{"code":0}"#), t0).unwrap();
-        let err = feed(&mut s, &frame_bytes(PacketType::Suback, br#"{"code":310}"#), t0).unwrap_err();
-        assert!(matches!(err, SessionError::Refused { phase: Phase::Subscribe, code: 310 }));
+        feed(
+            &mut s,
+            &frame_bytes(PacketType::Connack, br#"{"code":0}"#),
+            t0,
+        )
+        .unwrap();
+        let err = feed(
+            &mut s,
+            &frame_bytes(PacketType::Suback, br#"{"code":310}"#),
+            t0,
+        )
+        .unwrap_err();
+        assert!(matches!(
+            err,
+            SessionError::Refused {
+                phase: Phase::Subscribe,
+                code: 310
+            }
+        ));
     }
 
     #[test]
@@ -353,11 +479,28 @@ mod tests {
         let mut s = Session::new(cfg(), t0, 1, "abcdef12".into());
         assert_eq!(s.poll_deadline(), Some(t0 + Duration::from_secs(10)));
         s.handle_timeout(t0 + Duration::from_secs(9)).unwrap();
-        assert!(matches!(s.handle_timeout(t0 + Duration::from_secs(10)), Err(SessionError::Timeout { phase: Phase::Connect, .. })));
+        assert!(matches!(
+            s.handle_timeout(t0 + Duration::from_secs(10)),
+            Err(SessionError::Timeout {
+                phase: Phase::Connect,
+                ..
+            })
+        ));
 
         let mut s = Session::new(cfg(), t0, 1, "abcdef12".into());
-        feed(&mut s, &frame_bytes(PacketType::Connack, br#"{"code":0}"#), t0).unwrap();
-        assert!(matches!(s.handle_timeout(t0 + Duration::from_secs(10)), Err(SessionError::Timeout { phase: Phase::Subscribe, .. })));
+        feed(
+            &mut s,
+            &frame_bytes(PacketType::Connack, br#"{"code":0}"#),
+            t0,
+        )
+        .unwrap();
+        assert!(matches!(
+            s.handle_timeout(t0 + Duration::from_secs(10)),
+            Err(SessionError::Timeout {
+                phase: Phase::Subscribe,
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -372,7 +515,10 @@ mod tests {
             assert_eq!(sent(&mut s), vec![(PacketType::PingReq, vec![])]);
         }
         let at = s.poll_deadline().unwrap();
-        assert!(matches!(s.handle_timeout(at), Err(SessionError::KeepAliveExpired { missed: 3 })));
+        assert!(matches!(
+            s.handle_timeout(at),
+            Err(SessionError::KeepAliveExpired { missed: 3 })
+        ));
     }
 
     #[test]
@@ -396,14 +542,22 @@ mod tests {
         assert_eq!(sent(&mut s)[0].0, PacketType::Unsubscribe);
         let mut quirk = Vec::new();
         frame::encode_raw(7, 1, br#"{"code":0}"#, CrcScope::Payload, &mut quirk).unwrap();
-        assert_eq!(feed(&mut s, &quirk, t0).unwrap(), SessionEvent::Unsubscribed);
+        assert_eq!(
+            feed(&mut s, &quirk, t0).unwrap(),
+            SessionEvent::Unsubscribed
+        );
     }
 
     #[test]
     fn protocol_errors_and_disconnect() {
         let t0 = Instant::now();
         let mut s = ready(t0);
-        let err = feed(&mut s, &frame_bytes(PacketType::Connack, br#"{"code":0}"#), t0).unwrap_err();
+        let err = feed(
+            &mut s,
+            &frame_bytes(PacketType::Connack, br#"{"code":0}"#),
+            t0,
+        )
+        .unwrap_err();
         assert!(err.is_protocol_error());
 
         let mut s = ready(t0);
@@ -418,7 +572,10 @@ mod tests {
         let mut s = ready(t0);
         let mut dis = Vec::new();
         frame::encode_raw(0x11, 1, b"", CrcScope::Payload, &mut dis).unwrap();
-        assert!(matches!(feed(&mut s, &dis, t0), Err(SessionError::PeerDisconnected)));
+        assert!(matches!(
+            feed(&mut s, &dis, t0),
+            Err(SessionError::PeerDisconnected)
+        ));
         assert_eq!(s.state(), State::Closed);
     }
 

@@ -1,0 +1,346 @@
+//! One tokio task per camera: owns the TCP+TLS connection, feeds bytes and time to the sans-IO
+//! [`Session`], hands events to the [`Intake`], and sends PUBACK only once the intake says the
+//! event is durable. Reconnects with backoff; on shutdown it drains pending acks, then sends
+//! DISCONNECT.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{sleep, sleep_until, timeout, Instant};
+use tokio_rustls::TlsConnector;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::backoff::Backoff;
+use super::frame::{FrameCodec, FrameError, PacketType, Role, HEADER_LEN};
+use super::session::{Session, SessionConfig, SessionError, SessionEvent, State};
+use super::tls::{self, ClientTls, TlsError};
+use crate::config::CameraConfig;
+use crate::event::{EventView, Source};
+use crate::intake::{Accepted, Intake, IntakeError};
+use crate::outbox::OutboxError;
+use crate::status::{inc, CameraStatus, LinkState};
+
+/// Events read but not yet durable, per camera. When reached, the task stops reading the
+/// socket (TCP back-pressure reaches the camera) instead of buffering more.
+pub const MAX_IN_FLIGHT: usize = 512;
+/// How long shutdown or a protocol error waits for pending stores before giving up on acking.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("camera config: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("TCP connect to {address}: {source}")]
+    Connect {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS handshake: {0}")]
+    Handshake(#[source] std::io::Error),
+    #[error("timed out after {0:?} in {1}")]
+    Timeout(Duration, &'static str),
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("camera closed the connection")]
+    Eof,
+    #[error("protocol error: {0}")]
+    Frame(#[from] FrameError),
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    #[error("protocol error: PUBLISH payload: {0}")]
+    BadEvent(#[source] crate::event::EventError),
+    #[error("outbox cannot take events ({0}); not acking, camera keeps them")]
+    OutboxRefused(#[source] OutboxError),
+}
+
+impl DriverError {
+    /// Stable label for counters.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DriverError::Config(_) => "config",
+            DriverError::Tls(_) => "tls_config",
+            DriverError::Connect { .. } => "connect",
+            DriverError::Handshake(_) => "tls_handshake",
+            DriverError::Timeout(..) => "timeout",
+            DriverError::Io(_) => "io",
+            DriverError::Eof => "eof",
+            DriverError::Frame(FrameError::BadCrc { .. }) => "bad_crc",
+            DriverError::Frame(FrameError::BadFlag(_)) => "bad_flag",
+            DriverError::Frame(FrameError::UnknownType(_)) => "unknown_type",
+            DriverError::Frame(FrameError::Oversize { .. }) => "oversize",
+            DriverError::Session(e) => e.kind(),
+            DriverError::BadEvent(_) => "bad_event",
+            DriverError::OutboxRefused(OutboxError::Full { .. }) => "outbox_full",
+            DriverError::OutboxRefused(_) => "outbox_io",
+        }
+    }
+
+    /// Whether the camera broke the protocol: DISCONNECT is sent before closing (DECISIONS §2).
+    pub fn is_protocol_error(&self) -> bool {
+        match self {
+            DriverError::Frame(_) | DriverError::BadEvent(_) => true,
+            DriverError::Session(e) => e.is_protocol_error(),
+            _ => false,
+        }
+    }
+}
+
+/// Everything a camera task needs.
+pub struct CameraTask {
+    pub cfg: CameraConfig,
+    pub intake: Arc<Intake>,
+    pub status: Arc<CameraStatus>,
+    pub shutdown: CancellationToken,
+}
+
+enum Ended {
+    Shutdown,
+}
+
+impl CameraTask {
+    /// Runs until `shutdown` is cancelled. Only a configuration error ends it early.
+    pub async fn run(self) -> Result<(), DriverError> {
+        let name = self.cfg.name.clone();
+        let result = self.run_inner().await;
+        if let Err(e) = &result {
+            warn!(camera = %name, error = %e, "camera task stopped");
+        }
+        result
+    }
+
+    async fn run_inner(self) -> Result<(), DriverError> {
+        let secret = self.cfg.resolve_secret().map_err(DriverError::Config)?;
+        let tls = tls::client_config(&self.cfg.tls, self.cfg.host())?;
+        let scfg = SessionConfig {
+            app_id: self.cfg.app_id.clone(),
+            secret,
+            keep_alive: self.cfg.keep_alive(),
+            events: self.cfg.events.clone(),
+            connect_timeout: Duration::from_secs(self.cfg.connect_timeout),
+            subscribe_timeout: Duration::from_secs(self.cfg.subscribe_timeout),
+            max_missed_pings: 3,
+            crc_scope: self.cfg.crc_scope,
+        };
+        let camera: Arc<str> = self.cfg.name.as_str().into();
+        let mut backoff = Backoff::new(
+            Duration::from_secs(self.cfg.backoff_min),
+            Duration::from_secs(self.cfg.backoff_max),
+        );
+        loop {
+            if self.shutdown.is_cancelled() {
+                break;
+            }
+            self.status.set_state(LinkState::Connecting);
+            inc(&self.status.connects);
+            let mut reached_ready = false;
+            match self
+                .connect_and_serve(&tls, &scfg, &camera, &mut reached_ready)
+                .await
+            {
+                Ok(Ended::Shutdown) => break,
+                Err(e) => {
+                    self.status.count_error(e.kind(), e.to_string());
+                    let sn = self.status.serial();
+                    if e.is_protocol_error() {
+                        warn!(camera = %camera, address = %self.cfg.address, sn = sn.as_deref().unwrap_or("-"), kind = e.kind(), error = %e, "protocol error; reconnecting");
+                    } else {
+                        warn!(camera = %camera, address = %self.cfg.address, sn = sn.as_deref().unwrap_or("-"), kind = e.kind(), error = %e, "session ended; reconnecting");
+                    }
+                }
+            }
+            if reached_ready {
+                backoff.reset();
+            }
+            let delay = backoff.next_delay(&mut rand::rng());
+            self.status.set_state(LinkState::Backoff);
+            debug!(camera = %camera, delay_ms = delay.as_millis() as u64, attempt = backoff.attempt(), "backing off");
+            tokio::select! {
+                _ = sleep(delay) => {}
+                _ = self.shutdown.cancelled() => break,
+            }
+        }
+        self.status.set_state(LinkState::Stopped);
+        Ok(())
+    }
+
+    async fn connect_and_serve(
+        &self,
+        tls: &ClientTls,
+        scfg: &SessionConfig,
+        camera: &Arc<str>,
+        reached_ready: &mut bool,
+    ) -> Result<Ended, DriverError> {
+        let limit = Duration::from_secs(self.cfg.connect_timeout);
+        let tcp = tokio::select! {
+            r = timeout(limit, TcpStream::connect(&self.cfg.address)) => r
+                .map_err(|_| DriverError::Timeout(limit, "TCP connect"))?
+                .map_err(|source| DriverError::Connect { address: self.cfg.address.clone(), source })?,
+            _ = self.shutdown.cancelled() => return Ok(Ended::Shutdown),
+        };
+        tcp.set_nodelay(true)?;
+        if tls.insecure {
+            warn!(camera = %camera, address = %self.cfg.address, "TLS certificate NOT verified (insecure_skip_verify = true); lab use only");
+        }
+        let connector = TlsConnector::from(tls.config.clone());
+        let stream = tokio::select! {
+            r = timeout(limit, connector.connect(tls.server_name.clone(), tcp)) => r
+                .map_err(|_| DriverError::Timeout(limit, "TLS handshake"))?
+                .map_err(DriverError::Handshake)?,
+            _ = self.shutdown.cancelled() => return Ok(Ended::Shutdown),
+        };
+        let (mut rd, mut wr) = tokio::io::split(stream);
+        let mut session = Session::new(
+            scfg.clone(),
+            Instant::now().into_std(),
+            crate::sign::unix_now(),
+            crate::sign::random_token(),
+        );
+        wr.write_all(&session.take_transmit()).await?;
+        let codec = FrameCodec::new(Role::Client).with_crc_scope(scfg.crc_scope);
+        let mut buf = BytesMut::with_capacity(16 * 1024);
+        let mut pending = FuturesUnordered::new();
+
+        let result: Result<Ended, DriverError> = async {
+            loop {
+                let deadline = session.poll_deadline().map(Instant::from_std);
+                tokio::select! {
+                    biased;
+                    _ = self.shutdown.cancelled() => return Ok(Ended::Shutdown),
+                    Some(done) = pending.next(), if !pending.is_empty() => {
+                        self.on_stored(&mut session, done)?;
+                    }
+                    _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                        session.handle_timeout(Instant::now().into_std())?;
+                    }
+                    n = rd.read_buf(&mut buf), if pending.len() < MAX_IN_FLIGHT => {
+                        if n? == 0 {
+                            return Err(DriverError::Eof);
+                        }
+                        // Decode every complete frame in the buffer; a partial one waits for more bytes.
+                        while let Some((ty, used, len, quirk)) = codec
+                            .decode(&buf)?
+                            .map(|(f, used)| (f.packet_type, used, f.payload.len(), f.quirk))
+                        {
+                            if quirk.is_some() {
+                                inc(&self.status.quirks);
+                                debug!(camera = %camera, ?quirk, "accepted protocol quirk");
+                            }
+                            let frame_bytes = buf.split_to(used).freeze();
+                            let (frame, _) = codec.decode(&frame_bytes)?.expect("frame was complete");
+                            let event = session.handle_frame(frame, Instant::now().into_std())?;
+                            match event {
+                                SessionEvent::Connected => debug!(camera = %camera, "CONNACK ok"),
+                                SessionEvent::Subscribed => {
+                                    *reached_ready = true;
+                                    inc(&self.status.sessions_ready);
+                                    self.status.set_state(LinkState::Ready);
+                                    info!(camera = %camera, events = ?scfg.events, "subscribed");
+                                }
+                                SessionEvent::Unsubscribed => info!(camera = %camera, "unsubscribed"),
+                                SessionEvent::Publish(_) => {
+                                    debug_assert_eq!(ty, PacketType::Publish);
+                                    let payload = frame_bytes.slice(HEADER_LEN..HEADER_LEN + len);
+                                    pending.push(self.intake.clone().accept(camera.clone(), Source::Channel, payload));
+                                }
+                                SessionEvent::Nothing => {}
+                            }
+                        }
+                        buf.reserve(4096);
+                    }
+                }
+                if session.has_transmit() {
+                    wr.write_all(&session.take_transmit()).await?;
+                }
+            }
+        }
+        .await;
+
+        // Whatever ended the session, events already handed to the outbox are acked if they
+        // become durable soon, so the camera does not need to re-send them.
+        let drain = async {
+            while let Some(done) = pending.next().await {
+                if self.on_stored(&mut session, done).is_err() {
+                    break;
+                }
+            }
+        };
+        let _ = timeout(DRAIN_TIMEOUT, drain).await;
+        let protocol_error = matches!(&result, Err(e) if e.is_protocol_error());
+        if session.state() != State::Closed
+            && (protocol_error
+                || matches!(
+                    result,
+                    Ok(Ended::Shutdown) | Err(DriverError::OutboxRefused(_))
+                ))
+        {
+            session.disconnect();
+        }
+        if session.has_transmit() {
+            let _ = timeout(Duration::from_secs(1), async {
+                wr.write_all(&session.take_transmit()).await?;
+                wr.flush().await?;
+                wr.shutdown().await
+            })
+            .await;
+        }
+        if let Ok(Ended::Shutdown) = result {
+            info!(camera = %camera, "disconnected for shutdown");
+        }
+        result
+    }
+
+    fn on_stored(
+        &self,
+        session: &mut Session,
+        done: Result<Accepted, IntakeError>,
+    ) -> Result<(), DriverError> {
+        match done {
+            Ok(acc) => {
+                match acc {
+                    Accepted::Stored { .. } => inc(&self.status.events_stored),
+                    Accepted::Duplicate { .. } => inc(&self.status.duplicates),
+                }
+                session.puback(acc.event_id());
+                inc(&self.status.pubacks);
+                Ok(())
+            }
+            Err(IntakeError::Event(e)) => Err(DriverError::BadEvent(e)),
+            Err(IntakeError::Outbox(e)) => {
+                inc(&self.status.not_acked);
+                // Reconnecting makes the camera re-send what it still holds once there is room.
+                Err(DriverError::OutboxRefused(e))
+            }
+            Err(IntakeError::ConcurrentFailure) => {
+                inc(&self.status.not_acked);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Remembers the camera's serial from its events, for logs.
+pub fn note_serial(status: &CameraStatus, raw: &[u8]) {
+    if let Ok(v) = EventView::parse(raw) {
+        status.set_serial(&v.sn);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn camera_task_is_send() {
+        fn is_send<T: Send>(_: &T) {}
+        fn check(t: super::CameraTask) {
+            is_send(&t.run());
+        }
+        let _ = check;
+    }
+}
