@@ -1,3 +1,280 @@
-fn main() -> anyhow::Result<()> {
+//! The `camgate` binary: the only place that uses `anyhow`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use camgate::config::Config;
+use camgate::daemon::Daemon;
+use camgate::outbox::Outbox;
+use camgate::{demo, logging, ops, sim};
+
+const DEFAULT_CONFIG: &str = "/etc/camgate/camgate.toml";
+
+#[derive(Parser)]
+#[command(name = "camgate", version, about = "Camera gateway: Sunmi Message Channel sessions, durable outbox, on-device vision, forwarding")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the gateway (what systemd starts).
+    Run(ConfigArg),
+    /// Validate the configuration and print every problem.
+    CheckConfig(ConfigArg),
+    /// Inspect the outbox.
+    Outbox {
+        #[command(subcommand)]
+        cmd: OutboxCmd,
+    },
+    /// Simulated cameras + the real agent on loopback; prints events and a summary.
+    Demo(DemoArgs),
+    /// Run a simulated camera (TLS Message Channel server) until interrupted.
+    SimCamera(SimArgs),
+    /// Exit 0 if the running daemon is healthy (for OTA commit).
+    Health(ConfigArg),
+    /// Print the running daemon's status (cameras, outbox) as JSON.
+    Status(ConfigArg),
+    /// Benchmarks; each prints its figures next to a reference measured in the same run.
+    Bench {
+        #[command(subcommand)]
+        cmd: BenchCmd,
+    },
+}
+
+#[derive(Args)]
+struct ConfigArg {
+    /// Configuration file; `conf.d/*.toml` beside it are merged in.
+    #[arg(long, short, default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum OutboxCmd {
+    /// Print every stored event as a JSON line.
+    Dump {
+        #[arg(long, short, conflicts_with = "dir")]
+        config: Option<PathBuf>,
+        /// The outbox directory (instead of --config).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    #[arg(long, default_value_t = 2)]
+    cameras: usize,
+    /// Events per second per camera.
+    #[arg(long, default_value_t = 2.0)]
+    rate: f64,
+    /// Where to keep the outbox and the JSON-lines file (default: a new temp directory).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Do not inject the occasional bad CRC on the last camera.
+    #[arg(long)]
+    no_faults: bool,
+}
+
+#[derive(Args)]
+struct SimArgs {
+    #[arg(long, default_value = "127.0.0.1:10021")]
+    listen: std::net::SocketAddr,
+    #[arg(long)]
+    app_id: String,
+    #[arg(long)]
+    secret: String,
+    #[arg(long, default_value = "FS101D8BS00106")]
+    serial: String,
+    /// Events per second per connection.
+    #[arg(long, default_value_t = 1.0)]
+    rate: f64,
+    /// Write the generated certificate (PEM) here, for `tls.ca_file`.
+    #[arg(long)]
+    cert_out: Option<PathBuf>,
+    /// Corrupt the CRC of every Nth PUBLISH.
+    #[arg(long)]
+    bad_crc_every: Option<u64>,
+    /// Never answer PINGREQ.
+    #[arg(long)]
+    drop_pings: bool,
+    /// Close in the middle of a frame after N events per connection.
+    #[arg(long)]
+    close_mid_frame_after: Option<u64>,
+    /// Send DISCONNECT as 0x11 after N events per connection.
+    #[arg(long)]
+    disconnect_0x11_after: Option<u64>,
+    /// Refuse CONNECT with this code.
+    #[arg(long)]
+    refuse_connect: Option<i64>,
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Codec decode rate, outbox group commit, and N cameras through TLS into the outbox.
+    Channel(camgate::bench::ChannelBenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match real_main(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("camgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> Result<ExitCode> {
+    match cli.cmd {
+        Cmd::CheckConfig(a) => {
+            let cfg = Config::load(&a.config).with_context(|| format!("loading {}", a.config.display()))?;
+            match cfg.validate() {
+                Ok(()) => {
+                    println!("{}: OK ({} camera(s), outbox {})", a.config.display(), cfg.cameras.len(), cfg.outbox.dir.display());
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("{}: {e}", a.config.display());
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Cmd::Outbox { cmd: OutboxCmd::Dump { config, dir } } => {
+            let dir = match (dir, config) {
+                (Some(d), _) => d,
+                (None, c) => Config::load(&c.unwrap_or_else(|| DEFAULT_CONFIG.into()))?.outbox.dir,
+            };
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            for r in Outbox::dump(&dir).with_context(|| format!("reading outbox {}", dir.display()))? {
+                out.write_all(&r.data)?;
+                out.write_all(b"\n")?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Health(a) => {
+            let cfg = Config::load(&a.config)?;
+            match ops::check_health(&cfg.health.file, camgate::sign::unix_now_ms()) {
+                Ok(r) => {
+                    println!("healthy: pid {} version {}, {} camera(s)", r.pid, r.version, r.cameras.len());
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("unhealthy: {e}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Cmd::Status(a) => {
+            let cfg = Config::load(&a.config)?;
+            let text = std::fs::read_to_string(&cfg.health.file).with_context(|| format!("reading {}", cfg.health.file.display()))?;
+            println!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Run(a) => {
+            let cfg = Config::load_valid(&a.config).with_context(|| format!("configuration {}", a.config.display()))?;
+            logging::init("info", false);
+            runtime()?.block_on(run(cfg))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Demo(a) => {
+            logging::init("warn", true);
+            let dir = a.dir.unwrap_or_else(|| std::env::temp_dir().join(format!("camgate-demo-{}", camgate::sign::unix_now_ms())));
+            let opts = demo::DemoOptions {
+                duration: Duration::from_secs(a.duration),
+                cameras: a.cameras,
+                rate_per_sec: a.rate,
+                dir,
+                faults: !a.no_faults,
+                quiet: false,
+            };
+            runtime()?.block_on(async {
+                let stop = CancellationToken::new();
+                let s2 = stop.clone();
+                tokio::spawn(async move {
+                    let _ = tokio::signal::ctrl_c().await;
+                    s2.cancel();
+                });
+                demo::run(opts, stop).await
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::SimCamera(a) => {
+            logging::init("info", true);
+            runtime()?.block_on(sim_camera(a))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Bench { cmd: BenchCmd::Channel(args) } => {
+            logging::init("warn", true);
+            runtime()?.block_on(camgate::bench::channel(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+async fn run(cfg: Config) -> Result<()> {
+    let daemon = Daemon::start(&cfg).await?;
+    ops::notify_ready();
+    if let Some(every) = ops::watchdog_interval() {
+        // Pinging from a runtime task proves the runtime still schedules work.
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(every / 2);
+            loop {
+                t.tick().await;
+                ops::notify_watchdog();
+            }
+        });
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM"),
+        _ = tokio::signal::ctrl_c() => info!("SIGINT"),
+    }
+    ops::notify_stopping();
+    daemon.shutdown(Duration::from_secs(cfg.shutdown.grace_secs)).await?;
+    Ok(())
+}
+
+async fn sim_camera(a: SimArgs) -> Result<()> {
+    if a.secret.is_empty() {
+        bail!("--secret must not be empty");
+    }
+    let mut cfg = sim::SimConfig::new(&a.app_id, &a.secret);
+    cfg.listen = a.listen;
+    cfg.serial = a.serial;
+    cfg.rate_per_sec = a.rate;
+    cfg.faults = sim::Faults {
+        bad_crc_every: a.bad_crc_every,
+        drop_pings: a.drop_pings,
+        close_mid_frame_after: a.close_mid_frame_after,
+        disconnect_0x11_after: a.disconnect_0x11_after,
+        refuse_connect: a.refuse_connect,
+        ..sim::Faults::default()
+    };
+    let cam = sim::SimCamera::start(cfg).await?;
+    if let Some(p) = &a.cert_out {
+        std::fs::write(p, &cam.cert.cert_pem)?;
+    }
+    println!("sim-camera listening on {} (media on {:?})", cam.addr, cam.media_addr);
+    println!("fingerprint_sha256 = \"{}\"", cam.fingerprint());
+    tokio::signal::ctrl_c().await?;
+    let t = cam.totals();
+    println!("published {} acked {} unacked {} connects {}", t.published, t.acked, t.unacked, t.connects);
     Ok(())
 }

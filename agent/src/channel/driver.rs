@@ -248,6 +248,9 @@ impl CameraTask {
                                 SessionEvent::Publish(_) => {
                                     debug_assert_eq!(ty, PacketType::Publish);
                                     let payload = frame_bytes.slice(HEADER_LEN..HEADER_LEN + len);
+                                    if self.status.serial().is_none() {
+                                        note_serial(&self.status, &payload);
+                                    }
                                     pending.push(self.intake.clone().accept(camera.clone(), Source::Channel, payload));
                                 }
                                 SessionEvent::Nothing => {}

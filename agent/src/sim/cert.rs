@@ -1,0 +1,37 @@
+//! The simulator's self-signed certificate, made at start-up with rcgen (no committed keys).
+
+use std::sync::Arc;
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+pub struct SimCert {
+    pub cert_der: CertificateDer<'static>,
+    key_der: Vec<u8>,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl SimCert {
+    pub fn generate() -> Result<SimCert, rcgen::Error> {
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string(), "sim-camera".to_string()])?;
+        Ok(SimCert {
+            cert_der: ck.cert.der().clone(),
+            key_der: ck.signing_key.serialize_der(),
+            cert_pem: ck.cert.pem(),
+            key_pem: ck.signing_key.serialize_pem(),
+        })
+    }
+
+    pub fn fingerprint(&self) -> String {
+        crate::channel::tls::fingerprint_of(self.cert_der.as_ref())
+    }
+
+    pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.clone()));
+        let cfg = rustls::ServerConfig::builder_with_provider(crate::channel::tls::provider())
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(vec![self.cert_der.clone()], key)?;
+        Ok(Arc::new(cfg))
+    }
+}
