@@ -221,8 +221,13 @@ impl CameraTask {
                         session.handle_timeout(Instant::now().into_std())?;
                     }
                     n = rd.read_buf(&mut buf), if pending.len() < MAX_IN_FLIGHT => {
-                        if n? == 0 {
-                            return Err(DriverError::Eof);
+                        // A camera that drops the TCP connection without TLS close_notify is
+                        // the same event as a clean close for us.
+                        match n {
+                            Ok(0) => return Err(DriverError::Eof),
+                            Ok(_) => {}
+                            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(DriverError::Eof),
+                            Err(e) => return Err(e.into()),
                         }
                         // Decode every complete frame in the buffer; a partial one waits for more bytes.
                         while let Some((ty, used, len, quirk)) = codec

@@ -125,6 +125,9 @@ impl Conn {
                     let faults = self.state.faults.lock().unwrap().clone();
                     let start = out.len();
                     frame::encode(PacketType::Publish, &payload, self.cfg.crc_scope, &mut out)?;
+                    if faults.duplicate_every.is_some_and(|n| n > 0 && id as u64 % n == 0) {
+                        frame::encode(PacketType::Publish, &payload, self.cfg.crc_scope, &mut out)?;
+                    }
                     if faults.bad_crc_every.is_some_and(|n| n > 0 && self.state.published.load(Ordering::Relaxed) % n == 0) {
                         let last = out.len() - 1;
                         out[last] ^= 0x5A;

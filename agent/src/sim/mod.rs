@@ -44,6 +44,8 @@ pub struct Faults {
     pub refuse_subscribe: Option<i64>,
     /// Answer UNSUBSCRIBE with type 7 instead of 8 (the text's "0x06 or 0x07").
     pub unsuback_as_7: bool,
+    /// Publish every Nth event twice in a row (as firmware that re-sends too early would).
+    pub duplicate_every: Option<u64>,
 }
 
 /// How the simulator behaves.
