@@ -287,18 +287,18 @@ impl Outbox {
     pub async fn append(&self, data: Bytes) -> Result<Offset, OutboxError> {
         let core = &*self.inner.core;
         let max = core.cfg.max_record_len();
-        if data.len() > max {
-            return Err(OutboxError::RecordTooLarge { len: data.len(), max });
-        }
-        let size = segment::record_size(data.len());
+        // Reserved with a header of slack: each queued record may end up first in a new segment.
+        let size = segment::record_size(data.len()) + HEADER_LEN as u64;
         {
             let mut st = core.lock();
             if st.closed {
                 return Err(OutboxError::Closed);
             }
-            // One header of slack: the record may be the first of a new segment.
+            if data.len() > max {
+                return Err(OutboxError::RecordTooLarge { len: data.len(), max });
+            }
             let used = st.stored_bytes + st.reserved_bytes;
-            if used + size + HEADER_LEN as u64 > core.cfg.max_bytes {
+            if used + size > core.cfg.max_bytes {
                 st.refused_full += 1;
                 return Err(OutboxError::Full { stored_bytes: used, max_bytes: core.cfg.max_bytes });
             }
