@@ -75,34 +75,38 @@ fn efbig_child() {
         let stats = outbox.stats();
         assert!(stats.io_errors > 0);
         assert!(stats.stored_bytes <= FILE_LIMIT, "{stats:?}");
-        // One by one, appends still fit until the limit, then fail again; the outbox stays usable.
-        let mut refused = false;
-        for _ in 0..200 {
-            let data = record(i);
-            i += 1;
-            match outbox.append(Bytes::from(data.clone())).await {
-                Ok(off) => acked.push((off, data)),
-                Err(OutboxError::Io { .. }) => {
-                    refused = true;
-                    break;
-                }
-                Err(e) => panic!("unexpected error {e}"),
-            }
-        }
-        assert!(refused, "single appends never hit the file size limit");
-
-        // The disk has room again: the same outbox goes on, with offsets right after the acked ones.
+        // Failed writes stopped partway, at the limit: those bytes must have been truncated away.
+        assert_eq!(stats.segments, 1);
+        let seg = dir.join(format!("{:020}.seg", 0));
+        assert_eq!(std::fs::metadata(&seg).unwrap().len(), stats.stored_bytes, "partial write left in {}", seg.display());
+        // The disk has room again: the same outbox goes on, with the offset right after the acked ones.
         set_file_size_limit(libc::RLIM_INFINITY as u64);
-        for k in 0..50 {
-            let data = record(100_000 + k);
-            let off = outbox.append(Bytes::from(data.clone())).await.unwrap();
-            acked.push((off, data));
-        }
+        let data = record(99_999);
+        let off = outbox.append(Bytes::from(data.clone())).await.unwrap();
+        acked.push((off, data));
         acked.sort();
         for (n, (off, _)) in acked.iter().enumerate() {
             assert_eq!(*off, n as u64, "acknowledged offsets must be contiguous: failed appends leave no hole");
         }
+        outbox.shutdown().await.unwrap();
 
+        // Nothing of the failed writes is left for recovery to find: no torn tail to cut, and
+        // above all no complete-looking record that was never acknowledged.
+        let dump = |dir: &Path| -> Vec<(Offset, Vec<u8>)> {
+            Outbox::dump(dir).unwrap().into_iter().map(|r| (r.offset, r.data.to_vec())).collect()
+        };
+        assert_eq!(dump(&dir), acked);
+        let outbox = Outbox::open(&cfg).await.unwrap();
+        let s = outbox.stats();
+        assert_eq!(s.truncated_bytes, 0, "{s:?}");
+        assert_eq!(s.next_offset, acked.len() as u64);
+
+        for k in 0..50 {
+            let data = record(100_000 + k);
+            let off = outbox.append(Bytes::from(data.clone())).await.unwrap();
+            assert_eq!(off, acked.len() as u64);
+            acked.push((off, data));
+        }
         // What a consumer reads is exactly what was acknowledged.
         let mut c = outbox.consumer("check").unwrap();
         let mut read = Vec::new();
@@ -110,16 +114,9 @@ fn efbig_child() {
             read.extend(c.next_batch(1000).await.unwrap().into_iter().map(|r| (r.offset, r.data.to_vec())));
         }
         assert_eq!(read, acked);
+        drop(c);
         outbox.shutdown().await.unwrap();
-
-        // No torn or half-written record was left behind for recovery to cut.
-        let outbox = Outbox::open(&cfg).await.unwrap();
-        let s = outbox.stats();
-        assert_eq!(s.truncated_bytes, 0, "{s:?}");
-        assert_eq!(s.next_offset, acked.len() as u64);
-        let dumped: Vec<(Offset, Vec<u8>)> = Outbox::dump(&dir).unwrap().into_iter().map(|r| (r.offset, r.data.to_vec())).collect();
-        assert_eq!(dumped, acked);
-        outbox.shutdown().await.unwrap();
+        assert_eq!(dump(&dir), acked);
         println!("EFBIG-CHILD-OK acked={} failed={failed}", acked.len());
     });
 }
