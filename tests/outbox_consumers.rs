@@ -154,10 +154,15 @@ async fn shutdown_drains_and_wakes_waiting_consumers() {
     let cfg = cfg(tmp.path(), 1024 * 1024, 64 * 1024);
     let outbox = Outbox::open(&cfg).await.unwrap();
     let mut c = outbox.consumer("sink").unwrap();
+    // Reads until the outbox closes: everything appended before shutdown, then `Closed`.
     let waiter = tokio::spawn(async move {
-        let first = c.next_batch(10).await;
-        let second = c.next_batch(10).await;
-        (first.map(|b| b.len()), second)
+        let mut n = 0;
+        loop {
+            match c.next_batch(7).await {
+                Ok(b) => n += b.len(),
+                Err(e) => return (n, e),
+            }
+        }
     });
     let appends: Vec<_> = (0..20).map(|i| { let o = outbox.clone(); tokio::spawn(async move { o.append(event(i)).await }) }).collect();
     for a in appends {
@@ -165,9 +170,9 @@ async fn shutdown_drains_and_wakes_waiting_consumers() {
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
     outbox.shutdown().await.unwrap();
-    let (first, second) = tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("consumer not woken").unwrap();
-    assert!(first.unwrap() >= 1);
-    assert!(matches!(second, Err(OutboxError::Closed)), "{second:?}");
+    let (n, err) = tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("consumer not woken").unwrap();
+    assert_eq!(n, 20);
+    assert!(matches!(err, OutboxError::Closed), "{err:?}");
     assert!(matches!(outbox.append(event(99)).await, Err(OutboxError::Closed)));
     // Shut down means the directory is free again.
     let again = Outbox::open(&cfg).await.unwrap();
@@ -280,4 +285,31 @@ async fn garbage_files_do_not_panic_open_or_dump() {
     outbox.shutdown().await.unwrap();
     // The bad segment was set aside, not deleted.
     assert!(tmp.path().join(format!("{:020}.seg.corrupt", 0)).exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_writes_what_was_queued() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = cfg(tmp.path(), 1024 * 1024, 64 * 1024);
+    let outbox = Outbox::open(&cfg).await.unwrap();
+    let appends: Vec<_> = (0..200)
+        .map(|i| {
+            let o = outbox.clone();
+            tokio::spawn(async move { (i, o.append(event(i)).await) })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    outbox.shutdown().await.unwrap();
+    let mut ok = Vec::new();
+    for a in appends {
+        match a.await.unwrap() {
+            (i, Ok(off)) => ok.push((off, event(i))),
+            (_, Err(OutboxError::Closed)) => {}
+            (_, Err(e)) => panic!("{e}"),
+        }
+    }
+    assert!(!ok.is_empty());
+    ok.sort();
+    let dumped: Vec<(Offset, Bytes)> = Outbox::dump(tmp.path()).unwrap().into_iter().map(|r| (r.offset, r.data)).collect();
+    assert_eq!(dumped, ok, "acknowledged exactly what is stored");
 }
