@@ -256,7 +256,7 @@ async fn corrupt_record_in_sealed_segment_is_skipped_and_counted() {
     let outbox = Outbox::open(&cfg).await.unwrap();
     let mut c = outbox.consumer("c").unwrap();
     let mut got = Vec::new();
-    while got.last().map_or(true, |r: &Record| r.offset < 59) {
+    while got.last().is_none_or(|r: &Record| r.offset < 59) {
         got.extend(tokio::time::timeout(Duration::from_secs(5), c.next_batch(100)).await.unwrap().unwrap());
     }
     let offsets: Vec<u64> = got.iter().map(|r| r.offset).collect();

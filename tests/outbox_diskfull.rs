@@ -80,7 +80,7 @@ fn efbig_child() {
         let seg = dir.join(format!("{:020}.seg", 0));
         assert_eq!(std::fs::metadata(&seg).unwrap().len(), stats.stored_bytes, "partial write left in {}", seg.display());
         // The disk has room again: the same outbox goes on, with the offset right after the acked ones.
-        set_file_size_limit(libc::RLIM_INFINITY as u64);
+        set_file_size_limit(libc::RLIM_INFINITY);
         let data = record(99_999);
         let off = outbox.append(Bytes::from(data.clone())).await.unwrap();
         acked.push((off, data));

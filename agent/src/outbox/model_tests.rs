@@ -217,13 +217,13 @@ async fn run(cfg: OutboxConfig, ops: Vec<Op>) {
                 let got = outbox.consumer(NAMES[c]);
                 if model.closed {
                     assert!(matches!(got, Err(OutboxError::Closed)), "{ctx}");
-                } else if handles.contains_key(&c) {
-                    assert!(matches!(got, Err(OutboxError::ConsumerBusy(_))), "{ctx}");
-                } else {
+                } else if let std::collections::btree_map::Entry::Vacant(slot) = handles.entry(c) {
                     let h = got.unwrap();
                     model.register(c);
                     assert_eq!(h.committed(), model.consumers[&c].committed, "{ctx}");
-                    handles.insert(c, h);
+                    slot.insert(h);
+                } else {
+                    assert!(matches!(got, Err(OutboxError::ConsumerBusy(_))), "{ctx}");
                 }
             }
             Op::Read { c, max } => {
