@@ -313,3 +313,19 @@ async fn shutdown_writes_what_was_queued() {
     let dumped: Vec<(Offset, Bytes)> = Outbox::dump(tmp.path()).unwrap().into_iter().map(|r| (r.offset, r.data)).collect();
     assert_eq!(dumped, ok, "acknowledged exactly what is stored");
 }
+
+#[tokio::test]
+async fn segment_rolls_exactly_at_its_size() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Header (20) + two records of 8 + 10 bytes fill a segment exactly.
+    let cfg = cfg(tmp.path(), 1024 * 1024, 20 + 2 * 18);
+    let outbox = Outbox::open(&cfg).await.unwrap();
+    for i in 0..5u8 {
+        outbox.append(Bytes::from(vec![i; 10])).await.unwrap();
+    }
+    let names = seg_files(tmp.path());
+    assert_eq!(names, [format!("{:020}.seg", 0), format!("{:020}.seg", 2), format!("{:020}.seg", 4)]);
+    assert_eq!(std::fs::metadata(tmp.path().join(&names[0])).unwrap().len(), 56);
+    assert_eq!(outbox.stats().stored_bytes, 56 + 56 + 38);
+    outbox.shutdown().await.unwrap();
+}
