@@ -8,16 +8,39 @@
 //! - `Outbox::dump(dir)` reads every stored record without opening the log for writing.
 //! - `Outbox::shutdown()` drains pending appends and syncs.
 //!
-//! TEMPORARY implementation: one fsync per append, everything indexed in memory. To be replaced by
-//! the segmented, group-committed log.
+//! Design:
+//! - The log is a directory of segment files named by their first offset ([`segment`] has the
+//!   format). Only the last segment is written; the others are sealed and immutable.
+//! - One writer task owns the active segment. Appenders send their record through a bounded
+//!   channel; the writer takes whatever is queued (up to `max_batch`), writes it with one
+//!   `pwrite` and one `fdatasync` on the blocking pool, then answers every appender. Appends that
+//!   arrive while a sync is in flight queue up and share the next one, which is where the group
+//!   commit comes from under load.
+//! - `max_bytes` bounds the bytes of the segment files (what is on disk). A segment is deleted
+//!   once every registered consumer has committed past its last record, so the bound is also the
+//!   backlog bound. Reaching it refuses appends with `Full` right away instead of dropping
+//!   anything; with no consumer registered nothing is ever released.
+//! - Consumers read from the files (page cache), never from an in-memory copy of the log, and see
+//!   only records that are already durable.
 
+pub mod bench;
+pub mod segment;
+mod store;
+
+#[cfg(test)]
+mod model_tests;
+
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+
+use segment::{HEADER_LEN, MAX_RECORD_LEN};
+use store::ReadOutcome;
 
 /// Position of a record in the log; assigned in append order starting from 0.
 pub type Offset = u64;
@@ -32,8 +55,10 @@ pub struct OutboxConfig {
     /// `Full` (the camera keeps the event and re-sends it). Default 64 MiB.
     pub max_bytes: u64,
     /// Size at which a segment file is closed and a new one started. Default 4 MiB.
+    /// (Capped at a quarter of `max_bytes`, so that whole-segment release can always make room.)
     pub segment_bytes: u64,
     /// Longest time an append waits for others to share its fsync (group commit). Default 2 ms.
+    /// The writer stops collecting earlier as soon as no more appenders are runnable.
     #[serde(with = "humantime_ms")]
     pub group_commit_window: Duration,
     /// Most records written by one group commit. Default 1024.
@@ -49,6 +74,20 @@ impl Default for OutboxConfig {
             group_commit_window: Duration::from_millis(2),
             max_batch: 1024,
         }
+    }
+}
+
+impl OutboxConfig {
+    /// Segment size actually used: a segment can only be released whole, so it must stay well
+    /// below the bound or a caught-up consumer could still leave the outbox full.
+    pub fn effective_segment_bytes(&self) -> u64 {
+        self.segment_bytes.min(self.max_bytes / 4).max(HEADER_LEN as u64 + 1)
+    }
+
+    /// Largest record `append` accepts with this configuration (see `effective_segment_bytes`).
+    pub fn max_record_len(&self) -> usize {
+        let quarter = (self.max_bytes / 4).saturating_sub((HEADER_LEN + segment::RECORD_OVERHEAD) as u64);
+        MAX_RECORD_LEN.min(usize::try_from(quarter).unwrap_or(usize::MAX))
     }
 }
 
@@ -80,6 +119,15 @@ pub struct OutboxStats {
     pub stored_bytes: u64,
     /// Appends refused because the outbox was full, since open.
     pub refused_full: u64,
+    /// Segment files and registered consumers.
+    pub segments: u64,
+    pub consumers: u64,
+    /// Group commits that failed with an I/O error (their appenders got `Io`), since open.
+    pub io_errors: u64,
+    /// Bytes of torn or corrupt tail truncated at open.
+    pub truncated_bytes: u64,
+    /// Records found corrupt (unreadable) in sealed segments, since open.
+    pub corrupt_records: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,19 +142,102 @@ pub enum OutboxError {
     Closed,
     #[error("bad consumer name {0:?} (use [A-Za-z0-9_.-], 1..=64 chars)")]
     BadConsumerName(String),
+    #[error("outbox consumer {0:?} is already in use")]
+    ConsumerBusy(String),
+    #[error("cannot commit offset {through}: the log ends before {next_offset}")]
+    CommitBeyondEnd { through: Offset, next_offset: Offset },
+    #[error("outbox directory {0} is locked by another process")]
+    Locked(PathBuf),
+}
+
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> OutboxError + '_ {
+    move |source| OutboxError::Io { path: path.to_owned(), source }
+}
+
+/// Metadata of one segment file; `records` and `size` cover only durable data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SegMeta {
+    pub base: Offset,
+    pub records: u64,
+    pub size: u64,
+    /// Header unreadable: its records are counted but cannot be delivered.
+    pub unreadable: bool,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Slot {
+    pub committed: Option<Offset>,
+    pub live: bool,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    pub segments: VecDeque<SegMeta>,
+    pub next_offset: Offset,
+    pub stored_bytes: u64,
+    /// Bytes of appends accepted but not written yet: counted against `max_bytes` so that a
+    /// burst cannot overshoot the bound.
+    pub reserved_bytes: u64,
+    pub closed: bool,
+    pub consumers: BTreeMap<String, Slot>,
+    pub refused_full: u64,
+    pub io_errors: u64,
+    pub truncated_bytes: u64,
+    pub corrupt_records: u64,
+}
+
+impl State {
+    /// Sealed segments that every consumer has committed past (none while no consumer exists).
+    fn take_released(&mut self) -> Vec<SegMeta> {
+        let Some(released_below) = self
+            .consumers
+            .values()
+            .map(|s| s.committed.map_or(0, |c| c + 1))
+            .min()
+        else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        // The last segment is the writer's and stays even when empty: its name carries the next
+        // offset across restarts.
+        while self.segments.len() > 1 && self.segments[0].base + self.segments[0].records <= released_below {
+            out.extend(self.segments.pop_front());
+        }
+        out
+    }
+}
+
+/// What the writer and the readers share.
+pub(crate) struct Core {
+    pub cfg: OutboxConfig,
+    pub state: Mutex<State>,
+    /// Signalled when durable records were added or the outbox closed.
+    pub appended: Notify,
+}
+
+impl Core {
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock leaves plain counters behind, still usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+pub(crate) struct AppendReq {
+    pub data: Bytes,
+    pub size: u64,
+    pub reply: oneshot::Sender<Result<Offset, OutboxError>>,
+}
+
+pub(crate) enum Msg {
+    Append(AppendReq),
+    Shutdown(oneshot::Sender<Result<(), OutboxError>>),
 }
 
 struct Inner {
-    cfg: OutboxConfig,
-    state: Mutex<State>,
-    appended: Notify,
-}
-
-struct State {
-    file: Option<std::fs::File>,
-    records: Vec<Bytes>,
-    stored_bytes: u64,
-    refused_full: u64,
+    core: Arc<Core>,
+    /// Dropping the last handle drops this sender, which stops the writer.
+    tx: mpsc::Sender<Msg>,
+    writer_done: watch::Receiver<bool>,
 }
 
 /// Handle to the outbox; cheap to clone.
@@ -115,163 +246,315 @@ pub struct Outbox {
     inner: Arc<Inner>,
 }
 
-const LOG_FILE: &str = "log";
-/// Largest record accepted (an event plus its envelope).
-pub const MAX_RECORD: usize = 1024 * 1024;
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> OutboxError + '_ {
-    move |source| OutboxError::Io { path: path.to_owned(), source }
+/// Gives back a reservation if the append is abandoned before the writer took it over.
+struct Reservation<'a> {
+    core: &'a Core,
+    size: u64,
+    armed: bool,
 }
 
-fn read_records(path: &Path) -> Result<(Vec<Bytes>, u64), OutboxError> {
-    let data = match std::fs::read(path) {
-        Ok(d) => d,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
-        Err(e) => return Err(io_err(path)(e)),
-    };
-    let mut out = Vec::new();
-    let mut pos = 0usize;
-    while pos + 8 <= data.len() {
-        let len = u32::from_le_bytes(data[pos..pos + 4].try_into().unwrap()) as usize;
-        let crc = u32::from_le_bytes(data[pos + 4..pos + 8].try_into().unwrap());
-        if pos + 8 + len > data.len() {
-            break;
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.core.lock().reserved_bytes -= self.size;
         }
-        let body = &data[pos + 8..pos + 8 + len];
-        if crc32fast::hash(body) != crc {
-            break;
-        }
-        out.push(Bytes::copy_from_slice(body));
-        pos += 8 + len;
     }
-    Ok((out, pos as u64))
+}
+
+fn valid_consumer_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        && name != "."
+        && name != ".."
 }
 
 impl Outbox {
     pub async fn open(cfg: &OutboxConfig) -> Result<Self, OutboxError> {
-        std::fs::create_dir_all(&cfg.dir).map_err(io_err(&cfg.dir))?;
-        let path = cfg.dir.join(LOG_FILE);
-        let (records, valid) = read_records(&path)?;
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
-        file.set_len(valid).map_err(io_err(&path))?;
-        Ok(Self {
-            inner: Arc::new(Inner {
-                cfg: cfg.clone(),
-                state: Mutex::new(State { file: Some(file), records, stored_bytes: valid, refused_full: 0 }),
-                appended: Notify::new(),
-            }),
-        })
+        let mut cfg = cfg.clone();
+        cfg.max_batch = cfg.max_batch.max(1);
+        let c2 = cfg.clone();
+        let recovered = tokio::task::spawn_blocking(move || store::recover(&c2))
+            .await
+            .map_err(|e| OutboxError::Io { path: cfg.dir.clone(), source: std::io::Error::other(e) })??;
+        let core = Arc::new(Core { cfg: cfg.clone(), state: Mutex::new(recovered.state), appended: Notify::new() });
+        let (tx, rx) = mpsc::channel(cfg.max_batch.max(16));
+        let (done_tx, done_rx) = watch::channel(false);
+        tokio::spawn(store::run_writer(core.clone(), rx, recovered.writer, recovered.lock, done_tx));
+        Ok(Self { inner: Arc::new(Inner { core, tx, writer_done: done_rx }) })
     }
 
     pub async fn append(&self, data: Bytes) -> Result<Offset, OutboxError> {
-        use std::io::Write;
-        if data.len() > MAX_RECORD {
-            return Err(OutboxError::RecordTooLarge { len: data.len(), max: MAX_RECORD });
+        let core = &*self.inner.core;
+        let max = core.cfg.max_record_len();
+        // Reserved with a header of slack: each queued record may end up first in a new segment.
+        let size = segment::record_size(data.len()) + HEADER_LEN as u64;
+        {
+            let mut st = core.lock();
+            if st.closed {
+                return Err(OutboxError::Closed);
+            }
+            if data.len() > max {
+                return Err(OutboxError::RecordTooLarge { len: data.len(), max });
+            }
+            let used = st.stored_bytes + st.reserved_bytes;
+            if used + size > core.cfg.max_bytes {
+                st.refused_full += 1;
+                return Err(OutboxError::Full { stored_bytes: used, max_bytes: core.cfg.max_bytes });
+            }
+            st.reserved_bytes += size;
         }
-        let mut st = self.inner.state.lock().await;
-        if st.stored_bytes + data.len() as u64 + 8 > self.inner.cfg.max_bytes {
-            st.refused_full += 1;
-            return Err(OutboxError::Full { stored_bytes: st.stored_bytes, max_bytes: self.inner.cfg.max_bytes });
+        let mut reservation = Reservation { core, size, armed: true };
+        let (reply, rx) = oneshot::channel();
+        if self.inner.tx.send(Msg::Append(AppendReq { data, size, reply })).await.is_err() {
+            return Err(OutboxError::Closed);
         }
-        let path = self.inner.cfg.dir.join(LOG_FILE);
-        let file = st.file.as_mut().ok_or(OutboxError::Closed)?;
-        let mut buf = Vec::with_capacity(8 + data.len());
-        buf.extend_from_slice(&(data.len() as u32).to_le_bytes());
-        buf.extend_from_slice(&crc32fast::hash(&data).to_le_bytes());
-        buf.extend_from_slice(&data);
-        file.write_all(&buf).map_err(io_err(&path))?;
-        file.sync_data().map_err(io_err(&path))?;
-        st.stored_bytes += buf.len() as u64;
-        st.records.push(data);
-        let off = st.records.len() as u64 - 1;
-        drop(st);
-        self.inner.appended.notify_waiters();
-        Ok(off)
+        reservation.armed = false;
+        rx.await.unwrap_or(Err(OutboxError::Closed))
     }
 
+    /// Registers (durably, on first use) or reopens the consumer `name`. Only one handle per name
+    /// may be live at a time. Blocks briefly on a small file write when the name is new.
     pub fn consumer(&self, name: &str) -> Result<Consumer, OutboxError> {
-        if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)) {
+        if !valid_consumer_name(name) {
             return Err(OutboxError::BadConsumerName(name.to_owned()));
         }
-        let path = self.inner.cfg.dir.join(format!("consumer-{name}"));
-        let committed = std::fs::read_to_string(&path).ok().and_then(|s| s.trim().parse::<u64>().ok());
-        Ok(Consumer { outbox: self.clone(), path, committed, next: committed.map_or(0, |c| c + 1) })
+        let core = &self.inner.core;
+        let mut st = core.lock();
+        if st.closed {
+            return Err(OutboxError::Closed);
+        }
+        let committed = match st.consumers.get_mut(name) {
+            Some(slot) if slot.live => return Err(OutboxError::ConsumerBusy(name.to_owned())),
+            Some(slot) => {
+                slot.live = true;
+                slot.committed
+            }
+            None => {
+                // Registered before anyone reads: from now on this consumer holds retention,
+                // across restarts too.
+                store::write_cursor(&core.cfg.dir, name, None)?;
+                st.consumers.insert(name.to_owned(), Slot { committed: None, live: true });
+                None
+            }
+        };
+        let first = st.segments.front().map_or(0, |s| s.base);
+        let next = committed.map_or(first, |c| c + 1).max(first);
+        Ok(Consumer { outbox: self.clone(), name: name.to_owned(), committed, next, pos: None, file: None })
     }
 
     pub fn stats(&self) -> OutboxStats {
-        match self.inner.state.try_lock() {
-            Ok(st) => OutboxStats {
-                next_offset: st.records.len() as u64,
-                stored_records: st.records.len() as u64,
-                stored_bytes: st.stored_bytes,
-                refused_full: st.refused_full,
-            },
-            Err(_) => OutboxStats::default(),
+        let st = self.inner.core.lock();
+        let first = st.segments.front().map_or(st.next_offset, |s| s.base);
+        OutboxStats {
+            next_offset: st.next_offset,
+            stored_records: st.next_offset - first,
+            stored_bytes: st.stored_bytes,
+            refused_full: st.refused_full,
+            segments: st.segments.len() as u64,
+            consumers: st.consumers.len() as u64,
+            io_errors: st.io_errors,
+            truncated_bytes: st.truncated_bytes,
+            corrupt_records: st.corrupt_records,
         }
     }
 
+    /// Writes what was queued before the call, syncs, and closes: later appends and waiting
+    /// consumers get `Closed`. Returns once the directory lock is released (the dir can be
+    /// reopened).
     pub async fn shutdown(&self) -> Result<(), OutboxError> {
-        let mut st = self.inner.state.lock().await;
-        if let Some(f) = st.file.take() {
-            f.sync_all().map_err(io_err(&self.inner.cfg.dir))?;
+        {
+            let mut st = self.inner.core.lock();
+            st.closed = true;
         }
-        Ok(())
+        self.inner.core.appended.notify_waiters();
+        let (tx, rx) = oneshot::channel();
+        let result = if self.inner.tx.send(Msg::Shutdown(tx)).await.is_ok() {
+            rx.await.unwrap_or(Ok(()))
+        } else {
+            Ok(())
+        };
+        let mut done = self.inner.writer_done.clone();
+        let _ = done.wait_for(|d| *d).await;
+        result
     }
 
-    /// Every stored record, read-only (for `camgate outbox dump`).
+    /// Every stored record, read-only (for `camgate outbox dump`, also while the daemon runs).
+    /// A torn tail is tolerated; unreadable segments are skipped with a warning.
     pub fn dump(dir: &Path) -> Result<Vec<Record>, OutboxError> {
-        let (records, _) = read_records(&dir.join(LOG_FILE))?;
-        Ok(records.into_iter().enumerate().map(|(i, data)| Record { offset: i as u64, data }).collect())
+        store::dump(dir)
     }
 }
 
 /// A named reader of the outbox with a durable committed offset.
 pub struct Consumer {
     outbox: Outbox,
-    path: PathBuf,
+    name: String,
     committed: Option<Offset>,
+    /// Offset of the next record to read.
     next: Offset,
+    /// Byte position of `next` in its segment, when known (else found by skipping from the start).
+    pos: Option<u64>,
+    /// Open segment file being read, by base offset.
+    file: Option<(Offset, std::fs::File)>,
 }
 
+/// Most bytes one `next_batch` returns (at least one record), to keep readers' memory bounded.
+const READ_BUDGET: u64 = 4 * 1024 * 1024;
+
 impl Consumer {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Waits until at least one record past the read position exists; returns up to `max`.
     pub async fn next_batch(&mut self, max: usize) -> Result<Vec<Record>, OutboxError> {
+        let max = max.max(1) as u64;
+        let core = self.outbox.inner.core.clone();
         loop {
-            let notified = self.outbox.inner.appended.notified();
-            {
-                let st = self.outbox.inner.state.lock().await;
-                let start = self.next as usize;
-                if start < st.records.len() {
-                    let end = (start + max.max(1)).min(st.records.len());
-                    let out: Vec<Record> = (start..end)
-                        .map(|i| Record { offset: i as u64, data: st.records[i].clone() })
-                        .collect();
-                    self.next = end as u64;
-                    return Ok(out);
-                }
-                if st.file.is_none() {
+            let notified = core.appended.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let plan = {
+                let mut st = core.lock();
+                if st.closed {
                     return Err(OutboxError::Closed);
                 }
+                self.plan_read(&mut st, max)
+            };
+            let Some(plan) = plan else {
+                notified.await;
+                continue;
+            };
+            let dir = core.cfg.dir.clone();
+            let file = self.file.take();
+            let pos = self.pos;
+            let next = self.next;
+            let (file, outcome) = tokio::task::spawn_blocking(move || store::read_records(&dir, file, next, pos, &plan))
+                .await
+                .map_err(|e| OutboxError::Io { path: core.cfg.dir.clone(), source: std::io::Error::other(e) })?;
+            self.file = file;
+            match outcome {
+                ReadOutcome::Records { records, end_pos } => {
+                    self.next += records.len() as u64;
+                    self.pos = Some(end_pos);
+                    return Ok(records);
+                }
+                ReadOutcome::Gone => {
+                    // Released under us (only if we committed past our read position): re-plan.
+                    self.pos = None;
+                    let st = core.lock();
+                    if st.segments.iter().any(|s| s.base == plan.base) {
+                        return Err(OutboxError::Io {
+                            path: core.cfg.dir.join(segment::file_name(plan.base)),
+                            source: std::io::ErrorKind::NotFound.into(),
+                        });
+                    }
+                }
+                ReadOutcome::Corrupt { at, reason, path } => {
+                    let mut st = core.lock();
+                    let is_last = st.segments.back().is_some_and(|s| s.base == plan.base);
+                    if is_last {
+                        // The segment being written cannot be skipped: later appends land in it.
+                        return Err(OutboxError::Io { path, source: std::io::Error::new(std::io::ErrorKind::InvalidData, reason) });
+                    }
+                    let lost = plan.seg_end - at;
+                    st.corrupt_records += lost;
+                    tracing::error!(consumer = %self.name, path = %path.display(), offset = at, lost, %reason,
+                        "corrupt record in sealed outbox segment; skipping to the next segment");
+                    self.next = plan.seg_end;
+                    self.pos = None;
+                }
             }
-            notified.await;
         }
     }
 
-    /// Durably records that everything up to and including `through` is done.
+    /// Chooses the segment and record range to read next, or `None` if nothing is durable yet.
+    fn plan_read(&mut self, st: &mut State, max: u64) -> Option<store::ReadPlan> {
+        loop {
+            if self.next >= st.next_offset {
+                return None;
+            }
+            let first = st.segments.front()?;
+            if self.next < first.base {
+                self.next = first.base;
+                self.pos = None;
+            }
+            let idx = st.segments.partition_point(|s| s.base <= self.next).checked_sub(1)?;
+            let seg = &st.segments[idx];
+            let seg_end = seg.base + seg.records;
+            if seg.unreadable || self.next >= seg_end {
+                if seg.unreadable && self.next < seg_end {
+                    st.corrupt_records += seg_end - self.next;
+                    tracing::error!(consumer = %self.name, base = seg.base, "unreadable outbox segment header; skipping it");
+                }
+                self.next = seg_end;
+                self.pos = None;
+                continue;
+            }
+            return Some(store::ReadPlan {
+                base: seg.base,
+                seg_end,
+                limit: seg.size,
+                count: max.min(seg_end - self.next),
+                budget: READ_BUDGET,
+            });
+        }
+    }
+
+    /// Durably records that everything up to and including `through` is done. Monotonic: a lower
+    /// offset than the committed one is a no-op. Releases segments every consumer is done with.
     pub async fn commit(&mut self, through: Offset) -> Result<(), OutboxError> {
-        let tmp = self.path.with_extension("tmp");
-        std::fs::write(&tmp, format!("{through}\n")).map_err(io_err(&tmp))?;
-        std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io_err(&tmp))?;
-        std::fs::rename(&tmp, &self.path).map_err(io_err(&self.path))?;
+        let core = self.outbox.inner.core.clone();
+        {
+            let st = core.lock();
+            if st.closed {
+                return Err(OutboxError::Closed);
+            }
+            if through >= st.next_offset {
+                return Err(OutboxError::CommitBeyondEnd { through, next_offset: st.next_offset });
+            }
+        }
+        if self.committed.is_some_and(|c| c >= through) {
+            return Ok(());
+        }
+        let dir = core.cfg.dir.clone();
+        let name = self.name.clone();
+        tokio::task::spawn_blocking(move || store::write_cursor(&dir, &name, Some(through)))
+            .await
+            .map_err(|e| OutboxError::Io { path: core.cfg.dir.clone(), source: std::io::Error::other(e) })??;
         self.committed = Some(through);
+        if self.next <= through {
+            self.next = through + 1;
+            self.pos = None;
+        }
+        let released = {
+            let mut st = core.lock();
+            if let Some(slot) = st.consumers.get_mut(&self.name) {
+                slot.committed = Some(through);
+            }
+            st.take_released()
+        };
+        if !released.is_empty() {
+            let dir = core.cfg.dir.clone();
+            let freed = tokio::task::spawn_blocking(move || store::delete_segments(&dir, &released))
+                .await
+                .unwrap_or(0);
+            let mut st = core.lock();
+            st.stored_bytes -= freed;
+        }
         Ok(())
     }
 
     pub fn committed(&self) -> Option<Offset> {
         self.committed
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        if let Some(slot) = self.outbox.inner.core.lock().consumers.get_mut(&self.name) {
+            slot.live = false;
+        }
     }
 }
