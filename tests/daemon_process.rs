@@ -44,6 +44,25 @@ tls = {{ fingerprint_sha256 = "{fp}" }}
     path
 }
 
+/// Kills the daemon if a test fails before stopping it, so no orphan outlives the test.
+struct Daemon(std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_run(cfg: &std::path::Path, quiet: bool) -> Daemon {
+    let mut c = Command::new(BIN);
+    c.args(["run", "--config"]).arg(cfg).stdin(Stdio::null()).stdout(Stdio::null());
+    if quiet {
+        c.stderr(Stdio::null());
+    }
+    Daemon(c.spawn().unwrap())
+}
+
 fn sigterm(pid: u32) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
 }
@@ -89,20 +108,23 @@ async fn run_health_sigterm_and_dump() {
     let ok = Command::new(BIN).args(["check-config", "--config"]).arg(&cfg).output().unwrap();
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
 
-    let mut child = Command::new(BIN).args(["run", "--config"]).arg(&cfg).stdin(Stdio::null()).spawn().unwrap();
+    let mut d = spawn_run(&cfg, false);
+    let child = &mut d.0;
     assert!(eventually(Duration::from_secs(20), || sim.totals().acked >= 30).await, "{:?}", sim.totals());
     assert!(
         eventually(Duration::from_secs(5), || Command::new(BIN).args(["health", "--config"]).arg(&cfg).output().unwrap().status.success()).await,
         "camgate health"
     );
-    let status = Command::new(BIN).args(["status", "--config"]).arg(&cfg).output().unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
-    assert_eq!(v["cameras"][0]["name"], "door-1");
-    assert_eq!(v["cameras"][0]["state"], "ready");
+    let status = || {
+        let out = Command::new(BIN).args(["status", "--config"]).arg(&cfg).output().unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
+    };
+    assert!(eventually(Duration::from_secs(5), || status()["cameras"][0]["state"] == "ready").await, "{}", status());
+    assert_eq!(status()["cameras"][0]["name"], "door-1");
 
     let t0 = Instant::now();
     sigterm(child.id());
-    let exit = wait_exit(&mut child, Duration::from_secs(10));
+    let exit = wait_exit(child, Duration::from_secs(10));
     assert!(exit.success(), "{exit:?}");
     assert!(t0.elapsed() < Duration::from_secs(6), "stopped inside the grace period");
     assert!(eventually(Duration::from_secs(5), || sim.state.disconnects_received.load(Ordering::Relaxed) == 1).await);
@@ -122,20 +144,22 @@ async fn kill_9_mid_stream_loses_no_acknowledged_event() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), &sim);
     for round in 0..3u64 {
-        let mut child = Command::new(BIN).args(["run", "--config"]).arg(&cfg).stdin(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let mut d = spawn_run(&cfg, true);
         let target = (round + 1) * 150;
         assert!(eventually(Duration::from_secs(30), || sim.totals().acked >= target).await, "{:?}", sim.totals());
-        child.kill().unwrap(); // SIGKILL, mid-stream
-        child.wait().unwrap();
+        d.0.kill().unwrap(); // SIGKILL, mid-stream
+        d.0.wait().unwrap();
         // Everything the camera saw acknowledged must be on disk, intact.
         assert_acked_are_stored(&sim, "FS101D8BS00106", &dir.path().join("outbox"));
     }
     // A last clean run takes the re-sent events, and the log is still consistent.
     sim.set_paused(true);
-    let mut child = Command::new(BIN).args(["run", "--config"]).arg(&cfg).stdin(Stdio::null()).spawn().unwrap();
+    let mut d = spawn_run(&cfg, false);
     assert!(eventually(Duration::from_secs(30), || sim.totals().unacked == 0).await, "{:?}", sim.totals());
-    sigterm(child.id());
-    assert!(wait_exit(&mut child, Duration::from_secs(10)).success());
+    assert!(eventually(Duration::from_secs(10), || sim.state.subscribes.load(Ordering::Relaxed) >= 4).await);
+    sigterm(d.0.id());
+    let exit = wait_exit(&mut d.0, Duration::from_secs(10));
+    assert!(exit.success(), "{exit:?}");
     assert_acked_are_stored(&sim, "FS101D8BS00106", &dir.path().join("outbox"));
     let stored = stored_events(&dir.path().join("outbox"));
     assert_eq!(stored.len() as u64, sim.totals().published, "each event exactly once");

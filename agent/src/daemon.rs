@@ -42,6 +42,11 @@ impl Daemon {
     pub async fn start(cfg: &Config) -> Result<Daemon, DaemonError> {
         let outbox = Outbox::open(&cfg.outbox).await?;
         let intake = Intake::new(outbox.clone(), Duration::from_secs(cfg.intake.dedupe_window_secs), cfg.intake.dedupe_max_entries);
+        // De-duplication survives restarts (and kill -9): re-learn what the outbox still holds.
+        let seeded = intake.seed(Outbox::dump(&cfg.outbox.dir)?.iter().filter_map(|r| {
+            let e: crate::event::StoredEnvelope = serde_json::from_slice(&r.data).ok()?;
+            Some((e.sn.into_owned(), e.event_id, e.received_at_ms))
+        }));
         let intake_stop = CancellationToken::new();
         let sink_stop = CancellationToken::new();
         let mut camera_tasks = JoinSet::new();
@@ -66,7 +71,7 @@ impl Daemon {
         }
         let mut d = Daemon { outbox, intake, cameras, cfg: cfg.clone(), intake_stop, sink_stop, camera_tasks, sink_tasks, health_task: None };
         d.health_task = Some(d.spawn_health());
-        info!(cameras = d.cameras.len(), outbox = %cfg.outbox.dir.display(), "camgate started");
+        info!(cameras = d.cameras.len(), outbox = %cfg.outbox.dir.display(), dedupe_seeded = seeded, "camgate started");
         Ok(d)
     }
 

@@ -149,6 +149,32 @@ impl Intake {
         result.map(|offset| Accepted::Stored { event_id, offset })
     }
 
+    /// Remembers events stored before a restart (`(sn, event_id, received_at_ms)`, oldest first),
+    /// so that a camera re-sending what a killed process stored but never acknowledged gets an
+    /// ack and no second copy.
+    pub fn seed(&self, stored: impl IntoIterator<Item = (String, EventId, u64)>) -> usize {
+        let now_ms = crate::sign::unix_now_ms();
+        let now = Instant::now();
+        let window_ms = self.window.as_millis() as u64;
+        let mut d = self.dedupe.lock().unwrap_or_else(|e| e.into_inner());
+        for (sn, id, at_ms) in stored {
+            let age = now_ms.saturating_sub(at_ms);
+            if age >= window_ms {
+                continue;
+            }
+            let until = now + Duration::from_millis(window_ms - age);
+            let key: Key = (sn.into_boxed_str(), id);
+            d.map.insert(key.clone(), Entry::Done(until));
+            d.order.push_back((until, key));
+            if d.order.len() > self.max_entries {
+                if let Some((_, old)) = d.order.pop_front() {
+                    d.map.remove(&old);
+                }
+            }
+        }
+        d.map.len()
+    }
+
     fn expire(&self, d: &mut Dedupe, now: Instant) {
         while let Some((until, _)) = d.order.front() {
             if *until > now && d.order.len() <= self.max_entries {
@@ -278,6 +304,18 @@ mod tests {
                 .unwrap();
         }
         assert!(i.remembered() <= 10, "{}", i.remembered());
+    }
+
+    #[tokio::test]
+    async fn seeded_events_are_duplicates_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let i = intake(dir.path(), Duration::from_secs(3600), 100).await;
+        let now = crate::sign::unix_now_ms();
+        let n = i.seed([("S".to_string(), EventId(1), now - 1000), ("S".to_string(), EventId(2), now - 7_200_000)]);
+        assert_eq!(n, 1, "the event older than the window is not remembered");
+        let cam: Arc<str> = "cam".into();
+        assert_eq!(i.clone().accept(cam.clone(), Source::Channel, ev("S", 1)).await.unwrap(), Accepted::Duplicate { event_id: EventId(1) });
+        assert!(matches!(i.clone().accept(cam, Source::Channel, ev("S", 2)).await.unwrap(), Accepted::Stored { .. }));
     }
 
     #[tokio::test]

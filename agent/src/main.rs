@@ -229,6 +229,8 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 async fn run(cfg: Config) -> Result<()> {
+    // Installed before start-up so that a SIGTERM during start-up still means a clean stop.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let daemon = Daemon::start(&cfg).await?;
     ops::notify_ready();
     if let Some(every) = ops::watchdog_interval() {
@@ -241,7 +243,6 @@ async fn run(cfg: Config) -> Result<()> {
             }
         });
     }
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = term.recv() => info!("SIGTERM"),
         _ = tokio::signal::ctrl_c() => info!("SIGINT"),
