@@ -19,7 +19,8 @@ pub fn init(default_level: &str, prefer_stderr: bool) -> Target {
     if !prefer_stderr && std::path::Path::new(JOURNAL_SOCKET).exists() {
         // tracing-journald fails at start-up when the socket is missing or refuses; fall back.
         if let Ok(layer) = tracing_journald::layer() {
-            let layer = layer.with_syslog_identifier("camgate".into());
+            // No "F_" prefix: operators filter with `journalctl CAMERA=door-1`.
+            let layer = layer.with_syslog_identifier("camgate".into()).with_field_prefix(None);
             if tracing_subscriber::registry().with(filter).with(layer).try_init().is_ok() {
                 return Target::Journald;
             }

@@ -202,6 +202,30 @@ mod tests {
 
     const SUBSCRIBE_CRC: u32 = 0x3D48_2BB8;
 
+    /// PUBLISH (camera → camgate) and UNSUBSCRIBE, written out byte by byte; CRCs from zlib.
+    #[test]
+    fn publish_and_unsubscribe_golden_bytes() {
+        let event: &[u8] = br#"{"event_id":1,"event_type":"dynamic_detect_event","sn":"FS101D8BS00106","report_time":15930292837,"detect_type":1,"video_url":"https://192.168.0.1/v.flv"}"#;
+        let mut publish = vec![0xFF, 0x3E, 0x3E, 0xFF, 0x01, 0x09, 0x00, 0x9A];
+        publish.extend_from_slice(event);
+        publish.extend_from_slice(&[0xDE, 0xC1, 0x92, 0xF4]);
+        let (f, used) = FrameCodec::new(Role::Client).decode(&publish).unwrap().unwrap();
+        assert_eq!((f.packet_type, f.payload, used), (PacketType::Publish, event, publish.len()));
+        let mut out = Vec::new();
+        frame::encode(PacketType::Publish, event, CrcScope::Payload, &mut out).unwrap();
+        assert_eq!(out, publish);
+
+        let list = EventList { event_list: vec!["dynamic_detect_event".into()] };
+        out.clear();
+        encode_json(PacketType::Unsubscribe, &list, CrcScope::Payload, &mut out).unwrap();
+        let mut unsub = vec![0xFF, 0x3E, 0x3E, 0xFF, 0x01, 0x07, 0x00, 0x27];
+        unsub.extend_from_slice(br#"{"event_list":["dynamic_detect_event"]}"#);
+        unsub.extend_from_slice(&[0xA8, 0xB2, 0xCC, 0xB7]);
+        assert_eq!(out, unsub);
+        let (f, _) = FrameCodec::new(Role::Server).decode(&unsub).unwrap().unwrap();
+        assert_eq!(f.packet_type, PacketType::Unsubscribe);
+    }
+
     #[test]
     fn bad_payloads_are_typed_errors() {
         assert!(matches!(
