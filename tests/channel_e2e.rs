@@ -260,3 +260,28 @@ async fn daemon_runs_many_cameras_and_shuts_down_in_order() {
     }
     assert!(camgate::ops::check_health(&cfg.health.file, camgate::sign::unix_now_ms()).is_err(), "stopping is not healthy");
 }
+
+#[tokio::test]
+async fn client_certificate_is_presented_when_configured() {
+    let client = rcgen::generate_simple_self_signed(vec!["camgate".to_string()]).unwrap();
+    let mut sc = sim_config(20.0);
+    sc.require_client_ca = Some(client.cert.der().clone());
+    let sim = SimCamera::start(sc).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("client.pem"), dir.path().join("client.key"));
+    std::fs::write(&cert, client.cert.pem()).unwrap();
+    std::fs::write(&key, client.signing_key.serialize_pem()).unwrap();
+
+    // Without it the camera refuses the handshake.
+    let r = run_camera(camera_for(&sim, "door-1")).await;
+    assert!(eventually(WAIT, || r.status.errors("tls_handshake") + r.status.errors("io") + r.status.errors("eof") >= 1).await, "{:?}", r.status.snapshot());
+    assert_eq!(sim.totals().published, 0);
+    r.stop().await;
+
+    let mut cam = camera_for(&sim, "door-1");
+    cam.tls.client_cert = Some(cert);
+    cam.tls.client_key = Some(key);
+    let r = run_camera(cam).await;
+    assert!(eventually(WAIT, || sim.totals().acked >= 3).await, "{:?}", r.status.snapshot());
+    r.stop().await;
+}

@@ -26,12 +26,23 @@ impl SimCert {
         crate::channel::tls::fingerprint_of(self.cert_der.as_ref())
     }
 
-    pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+    /// The TLS server side; with `client_ca`, a client certificate issued by it is required
+    /// (the vendor's "OpenAPI cert").
+    pub fn server_config(&self, client_ca: Option<&CertificateDer<'static>>) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.clone()));
-        let cfg = rustls::ServerConfig::builder_with_provider(crate::channel::tls::provider())
-            .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
-            .with_single_cert(vec![self.cert_der.clone()], key)?;
-        Ok(Arc::new(cfg))
+        let provider = crate::channel::tls::provider();
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
+        let builder = match client_ca {
+            None => builder.with_no_client_auth(),
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                roots.add(ca.clone())?;
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                    .build()
+                    .map_err(|e| rustls::Error::General(e.to_string()))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        Ok(Arc::new(builder.with_single_cert(vec![self.cert_der.clone()], key)?))
     }
 }

@@ -66,6 +66,8 @@ pub struct SimConfig {
     pub serve_media: bool,
     /// CONNECT sign time window, seconds.
     pub sign_window_secs: u64,
+    /// Require a client certificate issued by this CA (DER).
+    pub require_client_ca: Option<rustls::pki_types::CertificateDer<'static>>,
 }
 
 impl SimConfig {
@@ -81,6 +83,7 @@ impl SimConfig {
             faults: Faults::default(),
             serve_media: true,
             sign_window_secs: 300,
+            require_client_ca: None,
         }
     }
 }
@@ -147,7 +150,7 @@ impl SimCamera {
         state.next_event_id.store(1, Ordering::Relaxed);
         *state.faults.lock().unwrap() = cfg.faults.clone();
         *state.media_secret.lock().unwrap() = cfg.secret.clone();
-        let acceptor = tokio_rustls::TlsAcceptor::from(cert.server_config().map_err(std::io::Error::other)?);
+        let acceptor = tokio_rustls::TlsAcceptor::from(cert.server_config(cfg.require_client_ca.as_ref()).map_err(std::io::Error::other)?);
         let media_addr = if cfg.serve_media {
             Some(media::serve(SocketAddr::new(addr.ip(), 0), acceptor.clone(), state.clone(), shutdown.clone()).await?)
         } else {
