@@ -183,14 +183,7 @@ impl Session {
                 Err(SessionError::PeerDisconnected)
             }
             (State::AwaitConnack, PacketType::Connack) => {
-                let Code { code } = packet::parse(frame.packet_type, frame.payload)?;
-                if code != 0 {
-                    self.state = State::Closed;
-                    return Err(SessionError::Refused {
-                        phase: Phase::Connect,
-                        code,
-                    });
-                }
+                self.expect_success(&frame, Phase::Connect)?;
                 self.state = State::AwaitSuback;
                 self.next_ping = Some(now + self.cfg.keep_alive);
                 let list = EventList {
@@ -206,14 +199,7 @@ impl Session {
                 Ok(SessionEvent::Connected)
             }
             (State::AwaitSuback, PacketType::Suback) => {
-                let Code { code } = packet::parse(frame.packet_type, frame.payload)?;
-                if code != 0 {
-                    self.state = State::Closed;
-                    return Err(SessionError::Refused {
-                        phase: Phase::Subscribe,
-                        code,
-                    });
-                }
+                self.expect_success(&frame, Phase::Subscribe)?;
                 self.state = State::Ready;
                 self.answer_deadline = None;
                 Ok(SessionEvent::Subscribed)
@@ -241,6 +227,16 @@ impl Session {
             }
             (state, _) => Err(unexpected(state)),
         }
+    }
+
+    /// Reads `{"code": N}`; a refused CONNECT or SUBSCRIBE ends the session.
+    fn expect_success(&mut self, frame: &Frame<'_>, phase: Phase) -> Result<(), SessionError> {
+        let Code { code } = packet::parse(frame.packet_type, frame.payload)?;
+        if code != 0 {
+            self.state = State::Closed;
+            return Err(SessionError::Refused { phase, code });
+        }
+        Ok(())
     }
 
     /// Called at (or after) [`Session::poll_deadline`].
