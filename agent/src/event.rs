@@ -116,9 +116,11 @@ fn lenient_opt_str<'de: 'a, 'a, D: Deserializer<'de>>(
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct EventView<'a> {
     pub event_id: EventId,
-    #[serde(borrow)]
+    /// Empty when the camera left it out: the event is still stored (tolerant intake).
+    #[serde(default, borrow)]
     pub event_type: Cow<'a, str>,
-    #[serde(borrow)]
+    /// Empty when the camera left it out; de-duplication then keys on the camera's name.
+    #[serde(default, borrow)]
     pub sn: Cow<'a, str>,
     #[serde(default, deserialize_with = "lenient_opt_int")]
     pub report_time: Option<i64>,
@@ -148,7 +150,7 @@ pub struct EventView<'a> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum EventError {
-    #[error("event is not valid JSON or lacks event_id/event_type/sn: {0}")]
+    #[error("event is not a JSON object with an event_id: {0}")]
     Json(#[from] serde_json::Error),
     #[error("event field `sn` is empty")]
     EmptySn,
@@ -176,11 +178,9 @@ pub enum Source {
 
 impl<'a> EventView<'a> {
     pub fn parse(raw: &'a [u8]) -> Result<Self, EventError> {
-        let v: EventView<'a> = serde_json::from_slice(raw)?;
-        if v.sn.is_empty() {
-            return Err(EventError::EmptySn);
-        }
-        Ok(v)
+        // Only event_id is required: without it the event cannot be acknowledged. A missing
+        // sn or event_type must not turn one odd event into a reconnect loop.
+        Ok(serde_json::from_slice(raw)?)
     }
 
     pub fn kind(&self) -> EventKind {
@@ -311,7 +311,7 @@ mod tests {
             &b"{"[..],
             b"[]",
             br#"{"event_type":"x","sn":"S"}"#,
-            br#"{"event_id":1,"event_type":"x","sn":""}"#,
+            br#"{"event_id":"x"}"#,
             b"\xff",
         ] {
             assert!(
@@ -320,6 +320,12 @@ mod tests {
                 String::from_utf8_lossy(raw)
             );
         }
+    }
+
+    #[test]
+    fn missing_sn_and_type_are_tolerated() {
+        let v = EventView::parse(br#"{"event_id":3}"#).unwrap();
+        assert_eq!((v.event_id, &*v.sn, v.kind()), (EventId(3), "", EventKind::Other));
     }
 
     #[test]

@@ -90,7 +90,8 @@ impl Intake {
     ) -> Result<Accepted, IntakeError> {
         let view = EventView::parse(&raw)?;
         let event_id = view.event_id;
-        let key: Key = (view.sn.as_ref().into(), event_id);
+        // Without a serial, event ids are only unique per camera.
+        let key: Key = if view.sn.is_empty() { (format!("@{camera}").into(), event_id) } else { (view.sn.as_ref().into(), event_id) };
         let now = Instant::now();
         enum Seen {
             Done,

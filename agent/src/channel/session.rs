@@ -204,7 +204,8 @@ impl Session {
                 self.answer_deadline = None;
                 Ok(SessionEvent::Subscribed)
             }
-            (State::Ready, PacketType::Unsuback)
+            // The text answers UNSUBSCRIBE with "0x06 or 0x07": SUBACK is taken as UNSUBACK here.
+            (State::Ready, PacketType::Unsuback | PacketType::Suback)
                 if matches!(self.answer_deadline, Some((Phase::Unsubscribe, _))) =>
             {
                 let Code { code } = packet::parse(frame.packet_type, frame.payload)?;
@@ -216,6 +217,13 @@ impl Session {
                     });
                 }
                 Ok(SessionEvent::Unsubscribed)
+            }
+            // A repeated SUBACK changes nothing; tolerated rather than reconnecting over it.
+            (State::Ready, PacketType::Suback) => Ok(SessionEvent::Nothing),
+            // Heartbeats are the client's to send, but a camera that pings is answered.
+            (State::AwaitSuback | State::Ready, PacketType::PingReq) => {
+                packet::encode_empty(PacketType::PingResp, self.cfg.crc_scope, &mut self.transmit);
+                Ok(SessionEvent::Nothing)
             }
             (State::AwaitSuback | State::Ready, PacketType::PingResp) => {
                 self.outstanding_pings = 0;
@@ -557,9 +565,14 @@ mod tests {
         assert!(err.is_protocol_error());
 
         let mut s = ready(t0);
-        let bad = frame_bytes(PacketType::Suback, br#"{"code"#);
+        let bad = frame_bytes(PacketType::Puback, br#"{"event_id":1}"#);
         let err = feed(&mut s, &bad, t0);
         assert!(matches!(err, Err(SessionError::Unexpected { .. })));
+        // Tolerated: a repeated SUBACK, a PINGREQ from the camera (answered).
+        let mut s = ready(t0);
+        assert_eq!(feed(&mut s, &frame_bytes(PacketType::Suback, br#"{"code":0}"#), t0).unwrap(), SessionEvent::Nothing);
+        assert_eq!(feed(&mut s, &frame_bytes(PacketType::PingReq, b""), t0).unwrap(), SessionEvent::Nothing);
+        assert_eq!(sent(&mut s), vec![(PacketType::PingResp, vec![])]);
 
         let mut s = Session::new(cfg(), t0, 1, "abcdef12".into());
         let err = feed(&mut s, &frame_bytes(PacketType::Connack, br#"{"code"#), t0).unwrap_err();
