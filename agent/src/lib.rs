@@ -12,3 +12,4 @@
 //! - [`config`], [`logging`], [`ops`]: configuration, logs, systemd integration.
 
 pub mod outbox;
+#[cfg(feature = "vision")] pub mod vision;
