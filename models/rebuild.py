@@ -152,6 +152,11 @@ def quantize_all():
                         # Histograms need equal shapes; P-Net's pyramid levels differ, so it gets MinMax.
                         calibrate_method=CalibrationMethod.MinMax if net == "pnet" else CalibrationMethod.Percentile,
                         extra_options={} if net == "pnet" else {"CalibPercentile": 99.99})
+        # The pre-processing pass leaves intermediate shape info with a symbolic batch that contradicts
+        # the concrete input facts tract plans with; the shapes are re-derived at load, so drop it.
+        q = onnx.load(dst)
+        del q.graph.value_info[:]
+        onnx.save(q, dst)
 
 
 def main():
