@@ -255,3 +255,36 @@ fn models_match_manifest_hashes() {
         assert_eq!(Some(got.as_str()), entry["sha256"].as_str(), "{file}");
     }
 }
+
+/// The speed configuration (working resolution capped, larger minimum face) must still find the same
+/// faces as the reference, boxes within 8% of the face size and embeddings close.
+#[test]
+fn working_resolution_cap_finds_the_same_faces() {
+    let cfg = VisionConfig {
+        models_dir: Some(root().join("models")),
+        detector: camgate::vision::DetectorConfig {
+            max_working_side: Some(640),
+            min_face_size: 40.0,
+            ..Default::default()
+        },
+        ..VisionConfig::default()
+    };
+    let eng = FaceEngine::new(cfg).unwrap();
+    println!("\nmax_working_side 640, min_face 40:");
+    for (name, entry) in images() {
+        let (faces, t) = eng.process(&image_bytes(&name), true).unwrap();
+        for r in entry["faces_float"].as_array().unwrap() {
+            let rb = f32s(&r["box"]);
+            let size = (rb[2] - rb[0]).min(rb[3] - rb[1]);
+            if size < 40.0 {
+                continue; // below this configuration's minimum face
+            }
+            let f = faces.iter().max_by(|a, b| iou(&a.detection.bbox, &rb).total_cmp(&iou(&b.detection.bbox, &rb))).unwrap();
+            let db = f.detection.bbox.iter().zip(&rb).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let c = cosine(f.embedding.as_ref().unwrap(), &f32s(&r["embedding_float"]));
+            println!("  {name:<11} Δbox {db:.1} px ({:.1}% of {size:.0}) cos {c:.4}  total {:.0} ms", 100.0 * db / size, t.total_ms);
+            assert!(db <= 0.08 * size, "{name}: box {:?} vs {rb:?}", f.detection.bbox);
+            assert!(c >= 0.95, "{name}: cosine {c}");
+        }
+    }
+}

@@ -4,8 +4,9 @@ use super::image::RgbImage;
 use super::models::Models;
 use super::VisionError;
 
-/// Largest batch run at once; faces are batched in powers of two up to this (bounded plan cache).
-pub const MAX_EMBED_BATCH: usize = 8;
+/// Largest batch run at once (powers of two up to this, so the plan cache stays bounded). Measured with
+/// tract 0.23 on x86_64: a batch of 4 took ~8x as long as one face, so faces go one at a time.
+pub const MAX_EMBED_BATCH: usize = 1;
 
 /// Embeds aligned crops; each result is L2-normalised and `models.embedding_dim` long.
 pub fn embed(models: &Models, crops: &[&RgbImage]) -> Result<Vec<Vec<f32>>, VisionError> {
