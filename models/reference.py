@@ -191,6 +191,7 @@ def cmd_bench(args):
     """Per-stage timings of the reference, single thread; median over reps after one warm-up."""
     suffix = ".int8" if args.int8 else ""
     det = detector(HERE, suffix)
+    det.min_face_size = args.min_face
     emb = session(os.path.join(HERE, f"mobilefacenet{suffix}.onnx"))
     timers = {}
 
@@ -214,7 +215,18 @@ def cmd_bench(args):
             timers.clear()
             t0 = time.perf_counter()
             img = timed("decode", load_rgb)(path)
-            faces = detect(det, img)
+            work, f = img, 1.0
+            if args.max_side and max(img.shape[:2]) > args.max_side:
+                # Same working-resolution cap as camgate's detector: shrink once, detect, scale back.
+                def shrink():
+                    f = args.max_side / max(img.shape[:2])
+                    size = (round(img.shape[1] * f), round(img.shape[0] * f))
+                    return cv2.resize(img, size, interpolation=cv2.INTER_AREA), f
+                work, f = timed("pnet", shrink)()
+                det.min_face_size = max(4, int(args.min_face * f))
+            faces = detect(det, work)
+            for fc in faces:
+                fc["landmarks"] = [[x / f, y / f] for x, y in fc["landmarks"]]
             crops = timed("align", lambda: [align(img, f["landmarks"]) for f in faces])()
             if crops:
                 timed("embed", embed)(emb, crops)
@@ -236,6 +248,8 @@ def main():
     b = sub.add_parser("bench")
     b.add_argument("--reps", type=int, default=3)
     b.add_argument("--int8", action="store_true")
+    b.add_argument("--min-face", type=int, default=20, help="the package's min_face_size (its default: 20)")
+    b.add_argument("--max-side", type=int, default=0, help="shrink longer side to this before detection (0: off)")
     b.add_argument("images", nargs="+")
     args = ap.parse_args()
     {"fixtures": cmd_fixtures, "bench": cmd_bench}[args.cmd](args)
