@@ -25,3 +25,5 @@ pub mod ops;
 pub mod sinks;
 pub mod demo;
 pub mod bench;
+#[cfg(feature = "vision")]
+pub mod vision;
