@@ -1,0 +1,225 @@
+//! The HTTP hook path end to end: the simulator posts real multipart callbacks over loopback to
+//! the real receiver, intake and on-disk outbox.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use camgate::event::StoredEnvelope;
+use camgate::hook::{HookCamera, Receiver, ReceiverConfig};
+use camgate::intake::Intake;
+use camgate::outbox::{Outbox, OutboxConfig};
+use camgate::sim::hook::{HookPoster, PostKind};
+use common::*;
+use tokio_util::sync::CancellationToken;
+
+const SERIAL: &str = "SS101D8BS00080";
+
+struct Hook {
+    recv: Receiver,
+    stop: CancellationToken,
+    outbox: Outbox,
+    dir: tempfile::TempDir,
+}
+
+impl Hook {
+    fn url(&self) -> String {
+        format!("http://{}/camgate/hook", self.recv.local_addr())
+    }
+
+    fn poster(&self) -> HookPoster {
+        HookPoster::new(&self.url(), APP_ID, SECRET, SERIAL).unwrap()
+    }
+
+    fn outbox_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("outbox")
+    }
+
+    async fn stop(self) -> tempfile::TempDir {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.recv.join())
+            .await
+            .expect("receiver stops");
+        self.outbox.shutdown().await.unwrap();
+        self.dir
+    }
+}
+
+async fn start_hook(outbox_max_bytes: Option<u64>, cfg: ReceiverConfig) -> Hook {
+    let dir = tempfile::tempdir().unwrap();
+    let mut oc = OutboxConfig {
+        dir: dir.path().join("outbox"),
+        ..OutboxConfig::default()
+    };
+    if let Some(max) = outbox_max_bytes {
+        oc.max_bytes = max;
+        oc.segment_bytes = max / 4;
+    }
+    let outbox = Outbox::open(&oc).await.unwrap();
+    let intake = Intake::new(outbox.clone(), Duration::from_secs(86_400), 10_000);
+    let stop = CancellationToken::new();
+    let cams = vec![HookCamera {
+        name: Arc::from("hook-cam"),
+        app_id: APP_ID.into(),
+        secret: SECRET.into(),
+    }];
+    let recv = Receiver::start(cfg, cams, intake, stop.clone())
+        .await
+        .unwrap();
+    Hook {
+        recv,
+        stop,
+        outbox,
+        dir,
+    }
+}
+
+fn loopback() -> ReceiverConfig {
+    ReceiverConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..ReceiverConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn a_valid_callback_is_stored_before_200() {
+    let h = start_hook(None, loopback()).await;
+    let p = h.poster();
+    assert_eq!(p.post(PostKind::Valid).await.unwrap(), 200);
+    // 200 means durable: the record is on disk now, not eventually.
+    let records = Outbox::dump(&h.outbox_dir()).unwrap();
+    assert_eq!(records.len(), 1);
+    let env: StoredEnvelope = serde_json::from_slice(&records[0].data).unwrap();
+    assert_eq!(env.camera, "hook-cam");
+    assert_eq!(env.sn, SERIAL);
+    assert_eq!(env.event_id.0, 1);
+    assert!(env.event.get().contains("\"detect_type\":3"));
+    let c = h.recv.counters().snapshot();
+    assert_eq!((c.accepted, c.duplicates), (1, 0));
+    assert!(c.rejected.is_empty(), "{c:?}");
+    // The same event again (a camera re-sending, freshly signed) is acked, not stored twice.
+    assert_eq!(p.post_event(&p.event_json(1)).await.unwrap(), 200);
+    assert_eq!(h.recv.counters().snapshot().duplicates, 1);
+    let dir = h.stop().await;
+    assert_eq!(stored_events(&dir.path().join("outbox")).len(), 1);
+}
+
+#[tokio::test]
+async fn every_bad_callback_gets_its_status_and_is_counted() {
+    let h = start_hook(None, loopback()).await;
+    let p = h.poster();
+    assert_eq!(p.post(PostKind::Valid).await.unwrap(), 200);
+    let cases = [
+        (PostKind::Forged, 401, "forged"),
+        (PostKind::Replay, 401, "replayed"),
+        (PostKind::Unsigned, 401, "unsigned"),
+        (PostKind::Skewed(-1000), 401, "outside_window"),
+        (PostKind::Skewed(1000), 401, "outside_window"),
+        (PostKind::Truncated, 400, "truncated"),
+        (PostKind::MissingField, 400, "missing_field"),
+        (PostKind::NotJson, 400, "payload"),
+        (PostKind::WrongContentType, 400, "content_type"),
+        (PostKind::Oversize(300 * 1024), 413, "too_large"),
+    ];
+    for (kind, status, _) in &cases {
+        assert_eq!(p.post(kind.clone()).await.unwrap(), *status, "{kind:?}");
+    }
+    // An app_id no hook camera has.
+    let stranger = HookPoster::new(&h.url(), "other-app", SECRET, SERIAL).unwrap();
+    assert_eq!(stranger.post(PostKind::Valid).await.unwrap(), 401);
+
+    let c = h.recv.counters();
+    for reason in [
+        "forged",
+        "replayed",
+        "unsigned",
+        "truncated",
+        "missing_field",
+        "payload",
+        "content_type",
+        "too_large",
+        "unknown_app_id",
+    ] {
+        assert_eq!(c.rejected(reason), 1, "{reason}: {:?}", c.snapshot());
+    }
+    assert_eq!(c.rejected("outside_window"), 2);
+    assert_eq!(c.rejected_total(), cases.len() as u64 + 1);
+    assert_eq!(c.snapshot().accepted, 1);
+    let statuses: Vec<u16> = p.statuses().iter().map(|(_, s)| *s).collect();
+    assert_eq!(statuses.len(), cases.len() + 1);
+    let dir = h.stop().await;
+    // Only the valid callback reached the outbox.
+    assert_eq!(
+        stored_events(&dir.path().join("outbox")),
+        vec![(SERIAL.to_string(), 1)]
+    );
+}
+
+#[tokio::test]
+async fn oversize_declared_or_streamed_is_413() {
+    let cfg = ReceiverConfig {
+        max_body_bytes: 4096,
+        ..loopback()
+    };
+    let h = start_hook(None, cfg).await;
+    let p = h.poster();
+    assert_eq!(p.post(PostKind::Oversize(5000)).await.unwrap(), 413);
+    // Just under the bound still passes.
+    assert_eq!(p.post(PostKind::Oversize(3000)).await.unwrap(), 200);
+    assert_eq!(h.recv.counters().rejected("too_large"), 1);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_full_outbox_answers_503_and_loses_nothing() {
+    // A tiny outbox with no consumer fills after a few events.
+    let h = start_hook(Some(8192), loopback()).await;
+    let p = h.poster();
+    let mut ok = 0u64;
+    let mut full = 0u64;
+    for _ in 0..200 {
+        match p.post(PostKind::Valid).await.unwrap() {
+            200 => ok += 1,
+            503 => {
+                full += 1;
+                if full >= 3 {
+                    break;
+                }
+            }
+            s => panic!("unexpected status {s}"),
+        }
+    }
+    assert!(ok >= 3, "some events fit before the outbox filled ({ok})");
+    assert_eq!(full, 3, "the outbox filled");
+    let c = h.recv.counters().snapshot();
+    assert_eq!(c.accepted, ok);
+    assert_eq!(c.rejected.get("outbox_full").copied(), Some(3));
+    let dir = h.stop().await;
+    // Every event answered 200 is stored, once; none answered 503 is (the camera keeps those).
+    let stored = stored_events(&dir.path().join("outbox"));
+    assert_eq!(stored.len() as u64, ok);
+    let ids: Vec<i64> = stored.iter().map(|(_, id)| *id).collect();
+    assert_eq!(ids, (1..=ok as i64).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn concurrent_posters_beyond_the_concurrency_bound_all_get_stored() {
+    let cfg = ReceiverConfig {
+        max_concurrency: 2,
+        ..loopback()
+    };
+    let h = start_hook(None, cfg).await;
+    let p = Arc::new(h.poster());
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..40 {
+        let p = p.clone();
+        tasks.spawn(async move { p.post(PostKind::Valid).await.unwrap() });
+    }
+    while let Some(s) = tasks.join_next().await {
+        assert_eq!(s.unwrap(), 200);
+    }
+    assert_eq!(h.recv.counters().snapshot().accepted, 40);
+    let dir = h.stop().await;
+    assert_eq!(stored_events(&dir.path().join("outbox")).len(), 40);
+}
