@@ -223,3 +223,75 @@ async fn concurrent_posters_beyond_the_concurrency_bound_all_get_stored() {
     let dir = h.stop().await;
     assert_eq!(stored_events(&dir.path().join("outbox")).len(), 40);
 }
+
+#[tokio::test]
+async fn the_same_event_by_channel_and_by_hook_is_stored_once() {
+    use camgate::channel::tls::TlsConfig;
+    use camgate::config::{CameraConfig, CameraMode};
+    use camgate::daemon::Daemon;
+    use camgate::sim::SimCamera;
+
+    // The channel camera publishes events 1..=3 of its serial.
+    let mut sc = sim_config(50.0);
+    sc.max_events = Some(3);
+    let sim = SimCamera::start(sc).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut gate = CameraConfig::new(
+        "gate",
+        "127.0.0.1:443",
+        "hook-app",
+        "hook-secret",
+        TlsConfig {
+            insecure_skip_verify: true,
+            ..TlsConfig::default()
+        },
+    );
+    gate.mode = CameraMode::Hook;
+    let mut cfg = config_in(dir.path(), vec![camera_for(&sim, "door-1"), gate]);
+    cfg.hook.listen = "127.0.0.1:0".into();
+    cfg.validate().unwrap();
+    let d = Daemon::start(&cfg).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || sim.totals().acked >= 3).await,
+        "{:?}",
+        sim.totals()
+    );
+    let url = format!("http://{}/", d.hook_addr().expect("receiver runs"));
+    // The same serial's events by the hook: 1..=3 already came by the channel, 4 is new.
+    let p = HookPoster::new(&url, "hook-app", "hook-secret", "FS101D8BS00106").unwrap();
+    for id in 1..=4 {
+        assert_eq!(
+            p.post_event(&p.event_json(id)).await.unwrap(),
+            200,
+            "event {id}"
+        );
+    }
+    // The channel camera's secret does not sign for the hook camera's app.
+    let wrong = HookPoster::new(&url, "hook-app", SECRET, "FS101D8BS00106").unwrap();
+    assert_eq!(wrong.post(PostKind::Valid).await.unwrap(), 401);
+    let counters = d.hook_counters().unwrap().snapshot();
+    assert_eq!((counters.accepted, counters.duplicates), (1, 3));
+    assert_eq!(counters.rejected.get("forged").copied(), Some(1));
+    d.shutdown(Duration::from_secs(10)).await.unwrap();
+    let mut stored = stored_events(&dir.path().join("outbox"));
+    stored.sort();
+    let want: Vec<(String, i64)> = (1..=4).map(|i| ("FS101D8BS00106".to_string(), i)).collect();
+    assert_eq!(
+        stored, want,
+        "each event stored once, whichever path brought it"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_stops_the_receiver() {
+    let h = start_hook(None, loopback()).await;
+    let url = h.url();
+    let p = h.poster();
+    assert_eq!(p.post(PostKind::Valid).await.unwrap(), 200);
+    h.stop().await;
+    let p = HookPoster::new(&url, APP_ID, SECRET, SERIAL).unwrap();
+    assert!(
+        p.post(PostKind::Valid).await.is_err(),
+        "nothing listens after shutdown"
+    );
+}

@@ -194,9 +194,9 @@ impl Receiver {
         let _ = self.task.await;
     }
 
-    /// Aborts the receiver and its connections (shutdown deadline passed).
-    pub fn abort(&self) {
-        self.task.abort();
+    /// A handle that aborts the receiver and its connections (shutdown deadline passed).
+    pub fn abort_handle(&self) -> tokio::task::AbortHandle {
+        self.task.abort_handle()
     }
 }
 
