@@ -295,3 +295,139 @@ async fn shutdown_stops_the_receiver() {
         "nothing listens after shutdown"
     );
 }
+
+/// Sends raw bytes, half-closes, and returns the status line's code (None if no answer).
+async fn raw_exchange(
+    addr: std::net::SocketAddr,
+    bytes: &[u8],
+    pause: Option<Duration>,
+) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    if let Some(p) = pause {
+        tokio::time::sleep(p).await;
+    }
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf);
+    text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+}
+
+#[tokio::test]
+async fn chunked_oversize_is_413_and_a_stalled_body_is_408() {
+    let cfg = ReceiverConfig {
+        max_body_bytes: 2048,
+        request_timeout: Duration::from_millis(500),
+        ..loopback()
+    };
+    let h = start_hook(None, cfg).await;
+    let addr = h.recv.local_addr();
+    // No Content-Length: the bound is enforced while streaming.
+    let mut req = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+    for _ in 0..3 {
+        req.extend_from_slice(b"400\r\n");
+        req.extend_from_slice(&[b'a'; 0x400]);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    assert_eq!(raw_exchange(addr, &req, None).await, Some(413));
+    // A body announced but never sent: answered 408 once the request time is up.
+    let stalled = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: 1000\r\n\r\n--b\r\n";
+    assert_eq!(raw_exchange(addr, stalled, None).await, Some(408));
+    // Not POST.
+    assert_eq!(
+        raw_exchange(
+            addr,
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            None
+        )
+        .await,
+        Some(405)
+    );
+    let c = h.recv.counters();
+    assert_eq!(
+        (
+            c.rejected("too_large"),
+            c.rejected("timeout"),
+            c.rejected("method")
+        ),
+        (1, 1, 1)
+    );
+    let dir = h.stop().await;
+    assert!(stored_events(&dir.path().join("outbox")).is_empty());
+}
+
+#[tokio::test]
+async fn the_client_reconciles_subscriptions_and_the_camera_posts_to_them() {
+    use camgate::channel::tls::TlsConfig;
+    use camgate::config::{CameraConfig, CameraMode};
+    use camgate::hook::client::{HookClient, HookClientError};
+    use camgate::sim::hook::SimHookApi;
+
+    let h = start_hook(None, loopback()).await;
+    let stop = CancellationToken::new();
+    let api = SimHookApi::start(APP_ID, SECRET, stop.clone())
+        .await
+        .unwrap();
+    let tls = TlsConfig {
+        fingerprint_sha256: Some(api.fingerprint()),
+        ..TlsConfig::default()
+    };
+    let mut cam = CameraConfig::new("gate", &api.addr.to_string(), APP_ID, SECRET, tls.clone());
+    cam.mode = CameraMode::Hook;
+    let client = HookClient::new(&cam).unwrap();
+    let callback = h.url();
+    assert!(client.query().await.unwrap().is_empty());
+    // Left over from an earlier configuration: an event no longer wanted, and another URL.
+    api.subscribe("face_recog_event", &callback);
+    api.subscribe("face_recog_event", "http://10.9.9.9:8000/other");
+    let wanted = vec!["dynamic_detect_event".to_string()];
+    let out = client.reconcile(&wanted, &callback).await.unwrap();
+    assert_eq!(out.added, wanted);
+    assert_eq!(out.deleted, vec!["face_recog_event".to_string()]);
+    let subs = api.subscriptions();
+    assert_eq!(subs.len(), 1, "{subs:?}");
+    assert_eq!(subs["dynamic_detect_event"], vec![callback.clone()]);
+    // Nothing to do the second time.
+    let again = client.reconcile(&wanted, &callback).await.unwrap();
+    assert!(again.added.is_empty() && again.deleted.is_empty());
+    let q = client.query().await.unwrap();
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0].http_callback, vec![callback.clone()]);
+
+    // The camera posts to what was subscribed; camgate stores it.
+    let poster = api.poster("dynamic_detect_event", SERIAL).unwrap().unwrap();
+    assert_eq!(poster.post(PostKind::Valid).await.unwrap(), 200);
+
+    // Non-zero codes are typed errors naming the code.
+    api.set_refuse(Some(310));
+    match client.add(&wanted, &callback).await {
+        Err(HookClientError::Code {
+            op: "add",
+            code: 310,
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+    api.set_refuse(None);
+    let mut wrong = cam.clone();
+    wrong.secret = Some("wrong".into());
+    match HookClient::new(&wrong).unwrap().query().await {
+        Err(HookClientError::Code {
+            op: "query",
+            code: 2,
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(api.sign_rejected() >= 1);
+    // Another certificate than the pinned one: no TLS session.
+    let mut other_pin = cam.clone();
+    other_pin.tls.fingerprint_sha256 = Some(["AB"; 32].join(":"));
+    assert!(matches!(
+        HookClient::new(&other_pin).unwrap().query().await,
+        Err(HookClientError::Connect { .. })
+    ));
+    stop.cancel();
+    let dir = h.stop().await;
+    assert_eq!(stored_events(&dir.path().join("outbox")).len(), 1);
+}

@@ -6,6 +6,7 @@
 //! - [`receiver`]: the HTTP server with its bounds, sign/window/replay checks and counters.
 
 pub mod callback;
+pub mod client;
 pub mod receiver;
 
 pub use callback::{parse_callback, Callback, ParseError};

@@ -235,3 +235,206 @@ impl HookPoster {
         Ok(status)
     }
 }
+
+/// The camera's hook API over HTTPS (`/openapi/hook/add|delete|query`), verifying signatures
+/// (window + replay) and remembering subscriptions, so that camgate's client and its
+/// reconciliation run against it; [`SimHookApi::poster`] then posts to the subscribed URL.
+pub struct SimHookApi {
+    pub addr: std::net::SocketAddr,
+    pub cert: std::sync::Arc<super::SimCert>,
+    state: std::sync::Arc<ApiState>,
+}
+
+struct ApiState {
+    app_id: String,
+    secret: String,
+    verifier: sign::Verifier,
+    /// event → callback URLs.
+    subs: Mutex<std::collections::BTreeMap<String, Vec<String>>>,
+    refuse: Mutex<Option<i64>>,
+    calls: std::sync::atomic::AtomicU64,
+    sign_rejected: std::sync::atomic::AtomicU64,
+}
+
+impl SimHookApi {
+    pub async fn start(
+        app_id: &str,
+        secret: &str,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> std::io::Result<SimHookApi> {
+        use std::sync::Arc;
+        let cert =
+            Arc::new(super::SimCert::generate().map_err(|e| std::io::Error::other(e.to_string()))?);
+        let server = cert
+            .server_config(None)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(server);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(ApiState {
+            app_id: app_id.into(),
+            secret: secret.into(),
+            verifier: sign::Verifier::new(300, 10_000),
+            subs: Mutex::new(Default::default()),
+            refuse: Mutex::new(None),
+            calls: Default::default(),
+            sign_rejected: Default::default(),
+        });
+        let st = state.clone();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = tokio::select! {
+                    r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+                    _ = shutdown.cancelled() => break,
+                };
+                let (acceptor, st) = (acceptor.clone(), st.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let svc = hyper::service::service_fn(
+                        move |req: Request<hyper::body::Incoming>| {
+                            let st = st.clone();
+                            async move { Ok::<_, std::convert::Infallible>(api_answer(req, &st).await) }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+        Ok(SimHookApi { addr, cert, state })
+    }
+
+    pub fn fingerprint(&self) -> String {
+        self.cert.fingerprint()
+    }
+
+    /// event → callback URLs, as the camera holds them.
+    pub fn subscriptions(&self) -> std::collections::BTreeMap<String, Vec<String>> {
+        self.state
+            .subs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Adds a subscription directly (as another client would have).
+    pub fn subscribe(&self, event: &str, url: &str) {
+        let mut s = self.state.subs.lock().unwrap_or_else(|e| e.into_inner());
+        let v = s.entry(event.to_string()).or_default();
+        if !v.iter().any(|u| u == url) {
+            v.push(url.to_string());
+        }
+    }
+
+    /// Answer every call with this non-zero code (None: behave).
+    pub fn set_refuse(&self, code: Option<i64>) {
+        *self.state.refuse.lock().unwrap_or_else(|e| e.into_inner()) = code;
+    }
+
+    pub fn calls(&self) -> u64 {
+        self.state.calls.load(Ordering::Relaxed)
+    }
+
+    pub fn sign_rejected(&self) -> u64 {
+        self.state.sign_rejected.load(Ordering::Relaxed)
+    }
+
+    /// A poster to the first URL subscribed for `event`, as the camera would post to.
+    pub fn poster(&self, event: &str, serial: &str) -> Option<Result<HookPoster, SimHookError>> {
+        let url = self.subscriptions().get(event)?.first()?.clone();
+        Some(HookPoster::new(
+            &url,
+            &self.state.app_id,
+            &self.state.secret,
+            serial,
+        ))
+    }
+}
+
+async fn api_answer(
+    req: Request<hyper::body::Incoming>,
+    st: &ApiState,
+) -> hyper::Response<Full<Bytes>> {
+    let json =
+        |code: i64| hyper::Response::new(Full::new(Bytes::from(format!("{{\"code\":{code}}}"))));
+    st.calls.fetch_add(1, Ordering::Relaxed);
+    let op = req
+        .uri()
+        .path()
+        .strip_prefix("/openapi/hook/")
+        .unwrap_or("")
+        .to_string();
+    let Ok(body) = http_body_util::Limited::new(req.into_body(), 64 * 1024)
+        .collect()
+        .await
+    else {
+        return json(1);
+    };
+    let body = body.to_bytes();
+    let Some(params) = std::str::from_utf8(&body)
+        .ok()
+        .and_then(crate::hook::client::form_decode)
+    else {
+        return json(1);
+    };
+    let refs: Vec<(&str, &str)> = params
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let app_ok = refs.iter().any(|(k, v)| *k == "app_id" && *v == st.app_id);
+    if !app_ok
+        || st
+            .verifier
+            .verify(&refs, &st.secret, sign::unix_now())
+            .is_err()
+    {
+        st.sign_rejected.fetch_add(1, Ordering::Relaxed);
+        return json(2);
+    }
+    if let Some(code) = *st.refuse.lock().unwrap_or_else(|e| e.into_inner()) {
+        return json(code);
+    }
+    let get = |name: &str| refs.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
+    let events = || -> Option<Vec<String>> {
+        let list: Vec<String> = serde_json::from_str(get("event_list")?).ok()?;
+        list.iter()
+            .all(|e| crate::event::KNOWN_EVENTS.contains(&e.as_str()))
+            .then_some(list)
+    };
+    let mut subs = st.subs.lock().unwrap_or_else(|e| e.into_inner());
+    match op.as_str() {
+        "add" => {
+            let (Some(list), Some(url)) = (events(), get("http_callback")) else {
+                return json(1);
+            };
+            for e in list {
+                let v = subs.entry(e).or_default();
+                if !v.iter().any(|u| u == url) {
+                    v.push(url.to_string());
+                }
+            }
+            json(0)
+        }
+        "delete" => {
+            let Some(list) = events() else {
+                return json(1);
+            };
+            for e in list {
+                subs.remove(&e);
+            }
+            json(0)
+        }
+        "query" => {
+            let sub_event: Vec<serde_json::Value> = subs
+                .iter()
+                .map(|(e, urls)| serde_json::json!({"event": e, "http_callback": urls}))
+                .collect();
+            let text = serde_json::json!({"data": {"num": sub_event.len(), "sub_event": sub_event}, "code": 0});
+            hyper::Response::new(Full::new(Bytes::from(text.to_string())))
+        }
+        _ => json(1),
+    }
+}
