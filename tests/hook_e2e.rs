@@ -249,6 +249,9 @@ async fn the_same_event_by_channel_and_by_hook_is_stored_once() {
     gate.mode = CameraMode::Hook;
     let mut cfg = config_in(dir.path(), vec![camera_for(&sim, "door-1"), gate]);
     cfg.hook.listen = "127.0.0.1:0".into();
+    // Where the camera is told to post (the subscription client fails to reach 127.0.0.1:443
+    // here and keeps retrying in the background; that is not what this test is about).
+    cfg.hook.callback_url = Some("http://127.0.0.1:8080/".into());
     cfg.validate().unwrap();
     let d = Daemon::start(&cfg).await.unwrap();
     assert!(
@@ -430,4 +433,48 @@ async fn the_client_reconciles_subscriptions_and_the_camera_posts_to_them() {
     stop.cancel();
     let dir = h.stop().await;
     assert_eq!(stored_events(&dir.path().join("outbox")).len(), 1);
+}
+
+#[tokio::test]
+async fn the_daemon_subscribes_hook_cameras_at_start_up() {
+    use camgate::channel::tls::TlsConfig;
+    use camgate::config::{CameraConfig, CameraMode};
+    use camgate::daemon::Daemon;
+    use camgate::sim::hook::SimHookApi;
+
+    let stop = CancellationToken::new();
+    let api = SimHookApi::start(APP_ID, SECRET, stop.clone())
+        .await
+        .unwrap();
+    api.subscribe("face_recog_event", "http://10.9.9.9/stale");
+    let tls = TlsConfig {
+        fingerprint_sha256: Some(api.fingerprint()),
+        ..TlsConfig::default()
+    };
+    let mut gate = CameraConfig::new("gate", &api.addr.to_string(), APP_ID, SECRET, tls);
+    gate.mode = CameraMode::Hook;
+    gate.events = vec!["dynamic_detect_event".into()];
+    gate.callback_url = Some("http://127.0.0.1:18080/camgate/hook".into());
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config_in(dir.path(), vec![gate]);
+    cfg.hook.listen = "127.0.0.1:0".into();
+    cfg.validate().unwrap();
+    let d = Daemon::start(&cfg).await.unwrap();
+    assert!(d.cameras.is_empty(), "no channel session for a hook camera");
+    let want = "http://127.0.0.1:18080/camgate/hook".to_string();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            api.subscriptions().get("dynamic_detect_event") == Some(&vec![want.clone()])
+        })
+        .await,
+        "{:?}",
+        api.subscriptions()
+    );
+    // Another client's subscription to an event this camera does not want is left alone
+    // (only events posted to camgate's URL are managed).
+    assert!(api.subscriptions().contains_key("face_recog_event"));
+    d.shutdown(Duration::from_secs(10)).await.unwrap();
+    // Subscriptions stay in place over a shutdown.
+    assert!(api.subscriptions().contains_key("dynamic_detect_event"));
+    stop.cancel();
 }

@@ -13,6 +13,7 @@ use tracing::{info, warn};
 
 use crate::channel::driver::CameraTask;
 use crate::config::{CameraMode, Config};
+use crate::hook::client::HookClient;
 use crate::hook::{HookCamera, HookCounters, Receiver, ReceiverConfig, ReceiverError};
 use crate::intake::Intake;
 use crate::ops::{self, HealthReport, NamedCamera};
@@ -68,6 +69,14 @@ impl Daemon {
             camera_tasks.spawn(async move {
                 let _ = task.run().await;
             });
+        }
+        // Hook-mode cameras: keep what each has subscribed in line with the config.
+        for cam in cfg.cameras.iter().filter(|c| c.mode == CameraMode::Hook) {
+            if let Some(url) = cam.effective_callback_url(&cfg.hook) {
+                let (cam, url, stop) = (cam.clone(), url.to_string(), intake_stop.clone());
+                let every = Duration::from_secs(cfg.hook.recheck_secs.max(10));
+                camera_tasks.spawn(reconcile_loop(cam, url, every, stop));
+            }
         }
         let hook = if cfg.hook_active() {
             Some(Self::start_hook(cfg, intake.clone(), intake_stop.clone()).await?)
@@ -165,7 +174,8 @@ impl Daemon {
         })
     }
 
-    /// Ordered shutdown inside `grace`.
+    /// Ordered shutdown inside `grace`. Hook subscriptions stay on the cameras, so that
+    /// callbacks posted while camgate restarts are retried by the camera rather than lost.
     pub async fn shutdown(mut self, grace: Duration) -> Result<(), DaemonError> {
         let deadline = tokio::time::Instant::now() + grace;
         info!("shutting down: stopping intake");
@@ -201,5 +211,41 @@ impl Daemon {
         }
         info!("shutdown complete");
         Ok(())
+    }
+}
+
+/// Reconciles one hook camera's subscriptions at start-up (retrying with backoff until it
+/// works) and every `every` after that, until `stop`.
+async fn reconcile_loop(cam: crate::config::CameraConfig, callback: String, every: Duration, stop: CancellationToken) {
+    let client = match HookClient::new(&cam) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(camera = %cam.name, error = %e, "hook client cannot be built; subscriptions not managed");
+            return;
+        }
+    };
+    let mut backoff = crate::channel::backoff::Backoff::new(
+        Duration::from_secs(cam.backoff_min.max(1)),
+        Duration::from_secs(cam.backoff_max.max(cam.backoff_min).max(1)),
+    );
+    loop {
+        let wait = match client.reconcile(&cam.events, &callback).await {
+            Ok(out) => {
+                backoff.reset();
+                if !out.added.is_empty() || !out.deleted.is_empty() {
+                    info!(camera = %cam.name, added = ?out.added, deleted = ?out.deleted, callback = %callback, "hook subscriptions reconciled");
+                }
+                every
+            }
+            Err(e) => {
+                let d = backoff.next_delay(&mut rand::rng());
+                warn!(camera = %cam.name, error = %e, retry_in = ?d, "hook subscription reconcile failed");
+                d
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.cancelled() => return,
+        }
     }
 }

@@ -63,6 +63,9 @@ pub struct HookConfig {
     /// may give it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub callback_url: Option<String>,
+    /// How often each hook-mode camera's subscriptions are checked against `events` (and
+    /// repaired), seconds; they are also reconciled at start-up. Default 300.
+    pub recheck_secs: u64,
 }
 
 impl Default for HookConfig {
@@ -76,6 +79,7 @@ impl Default for HookConfig {
             request_timeout_secs: 10,
             replay_max_entries: 100_000,
             callback_url: None,
+            recheck_secs: 300,
         }
     }
 }
@@ -244,6 +248,11 @@ const fn default_backoff_max() -> u64 {
 }
 
 impl CameraConfig {
+    /// Hook mode: the URL this camera posts to (its own, else `hook.callback_url`).
+    pub fn effective_callback_url<'a>(&'a self, hook: &'a HookConfig) -> Option<&'a str> {
+        self.callback_url.as_deref().or(hook.callback_url.as_deref())
+    }
+
     /// A camera with every optional field at its default.
     pub fn new(name: &str, address: &str, app_id: &str, secret: &str, tls: TlsConfig) -> Self {
         CameraConfig {
@@ -513,6 +522,9 @@ impl Config {
         if h.replay_max_entries == 0 {
             errs.push("hook.replay_max_entries: must be at least 1".into());
         }
+        if h.recheck_secs < 10 {
+            errs.push(format!("hook.recheck_secs: {} is below 10", h.recheck_secs));
+        }
         if let Some(u) = &h.callback_url {
             if !valid_callback_url(u) {
                 errs.push(format!("hook.callback_url: {u:?} must be an http:// or https:// URL"));
@@ -526,6 +538,11 @@ impl Config {
                 }
                 (Some(u), CameraMode::Hook) if !valid_callback_url(u) => {
                     errs.push(format!("{at}.callback_url: {u:?} must be an http:// or https:// URL"));
+                }
+                (None, CameraMode::Hook) if h.callback_url.is_none() => {
+                    errs.push(format!(
+                        "{at}.callback_url: a hook camera needs callback_url (or hook.callback_url): the URL it posts to"
+                    ));
                 }
                 _ => {}
             }
@@ -694,6 +711,15 @@ tls = { ca_file = "/nonexistent.pem" }
         ] {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }
+    }
+
+    #[test]
+    fn hook_camera_without_a_callback_url_is_reported() {
+        let text = "[[cameras]]\nname = \"gate\"\nmode = \"hook\"\naddress = \"127.0.0.1:443\"\napp_id = \"a\"\nsecret = \"s\"\ntls = { insecure_skip_verify = true }\n";
+        let err = Config::from_toml(text).unwrap().validate().unwrap_err();
+        assert!(err.to_string().contains("callback_url"), "{err}");
+        let ok = format!("[hook]\ncallback_url = \"http://10.0.0.1:8080/h\"\n{text}");
+        Config::from_toml(&ok).unwrap().validate().unwrap();
     }
 
     #[test]
