@@ -124,6 +124,10 @@ struct Shared {
     /// `app_id` → cameras using it (several cameras may share one developer app).
     cameras: HashMap<String, Vec<HookCamera>>,
     verifier: Verifier,
+    /// Verified callbacks answered 503 (not stored): the camera may re-send the very same
+    /// signed request, which the replay cache would otherwise refuse with 401 and so lose the
+    /// event. Key `(app_id, random, timestamp, sign)` → Unix second it expires.
+    retry_ok: Mutex<HashMap<(String, String, String, String), u64>>,
     intake: Arc<Intake>,
     permits: Semaphore,
     counters: Arc<HookCounters>,
@@ -166,6 +170,7 @@ impl Receiver {
         let counters = Arc::new(HookCounters::default());
         let shared = Arc::new(Shared {
             verifier: Verifier::new(cfg.sign_window_secs, cfg.replay_max_entries.max(1)),
+            retry_ok: Mutex::new(HashMap::new()),
             permits: Semaphore::new(cfg.max_concurrency.max(1)),
             cameras: by_app,
             intake,
@@ -330,6 +335,54 @@ fn reply(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     resp
 }
 
+impl Shared {
+    /// Lets the exact same signed callback through the replay check once more (it was
+    /// answered 503, i.e. "try again").
+    fn allow_retry(&self, cb: &super::Callback, now: u64) {
+        let Some(sign) = &cb.sign else { return };
+        let mut m = self.retry_ok.lock().unwrap_or_else(|e| e.into_inner());
+        if m.len() >= self.cfg.replay_max_entries.max(1) {
+            m.retain(|_, until| *until >= now);
+            if m.len() >= self.cfg.replay_max_entries.max(1) {
+                return; // bounded: the camera then gets 401 on an identical re-send
+            }
+        }
+        m.insert(
+            (
+                cb.app_id.clone(),
+                cb.random.clone(),
+                cb.timestamp.clone(),
+                sign.clone(),
+            ),
+            now + self.cfg.sign_window_secs,
+        );
+    }
+
+    /// A replayed callback that was answered 503 before, and whose sign is right for `secret`.
+    fn take_retry(&self, cb: &super::Callback, secret: &str) -> bool {
+        let Some(given) = &cb.sign else { return false };
+        let key = (
+            cb.app_id.clone(),
+            cb.random.clone(),
+            cb.timestamp.clone(),
+            given.clone(),
+        );
+        let mut m = self.retry_ok.lock().unwrap_or_else(|e| e.into_inner());
+        if !m.contains_key(&key) {
+            return false;
+        }
+        let expected = crate::sign::sign(&cb.sign_params(), secret);
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(
+            expected.as_bytes(),
+            given.as_bytes(),
+        )) {
+            return false;
+        }
+        m.remove(&key);
+        true
+    }
+}
+
 async fn process(shared: &Shared, req: Request<Incoming>) -> Result<(Arc<str>, Accepted), Reject> {
     let cfg = &shared.cfg;
     if req.method() != Method::POST {
@@ -412,6 +465,10 @@ async fn process(shared: &Shared, req: Request<Incoming>) -> Result<(Arc<str>, A
                 break;
             }
             Err(SignError::Forged) => continue,
+            Err(SignError::Replayed) if shared.take_retry(&cb, &c.secret) => {
+                camera = Some(c.name.clone());
+                break;
+            }
             Err(e) => {
                 last_err = e;
                 break;
@@ -441,9 +498,22 @@ async fn process(shared: &Shared, req: Request<Incoming>) -> Result<(Arc<str>, A
     let intake = shared.intake.clone();
     let cam = camera.clone();
     let payload = cb.payload_bytes();
-    let result = tokio::spawn(async move { intake.accept(cam, Source::Hook, payload).await })
-        .await
-        .map_err(|e| Reject::new(StatusCode::SERVICE_UNAVAILABLE, "internal", e).camera(&camera))?;
+    let result = tokio::spawn(async move { intake.accept(cam, Source::Hook, payload).await }).await;
+    let result = match result {
+        Ok(r) => r,
+        Err(e) => {
+            shared.allow_retry(&cb, now);
+            return Err(Reject::new(StatusCode::SERVICE_UNAVAILABLE, "internal", e).camera(&camera));
+        }
+    };
+    if matches!(
+        &result,
+        Err(IntakeError::Outbox(
+            OutboxError::Full { .. } | OutboxError::Io { .. } | OutboxError::Closed
+        )) | Err(IntakeError::ConcurrentFailure)
+    ) {
+        shared.allow_retry(&cb, now);
+    }
     match result {
         Ok(a) => Ok((camera, a)),
         Err(IntakeError::Event(e)) => {
