@@ -484,3 +484,54 @@ async fn the_daemon_subscribes_hook_cameras_at_start_up() {
     assert!(api.subscriptions().contains_key("dynamic_detect_event"));
     stop.cancel();
 }
+
+#[tokio::test]
+async fn cameras_sharing_an_app_id_are_told_apart_by_their_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let oc = OutboxConfig {
+        dir: dir.path().join("outbox"),
+        ..OutboxConfig::default()
+    };
+    let outbox = Outbox::open(&oc).await.unwrap();
+    let intake = Intake::new(outbox.clone(), Duration::from_secs(86_400), 10_000);
+    let stop = CancellationToken::new();
+    let cam = |name: &str, secret: &str| HookCamera {
+        name: Arc::from(name),
+        app_id: APP_ID.into(),
+        secret: secret.into(),
+    };
+    let recv = Receiver::start(
+        loopback(),
+        vec![cam("east", "secret-east"), cam("west", "secret-west")],
+        intake,
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    let url = format!("http://{}/", recv.local_addr());
+    let west = HookPoster::new(&url, APP_ID, "secret-west", "WEST0001").unwrap();
+    let east = HookPoster::new(&url, APP_ID, "secret-east", "EAST0001").unwrap();
+    let neither = HookPoster::new(&url, APP_ID, "secret-north", "NORTH001").unwrap();
+    assert_eq!(west.post(PostKind::Valid).await.unwrap(), 200);
+    assert_eq!(east.post(PostKind::Valid).await.unwrap(), 200);
+    assert_eq!(neither.post(PostKind::Valid).await.unwrap(), 401);
+    assert_eq!(recv.counters().rejected("forged"), 1);
+    stop.cancel();
+    recv.join().await;
+    outbox.shutdown().await.unwrap();
+    let records = Outbox::dump(&dir.path().join("outbox")).unwrap();
+    let by: Vec<(String, String)> = records
+        .iter()
+        .map(|r| {
+            let e: StoredEnvelope = serde_json::from_slice(&r.data).unwrap();
+            (e.camera.into_owned(), e.sn.into_owned())
+        })
+        .collect();
+    assert_eq!(
+        by,
+        vec![
+            ("west".to_string(), "WEST0001".to_string()),
+            ("east".to_string(), "EAST0001".to_string())
+        ]
+    );
+}
