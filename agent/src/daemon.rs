@@ -1,6 +1,8 @@
-//! The running gateway: outbox, intake, one task per camera, sinks, health file — and the
-//! fixed shutdown order: stop intake (camera tasks drain their pending acks and send
-//! DISCONNECT) → drain outbox writes → let sinks take what is stored → exit.
+//! The running gateway: outbox, intake, one task per channel-mode camera, the hook callback
+//! receiver when a camera is in hook mode, sinks, health file — and the fixed shutdown order:
+//! stop intake (camera tasks drain their pending acks and send DISCONNECT; the hook receiver
+//! stops accepting and finishes the requests in flight) → drain outbox writes → let sinks take
+//! what is stored → exit.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +12,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::channel::driver::CameraTask;
-use crate::config::Config;
+use crate::config::{CameraMode, Config};
+use crate::hook::client::HookClient;
+use crate::hook::{HookCamera, HookCounters, Receiver, ReceiverConfig, ReceiverError};
 use crate::intake::Intake;
 use crate::ops::{self, HealthReport, NamedCamera};
 use crate::outbox::{Outbox, OutboxError};
@@ -21,6 +25,12 @@ use crate::status::CameraStatus;
 pub enum DaemonError {
     #[error(transparent)]
     Outbox(#[from] OutboxError),
+    #[error(transparent)]
+    Hook(#[from] ReceiverError),
+    #[error("hook.listen {0:?} is not an IP address and port")]
+    HookListen(String),
+    #[error("camera {camera}: {message}")]
+    Secret { camera: String, message: String },
     #[error("shutdown did not finish within {0:?}")]
     ShutdownTimeout(Duration),
 }
@@ -33,6 +43,7 @@ pub struct Daemon {
     intake_stop: CancellationToken,
     sink_stop: CancellationToken,
     camera_tasks: JoinSet<()>,
+    hook: Option<Receiver>,
     sink_tasks: JoinSet<()>,
     health_task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -51,7 +62,7 @@ impl Daemon {
         let sink_stop = CancellationToken::new();
         let mut camera_tasks = JoinSet::new();
         let mut cameras = Vec::new();
-        for cam in &cfg.cameras {
+        for cam in cfg.cameras.iter().filter(|c| c.mode == CameraMode::Channel) {
             let status = Arc::new(CameraStatus::default());
             cameras.push((cam.name.clone(), status.clone()));
             let task = CameraTask { cfg: cam.clone(), intake: intake.clone(), status, shutdown: intake_stop.clone() };
@@ -59,6 +70,19 @@ impl Daemon {
                 let _ = task.run().await;
             });
         }
+        // Hook-mode cameras: keep what each has subscribed in line with the config.
+        for cam in cfg.cameras.iter().filter(|c| c.mode == CameraMode::Hook) {
+            if let Some(url) = cam.effective_callback_url(&cfg.hook) {
+                let (cam, url, stop) = (cam.clone(), url.to_string(), intake_stop.clone());
+                let every = Duration::from_secs(cfg.hook.recheck_secs.max(10));
+                camera_tasks.spawn(reconcile_loop(cam, url, every, stop));
+            }
+        }
+        let hook = if cfg.hook_active() {
+            Some(Self::start_hook(cfg, intake.clone(), intake_stop.clone()).await?)
+        } else {
+            None
+        };
         let mut sink_tasks = JoinSet::new();
         if cfg.sinks.jsonl.enabled {
             let (ob, jc, stop) = (outbox.clone(), cfg.sinks.jsonl.clone(), sink_stop.clone());
@@ -69,10 +93,39 @@ impl Daemon {
                 }
             });
         }
-        let mut d = Daemon { outbox, intake, cameras, cfg: cfg.clone(), intake_stop, sink_stop, camera_tasks, sink_tasks, health_task: None };
+        let mut d = Daemon { outbox, intake, cameras, cfg: cfg.clone(), intake_stop, sink_stop, camera_tasks, hook, sink_tasks, health_task: None };
         d.health_task = Some(d.spawn_health());
         info!(cameras = d.cameras.len(), outbox = %cfg.outbox.dir.display(), dedupe_seeded = seeded, "camgate started");
         Ok(d)
+    }
+
+    async fn start_hook(cfg: &Config, intake: Arc<Intake>, stop: CancellationToken) -> Result<Receiver, DaemonError> {
+        let h = &cfg.hook;
+        let listen = h.listen.parse().map_err(|_| DaemonError::HookListen(h.listen.clone()))?;
+        let rcfg = ReceiverConfig {
+            listen,
+            max_body_bytes: h.max_body_bytes,
+            max_concurrency: h.max_concurrency,
+            sign_window_secs: h.sign_window_secs,
+            request_timeout: Duration::from_secs(h.request_timeout_secs.max(1)),
+            replay_max_entries: h.replay_max_entries,
+        };
+        let mut cams = Vec::new();
+        for c in cfg.cameras.iter().filter(|c| c.mode == CameraMode::Hook) {
+            let secret = c.resolve_secret().map_err(|message| DaemonError::Secret { camera: c.name.clone(), message })?;
+            cams.push(HookCamera { name: c.name.as_str().into(), app_id: c.app_id.clone(), secret });
+        }
+        Ok(Receiver::start(rcfg, cams, intake, stop).await?)
+    }
+
+    /// Where the hook receiver listens, when it runs.
+    pub fn hook_addr(&self) -> Option<std::net::SocketAddr> {
+        self.hook.as_ref().map(|h| h.local_addr())
+    }
+
+    /// The hook receiver's counters, when it runs.
+    pub fn hook_counters(&self) -> Option<Arc<HookCounters>> {
+        self.hook.as_ref().map(|h| h.counters().clone())
     }
 
     pub fn health(&self, state: &str) -> HealthReport {
@@ -121,7 +174,8 @@ impl Daemon {
         })
     }
 
-    /// Ordered shutdown inside `grace`.
+    /// Ordered shutdown inside `grace`. Hook subscriptions stay on the cameras, so that
+    /// callbacks posted while camgate restarts are retried by the camera rather than lost.
     pub async fn shutdown(mut self, grace: Duration) -> Result<(), DaemonError> {
         let deadline = tokio::time::Instant::now() + grace;
         info!("shutting down: stopping intake");
@@ -134,6 +188,15 @@ impl Daemon {
         if tokio::time::timeout_at(deadline, cams).await.is_err() {
             warn!("camera tasks did not stop in time; aborting them");
             self.camera_tasks.abort_all();
+        }
+        // The receiver stopped accepting with the same token; wait for its requests in flight
+        // (their appends are still queued ahead of the outbox drain).
+        if let Some(h) = self.hook.take() {
+            let abort = h.abort_handle();
+            if tokio::time::timeout_at(deadline, h.join()).await.is_err() {
+                warn!("hook receiver did not stop in time; aborting it");
+                abort.abort();
+            }
         }
         info!("draining outbox writes");
         let flushed = tokio::time::timeout_at(deadline, self.outbox.shutdown()).await;
@@ -148,5 +211,41 @@ impl Daemon {
         }
         info!("shutdown complete");
         Ok(())
+    }
+}
+
+/// Reconciles one hook camera's subscriptions at start-up (retrying with backoff until it
+/// works) and every `every` after that, until `stop`.
+async fn reconcile_loop(cam: crate::config::CameraConfig, callback: String, every: Duration, stop: CancellationToken) {
+    let client = match HookClient::new(&cam) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(camera = %cam.name, error = %e, "hook client cannot be built; subscriptions not managed");
+            return;
+        }
+    };
+    let mut backoff = crate::channel::backoff::Backoff::new(
+        Duration::from_secs(cam.backoff_min.max(1)),
+        Duration::from_secs(cam.backoff_max.max(cam.backoff_min).max(1)),
+    );
+    loop {
+        let wait = match client.reconcile(&cam.events, &callback).await {
+            Ok(out) => {
+                backoff.reset();
+                if !out.added.is_empty() || !out.deleted.is_empty() {
+                    info!(camera = %cam.name, added = ?out.added, deleted = ?out.deleted, callback = %callback, "hook subscriptions reconciled");
+                }
+                every
+            }
+            Err(e) => {
+                let d = backoff.next_delay(&mut rand::rng());
+                warn!(camera = %cam.name, error = %e, retry_in = ?d, "hook subscription reconcile failed");
+                d
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.cancelled() => return,
+        }
     }
 }

@@ -14,6 +14,7 @@
 pub mod channel;
 pub mod config;
 pub mod event;
+pub mod hook;
 pub mod intake;
 pub mod outbox;
 pub mod sign;

@@ -34,7 +34,72 @@ pub struct Config {
     #[serde(default)]
     pub shutdown: ShutdownConfig,
     #[serde(default)]
+    pub hook: HookConfig,
+    #[serde(default)]
     pub cameras: Vec<CameraConfig>,
+}
+
+/// `[hook]`: the HTTP callback receiver for cameras in `mode = "hook"` (DECISIONS §4).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HookConfig {
+    /// Start the receiver even with no hook-mode camera. Default false (it starts whenever a
+    /// camera has `mode = "hook"`).
+    pub enabled: bool,
+    /// Address the receiver listens on. Default `0.0.0.0:8080`.
+    pub listen: String,
+    /// Largest callback body accepted; larger ones get 413. Default 262144 (256 KiB).
+    pub max_body_bytes: usize,
+    /// Requests processed at once; more wait (up to `request_timeout_secs`) then get 503. Default 64.
+    pub max_concurrency: usize,
+    /// How far a callback's `timestamp` may be from local time, seconds. Default 300.
+    pub sign_window_secs: u64,
+    /// Time allowed to receive one request's headers and body, seconds. Default 10.
+    pub request_timeout_secs: u64,
+    /// Bound of the replay cache of `(app_id, random, timestamp)`. Default 100000.
+    pub replay_max_entries: usize,
+    /// The URL cameras are told to post to (`http_callback` of hook/add), e.g.
+    /// `http://192.168.0.100:8080/camgate/hook`. Default none (a camera's own `callback_url`
+    /// may give it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
+    /// How often each hook-mode camera's subscriptions are checked against `events` (and
+    /// repaired), seconds; they are also reconciled at start-up. Default 300.
+    pub recheck_secs: u64,
+}
+
+impl Default for HookConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            listen: "0.0.0.0:8080".into(),
+            max_body_bytes: 256 * 1024,
+            max_concurrency: 64,
+            sign_window_secs: 300,
+            request_timeout_secs: 10,
+            replay_max_entries: 100_000,
+            callback_url: None,
+            recheck_secs: 300,
+        }
+    }
+}
+
+impl Config {
+    /// Whether the callback receiver runs: `hook.enabled`, or any camera in hook mode.
+    pub fn hook_active(&self) -> bool {
+        self.hook.enabled || self.cameras.iter().any(|c| c.mode == CameraMode::Hook)
+    }
+}
+
+/// How a camera delivers its events.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CameraMode {
+    /// camgate keeps a Message Channel session to the camera (DECISIONS §2, §3).
+    #[default]
+    Channel,
+    /// The camera POSTs callbacks to camgate's receiver (`[hook]`, DECISIONS §4).
+    Hook,
 }
 
 /// `[intake]`: de-duplication of `(sn, event_id)` (DECISIONS §3: within 24 h).
@@ -124,7 +189,15 @@ impl Default for ShutdownConfig {
 pub struct CameraConfig {
     /// Unique name, used in logs and forwarded data.
     pub name: String,
-    /// `host:port` of the camera's Message Channel (port 10021 on real cameras).
+    /// `channel` (camgate connects to the camera) or `hook` (the camera posts callbacks to
+    /// `[hook]`). Default `channel`.
+    #[serde(default)]
+    pub mode: CameraMode,
+    /// Hook mode: the URL this camera is told to post to, if not `hook.callback_url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
+    /// `host:port` of the camera's Message Channel (port 10021 on real cameras); in hook mode,
+    /// of its HTTPS API (port 443).
     pub address: String,
     pub app_id: String,
     /// The app secret inline, or...
@@ -175,10 +248,17 @@ const fn default_backoff_max() -> u64 {
 }
 
 impl CameraConfig {
+    /// Hook mode: the URL this camera posts to (its own, else `hook.callback_url`).
+    pub fn effective_callback_url<'a>(&'a self, hook: &'a HookConfig) -> Option<&'a str> {
+        self.callback_url.as_deref().or(hook.callback_url.as_deref())
+    }
+
     /// A camera with every optional field at its default.
     pub fn new(name: &str, address: &str, app_id: &str, secret: &str, tls: TlsConfig) -> Self {
         CameraConfig {
             name: name.into(),
+            mode: CameraMode::Channel,
+            callback_url: None,
             address: address.into(),
             app_id: app_id.into(),
             secret: Some(secret.into()),
@@ -315,6 +395,7 @@ impl Config {
         if self.health.interval_secs == 0 {
             errs.push("health.interval_secs: must be at least 1".into());
         }
+        self.validate_hook(&mut errs);
         let mut names = HashSet::new();
         for (i, c) in self.cameras.iter().enumerate() {
             let at = if c.name.is_empty() {
@@ -410,6 +491,64 @@ impl Config {
         } else {
             Err(ConfigError::Invalid(errs))
         }
+    }
+}
+
+fn valid_callback_url(u: &str) -> bool {
+    let rest = u
+        .strip_prefix("http://")
+        .or_else(|| u.strip_prefix("https://"));
+    rest.is_some_and(|r| !r.is_empty() && !r.starts_with('/') && !r.contains(char::is_whitespace))
+}
+
+impl Config {
+    fn validate_hook(&self, errs: &mut Vec<String>) {
+        let h = &self.hook;
+        if h.listen.parse::<std::net::SocketAddr>().is_err() {
+            errs.push(format!("hook.listen: {:?} is not an IP address and port", h.listen));
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&h.max_body_bytes) {
+            errs.push(format!("hook.max_body_bytes: {} is outside 1024..=16777216", h.max_body_bytes));
+        }
+        if h.max_concurrency == 0 {
+            errs.push("hook.max_concurrency: must be at least 1".into());
+        }
+        if !(1..=86_400).contains(&h.sign_window_secs) {
+            errs.push(format!("hook.sign_window_secs: {} is outside 1..=86400", h.sign_window_secs));
+        }
+        if h.request_timeout_secs == 0 {
+            errs.push("hook.request_timeout_secs: must be at least 1".into());
+        }
+        if h.replay_max_entries == 0 {
+            errs.push("hook.replay_max_entries: must be at least 1".into());
+        }
+        if h.recheck_secs < 10 {
+            errs.push(format!("hook.recheck_secs: {} is below 10", h.recheck_secs));
+        }
+        if let Some(u) = &h.callback_url {
+            if !valid_callback_url(u) {
+                errs.push(format!("hook.callback_url: {u:?} must be an http:// or https:// URL"));
+            }
+        }
+        for (i, c) in self.cameras.iter().enumerate() {
+            let at = format!("cameras[{i}] ({})", c.name);
+            match (&c.callback_url, c.mode) {
+                (Some(_), CameraMode::Channel) => {
+                    errs.push(format!("{at}.callback_url: only for mode = \"hook\""));
+                }
+                (Some(u), CameraMode::Hook) if !valid_callback_url(u) => {
+                    errs.push(format!("{at}.callback_url: {u:?} must be an http:// or https:// URL"));
+                }
+                (None, CameraMode::Hook) if h.callback_url.is_none() => {
+                    errs.push(format!(
+                        "{at}.callback_url: a hook camera needs callback_url (or hook.callback_url): the URL it posts to"
+                    ));
+                }
+                _ => {}
+            }
+        }
+        // Callbacks are matched to cameras by app_id; one app_id with two secrets is allowed
+        // (the verifying secret names the camera), so nothing more to check here.
     }
 }
 
@@ -532,6 +671,55 @@ tls = { ca_file = "/nonexistent.pem" }
             ..c.cameras[1].clone()
         };
         assert_eq!(cam.resolve_secret().unwrap(), "from-file");
+    }
+
+    #[test]
+    fn hook_section_and_camera_mode() {
+        let text = format!(
+            "{CONTRACT}\n[hook]\nlisten = \"127.0.0.1:9000\"\ncallback_url = \"http://10.0.0.1:9000/hook\"\n[[cameras]]\nname = \"gate\"\nmode = \"hook\"\naddress = \"127.0.0.1:443\"\napp_id = \"app\"\nsecret = \"s\"\ntls = {{ insecure_skip_verify = true }}\n"
+        );
+        let c = Config::from_toml(&text).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.cameras[0].mode, CameraMode::Channel, "channel is the default");
+        assert_eq!(c.cameras[1].mode, CameraMode::Hook);
+        assert!(c.hook_active());
+        assert_eq!(c.hook.max_body_bytes, 256 * 1024);
+        assert_eq!(c.hook.sign_window_secs, 300);
+        assert!(!Config::from_toml(CONTRACT).unwrap().hook_active());
+        assert!(Config::from_toml("[[cameras]]\nname=\"a\"\nmode=\"carrier-pigeon\"\naddress=\"a:1\"\napp_id=\"a\"\n").is_err());
+    }
+
+    #[test]
+    fn hook_errors_are_all_reported() {
+        let text = format!(
+            "{CONTRACT}\ncallback_url = \"ftp://x\"\n[hook]\nlisten = \"nowhere\"\nmax_body_bytes = 10\nmax_concurrency = 0\nsign_window_secs = 0\nrequest_timeout_secs = 0\nreplay_max_entries = 0\ncallback_url = \"/relative\"\n"
+        );
+        let err = Config::from_toml(&text).unwrap().validate().unwrap_err();
+        let ConfigError::Invalid(list) = err else {
+            panic!("{err}")
+        };
+        let all = list.join("\n");
+        for needle in [
+            "hook.listen",
+            "hook.max_body_bytes",
+            "hook.max_concurrency",
+            "hook.sign_window_secs",
+            "hook.request_timeout_secs",
+            "hook.replay_max_entries",
+            "hook.callback_url",
+            "only for mode",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn hook_camera_without_a_callback_url_is_reported() {
+        let text = "[[cameras]]\nname = \"gate\"\nmode = \"hook\"\naddress = \"127.0.0.1:443\"\napp_id = \"a\"\nsecret = \"s\"\ntls = { insecure_skip_verify = true }\n";
+        let err = Config::from_toml(text).unwrap().validate().unwrap_err();
+        assert!(err.to_string().contains("callback_url"), "{err}");
+        let ok = format!("[hook]\ncallback_url = \"http://10.0.0.1:8080/h\"\n{text}");
+        Config::from_toml(&ok).unwrap().validate().unwrap();
     }
 
     #[test]

@@ -9,6 +9,7 @@
 mod cert;
 mod conn;
 mod media;
+pub mod hook;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -1,0 +1,532 @@
+//! The callback receiver: an HTTP/1.1 server (hyper) that cameras in hook mode POST their events
+//! to (DECISIONS §4). Per request, in this order:
+//! method → content type → declared size (413 before the body is read) → a concurrency permit →
+//! the body, bounded in size and time → multipart parse → camera by `app_id` → sign, window and
+//! replay → payload is an event → `Intake::accept` (dedupe across paths + durable append).
+//! 200 is answered only after the event is durable (or a known duplicate).
+//!
+//! Answers: 400 malformed, 401 unsigned / unknown app / forged / replayed / outside the window,
+//! 405 not POST, 408 body too slow, 413 too large, 503 outbox full, outbox error or overload.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::callback::{boundary_from_content_type, parse_callback};
+use crate::event::Source;
+use crate::intake::{Accepted, Intake, IntakeError};
+use crate::outbox::OutboxError;
+use crate::sign::{SignError, Verifier};
+
+/// Receiver settings (from `[hook]`).
+#[derive(Debug, Clone)]
+pub struct ReceiverConfig {
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+    pub max_concurrency: usize,
+    pub sign_window_secs: u64,
+    /// Time allowed for reading one request's headers and body.
+    pub request_timeout: Duration,
+    /// Bound of the replay cache (fails closed with 503 when full of live entries).
+    pub replay_max_entries: usize,
+}
+
+impl Default for ReceiverConfig {
+    fn default() -> Self {
+        ReceiverConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            max_body_bytes: 256 * 1024,
+            max_concurrency: 64,
+            sign_window_secs: 300,
+            request_timeout: Duration::from_secs(10),
+            replay_max_entries: 100_000,
+        }
+    }
+}
+
+/// A camera allowed to post callbacks.
+#[derive(Debug, Clone)]
+pub struct HookCamera {
+    pub name: Arc<str>,
+    pub app_id: String,
+    pub secret: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiverError {
+    #[error("cannot listen for hook callbacks on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Counts of accepted and rejected callbacks (for tests and the status file).
+#[derive(Debug, Default)]
+pub struct HookCounters {
+    pub accepted: AtomicU64,
+    pub duplicates: AtomicU64,
+    rejected: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct HookCountersSnapshot {
+    pub accepted: u64,
+    pub duplicates: u64,
+    /// Rejections by reason (`forged`, `replayed`, `unsigned`, `outside_window`, `truncated`, ...).
+    pub rejected: BTreeMap<String, u64>,
+}
+
+impl HookCounters {
+    fn reject(&self, reason: &'static str) {
+        let mut m = self.rejected.lock().unwrap_or_else(|e| e.into_inner());
+        *m.entry(reason).or_insert(0) += 1;
+    }
+
+    /// Rejections counted under `reason`.
+    pub fn rejected(&self, reason: &str) -> u64 {
+        let m = self.rejected.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(reason).copied().unwrap_or(0)
+    }
+
+    pub fn rejected_total(&self) -> u64 {
+        let m = self.rejected.lock().unwrap_or_else(|e| e.into_inner());
+        m.values().sum()
+    }
+
+    pub fn snapshot(&self) -> HookCountersSnapshot {
+        let m = self.rejected.lock().unwrap_or_else(|e| e.into_inner());
+        HookCountersSnapshot {
+            accepted: self.accepted.load(Ordering::Relaxed),
+            duplicates: self.duplicates.load(Ordering::Relaxed),
+            rejected: m.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        }
+    }
+}
+
+struct Shared {
+    cfg: ReceiverConfig,
+    /// `app_id` → cameras using it (several cameras may share one developer app).
+    cameras: HashMap<String, Vec<HookCamera>>,
+    verifier: Verifier,
+    /// Verified callbacks answered 503 (not stored): the camera may re-send the very same
+    /// signed request, which the replay cache would otherwise refuse with 401 and so lose the
+    /// event. Key `(app_id, random, timestamp, sign)` → Unix second it expires.
+    retry_ok: Mutex<HashMap<(String, String, String, String), u64>>,
+    intake: Arc<Intake>,
+    permits: Semaphore,
+    counters: Arc<HookCounters>,
+}
+
+/// A running receiver. It stops accepting when the shutdown token is cancelled; [`join`]
+/// waits for the requests in flight.
+///
+/// [`join`]: Receiver::join
+pub struct Receiver {
+    local_addr: SocketAddr,
+    counters: Arc<HookCounters>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Receiver {
+    pub async fn start(
+        cfg: ReceiverConfig,
+        cameras: Vec<HookCamera>,
+        intake: Arc<Intake>,
+        shutdown: CancellationToken,
+    ) -> Result<Receiver, ReceiverError> {
+        let listener =
+            TcpListener::bind(cfg.listen)
+                .await
+                .map_err(|source| ReceiverError::Bind {
+                    addr: cfg.listen,
+                    source,
+                })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| ReceiverError::Bind {
+                addr: cfg.listen,
+                source,
+            })?;
+        let mut by_app: HashMap<String, Vec<HookCamera>> = HashMap::new();
+        for c in cameras {
+            by_app.entry(c.app_id.clone()).or_default().push(c);
+        }
+        let counters = Arc::new(HookCounters::default());
+        let shared = Arc::new(Shared {
+            verifier: Verifier::new(cfg.sign_window_secs, cfg.replay_max_entries.max(1)),
+            retry_ok: Mutex::new(HashMap::new()),
+            permits: Semaphore::new(cfg.max_concurrency.max(1)),
+            cameras: by_app,
+            intake,
+            counters: counters.clone(),
+            cfg,
+        });
+        info!(addr = %local_addr, "hook callback receiver listening");
+        let task = tokio::spawn(accept_loop(listener, shared, shutdown));
+        Ok(Receiver {
+            local_addr,
+            counters,
+            task,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn counters(&self) -> &Arc<HookCounters> {
+        &self.counters
+    }
+
+    /// Waits until the receiver has stopped (after the shutdown token) and its connections ended.
+    pub async fn join(self) {
+        let _ = self.task.await;
+    }
+
+    /// A handle that aborts the receiver and its connections (shutdown deadline passed).
+    pub fn abort_handle(&self) -> tokio::task::AbortHandle {
+        self.task.abort_handle()
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
+    let mut conns = JoinSet::new();
+    // Connections are bounded too (idle keep-alive ones included), at a multiple of the
+    // request bound so that slow clients cannot starve the accept loop of file descriptors.
+    let conn_limit = Arc::new(Semaphore::new(shared.cfg.max_concurrency.max(1) * 4));
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = conn_limit.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!(error = %e, "hook receiver accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        while conns.try_join_next().is_some() {}
+        let shared = shared.clone();
+        let stop = shutdown.clone();
+        conns.spawn(async move {
+            let _permit = permit;
+            let svc_shared = shared.clone();
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let s = svc_shared.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(s, peer, req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(shared.cfg.request_timeout)
+                .serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        debug!(peer = %peer, error = %e, "hook connection ended with an error");
+                    }
+                }
+                _ = stop.cancelled() => {
+                    // Finish the request in flight (its event may be mid-append), then close.
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    while conns.join_next().await.is_some() {}
+    info!("hook callback receiver stopped");
+}
+
+/// Why a request was refused.
+struct Reject {
+    status: StatusCode,
+    reason: &'static str,
+    camera: Option<Arc<str>>,
+    detail: String,
+}
+
+impl Reject {
+    fn new(status: StatusCode, reason: &'static str, detail: impl ToString) -> Self {
+        Reject {
+            status,
+            reason,
+            camera: None,
+            detail: detail.to_string(),
+        }
+    }
+    fn camera(mut self, c: &Arc<str>) -> Self {
+        self.camera = Some(c.clone());
+        self
+    }
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    match process(&shared, req).await {
+        Ok((camera, accepted)) => {
+            match accepted {
+                Accepted::Stored { .. } => shared.counters.accepted.fetch_add(1, Ordering::Relaxed),
+                Accepted::Duplicate { .. } => {
+                    shared.counters.duplicates.fetch_add(1, Ordering::Relaxed)
+                }
+            };
+            debug!(camera = %camera, event_id = %accepted.event_id(), "hook callback stored");
+            reply(StatusCode::OK, r#"{"code":0}"#.to_string())
+        }
+        Err(r) => {
+            shared.counters.reject(r.reason);
+            warn!(
+                camera = r.camera.as_deref().unwrap_or("-"),
+                peer = %peer,
+                reason = r.reason,
+                status = r.status.as_u16(),
+                detail = %r.detail,
+                "hook callback rejected"
+            );
+            reply(
+                r.status,
+                format!(
+                    r#"{{"code":{},"reason":"{}"}}"#,
+                    r.status.as_u16(),
+                    r.reason
+                ),
+            )
+        }
+    }
+}
+
+fn reply(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+impl Shared {
+    /// Lets the exact same signed callback through the replay check once more (it was
+    /// answered 503, i.e. "try again").
+    fn allow_retry(&self, cb: &super::Callback, now: u64) {
+        let Some(sign) = &cb.sign else { return };
+        let mut m = self.retry_ok.lock().unwrap_or_else(|e| e.into_inner());
+        if m.len() >= self.cfg.replay_max_entries.max(1) {
+            m.retain(|_, until| *until >= now);
+            if m.len() >= self.cfg.replay_max_entries.max(1) {
+                return; // bounded: the camera then gets 401 on an identical re-send
+            }
+        }
+        m.insert(
+            (
+                cb.app_id.clone(),
+                cb.random.clone(),
+                cb.timestamp.clone(),
+                sign.clone(),
+            ),
+            now + self.cfg.sign_window_secs,
+        );
+    }
+
+    /// A replayed callback that was answered 503 before, and whose sign is right for `secret`.
+    fn take_retry(&self, cb: &super::Callback, secret: &str) -> bool {
+        let Some(given) = &cb.sign else { return false };
+        let key = (
+            cb.app_id.clone(),
+            cb.random.clone(),
+            cb.timestamp.clone(),
+            given.clone(),
+        );
+        let mut m = self.retry_ok.lock().unwrap_or_else(|e| e.into_inner());
+        if !m.contains_key(&key) {
+            return false;
+        }
+        let expected = crate::sign::sign(&cb.sign_params(), secret);
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(
+            expected.as_bytes(),
+            given.as_bytes(),
+        )) {
+            return false;
+        }
+        m.remove(&key);
+        true
+    }
+}
+
+async fn process(shared: &Shared, req: Request<Incoming>) -> Result<(Arc<str>, Accepted), Reject> {
+    let cfg = &shared.cfg;
+    if req.method() != Method::POST {
+        return Err(Reject::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method",
+            req.method(),
+        ));
+    }
+    let ct = req
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let boundary = boundary_from_content_type(ct)
+        .map_err(|e| Reject::new(StatusCode::BAD_REQUEST, e.reason(), &e))?;
+    let declared = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > cfg.max_body_bytes as u64) {
+        return Err(Reject::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("declared {} bytes", declared.unwrap_or(0)),
+        ));
+    }
+    let deadline = tokio::time::Instant::now() + cfg.request_timeout;
+    // The permit bounds the bodies held in memory and the appends in flight.
+    let _permit = match tokio::time::timeout_at(deadline, shared.permits.acquire()).await {
+        Ok(Ok(p)) => p,
+        _ => {
+            return Err(Reject::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "no request slot in time",
+            ))
+        }
+    };
+    let body = Limited::new(req.into_body(), cfg.max_body_bytes);
+    let body = match tokio::time::timeout_at(deadline, body.collect()).await {
+        Err(_) => {
+            return Err(Reject::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                "body not received in time",
+            ))
+        }
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return Err(Reject::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e))
+        }
+        Ok(Err(e)) => return Err(Reject::new(StatusCode::BAD_REQUEST, "body", e)),
+        Ok(Ok(b)) => b.to_bytes(),
+    };
+    let cb = parse_callback(&body, &boundary)
+        .map_err(|e| Reject::new(StatusCode::BAD_REQUEST, e.reason(), &e))?;
+    let candidates = shared.cameras.get(&cb.app_id).ok_or_else(|| {
+        Reject::new(
+            StatusCode::UNAUTHORIZED,
+            "unknown_app_id",
+            format!("app_id {:?}", cb.app_id),
+        )
+    })?;
+    let first = &candidates[0].name;
+    if cb.sign.is_none() {
+        return Err(
+            Reject::new(StatusCode::UNAUTHORIZED, "unsigned", "no sign field").camera(first),
+        );
+    }
+    let params = cb.sign_params();
+    let now = crate::sign::unix_now();
+    let mut camera = None;
+    let mut last_err = SignError::Forged;
+    // Cameras sharing an app_id may still have different secrets: the one that verifies names it.
+    for c in candidates {
+        match shared.verifier.verify(&params, &c.secret, now) {
+            Ok(()) => {
+                camera = Some(c.name.clone());
+                break;
+            }
+            Err(SignError::Forged) => continue,
+            Err(SignError::Replayed) if shared.take_retry(&cb, &c.secret) => {
+                camera = Some(c.name.clone());
+                break;
+            }
+            Err(e) => {
+                last_err = e;
+                break;
+            }
+        }
+    }
+    let camera = match camera {
+        Some(c) => c,
+        None => {
+            let status = match last_err {
+                SignError::ReplayCacheFull => StatusCode::SERVICE_UNAVAILABLE,
+                SignError::Malformed { .. } | SignError::Missing(_) => StatusCode::BAD_REQUEST,
+                _ => StatusCode::UNAUTHORIZED,
+            };
+            let reason = match last_err {
+                SignError::Malformed { .. } | SignError::Missing(_) => "sign_params",
+                ref e => e.kind(),
+            };
+            return Err(Reject::new(status, reason, &last_err).camera(first));
+        }
+    };
+    if let Err(e) = cb.event() {
+        return Err(Reject::new(StatusCode::BAD_REQUEST, "payload", e).camera(&camera));
+    }
+    // Run the append in its own task: if the camera hangs up, hyper drops this future, and an
+    // accept cancelled half-way would leave its dedupe entry in flight.
+    let intake = shared.intake.clone();
+    let cam = camera.clone();
+    let payload = cb.payload_bytes();
+    let result = tokio::spawn(async move { intake.accept(cam, Source::Hook, payload).await }).await;
+    let result = match result {
+        Ok(r) => r,
+        Err(e) => {
+            shared.allow_retry(&cb, now);
+            return Err(Reject::new(StatusCode::SERVICE_UNAVAILABLE, "internal", e).camera(&camera));
+        }
+    };
+    if matches!(
+        &result,
+        Err(IntakeError::Outbox(
+            OutboxError::Full { .. } | OutboxError::Io { .. } | OutboxError::Closed
+        )) | Err(IntakeError::ConcurrentFailure)
+    ) {
+        shared.allow_retry(&cb, now);
+    }
+    match result {
+        Ok(a) => Ok((camera, a)),
+        Err(IntakeError::Event(e)) => {
+            Err(Reject::new(StatusCode::BAD_REQUEST, "payload", e).camera(&camera))
+        }
+        Err(IntakeError::Outbox(e @ OutboxError::Full { .. })) => {
+            Err(Reject::new(StatusCode::SERVICE_UNAVAILABLE, "outbox_full", e).camera(&camera))
+        }
+        Err(IntakeError::Outbox(e @ OutboxError::RecordTooLarge { .. })) => {
+            Err(Reject::new(StatusCode::PAYLOAD_TOO_LARGE, "record_too_large", e).camera(&camera))
+        }
+        Err(e) => {
+            Err(Reject::new(StatusCode::SERVICE_UNAVAILABLE, "outbox_error", e).camera(&camera))
+        }
+    }
+}
