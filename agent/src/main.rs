@@ -42,6 +42,12 @@ enum Cmd {
     Health(ConfigArg),
     /// Print the running daemon's status (cameras, outbox) as JSON.
     Status(ConfigArg),
+    /// On-device face detection, embedding and comparison (shipped models, no network).
+    #[cfg(feature = "vision")]
+    Face {
+        #[command(subcommand)]
+        cmd: camgate::vision::cli::FaceCommand,
+    },
     /// Benchmarks; each prints its figures next to a reference measured in the same run.
     Bench {
         #[command(subcommand)]
@@ -123,6 +129,9 @@ struct SimArgs {
 enum BenchCmd {
     /// Codec decode rate, outbox group commit, and N cameras through TLS into the outbox.
     Channel(camgate::bench::ChannelBenchArgs),
+    /// The face pipeline per stage, next to the onnxruntime reference (Python) when available.
+    #[cfg(feature = "vision")]
+    Vision(camgate::vision::cli::VisionBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -214,6 +223,18 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         Cmd::SimCamera(a) => {
             logging::init("info", true);
             runtime()?.block_on(sim_camera(a))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        #[cfg(feature = "vision")]
+        Cmd::Face { cmd } => {
+            logging::init("warn", true);
+            camgate::vision::cli::run(cmd)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        #[cfg(feature = "vision")]
+        Cmd::Bench { cmd: BenchCmd::Vision(args) } => {
+            logging::init("warn", true);
+            camgate::vision::cli::bench(args)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Bench { cmd: BenchCmd::Channel(args) } => {
