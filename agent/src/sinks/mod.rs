@@ -2,3 +2,6 @@
 //! another or the camera acks (the outbox's bound applies).
 
 pub mod jsonl;
+pub mod status;
+
+pub use status::{SinkSnapshot, SinkStatus};
