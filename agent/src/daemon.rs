@@ -45,6 +45,8 @@ pub struct Daemon {
     camera_tasks: JoinSet<()>,
     hook: Option<Receiver>,
     sink_tasks: JoinSet<()>,
+    /// Status of each forwarding sink, by name, for the health file and `camgate status`.
+    pub sink_status: Vec<(String, Arc<sinks::SinkStatus>)>,
     health_task: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -84,6 +86,7 @@ impl Daemon {
             None
         };
         let mut sink_tasks = JoinSet::new();
+        let sink_status: Vec<(String, Arc<sinks::SinkStatus>)> = Vec::new();
         if cfg.sinks.jsonl.enabled {
             let (ob, jc, stop) = (outbox.clone(), cfg.sinks.jsonl.clone(), sink_stop.clone());
             sink_tasks.spawn(async move {
@@ -93,7 +96,7 @@ impl Daemon {
                 }
             });
         }
-        let mut d = Daemon { outbox, intake, cameras, cfg: cfg.clone(), intake_stop, sink_stop, camera_tasks, hook, sink_tasks, health_task: None };
+        let mut d = Daemon { outbox, intake, cameras, cfg: cfg.clone(), intake_stop, sink_stop, camera_tasks, hook, sink_tasks, sink_status, health_task: None };
         d.health_task = Some(d.spawn_health());
         info!(cameras = d.cameras.len(), outbox = %cfg.outbox.dir.display(), dedupe_seeded = seeded, "camgate started");
         Ok(d)
@@ -129,15 +132,7 @@ impl Daemon {
     }
 
     pub fn health(&self, state: &str) -> HealthReport {
-        HealthReport {
-            pid: std::process::id(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            state: state.to_string(),
-            updated_ms: crate::sign::unix_now_ms(),
-            interval_secs: self.cfg.health.interval_secs,
-            cameras: self.cameras.iter().map(|(n, s)| NamedCamera::new(n, &s.snapshot())).collect(),
-            outbox: serde_json::to_value(self.outbox.stats()).unwrap_or_default(),
-        }
+        health_report(state, self.cfg.health.interval_secs, &self.cameras, &self.outbox, &self.sink_status)
     }
 
     fn spawn_health(&self) -> tokio::task::JoinHandle<()> {
@@ -145,6 +140,7 @@ impl Daemon {
         let every = Duration::from_secs(self.cfg.health.interval_secs.max(1));
         let cameras = self.cameras.clone();
         let outbox = self.outbox.clone();
+        let sink_status = self.sink_status.clone();
         let interval_secs = self.cfg.health.interval_secs;
         let stop = self.intake_stop.clone();
         tokio::spawn(async move {
@@ -155,15 +151,7 @@ impl Daemon {
                     _ = tick.tick() => {}
                     _ = stop.cancelled() => break,
                 }
-                let report = HealthReport {
-                    pid: std::process::id(),
-                    version: env!("CARGO_PKG_VERSION").to_string(),
-                    state: "running".into(),
-                    updated_ms: crate::sign::unix_now_ms(),
-                    interval_secs,
-                    cameras: cameras.iter().map(|(n, s)| NamedCamera::new(n, &s.snapshot())).collect(),
-                    outbox: serde_json::to_value(outbox.stats()).unwrap_or_default(),
-                };
+                let report = health_report("running", interval_secs, &cameras, &outbox, &sink_status);
                 if let Err(e) = ops::write_health(&path, &report) {
                     if !warned {
                         warn!(path = %path.display(), error = %e, "cannot write health file");
@@ -211,6 +199,30 @@ impl Daemon {
         }
         info!("shutdown complete");
         Ok(())
+    }
+}
+
+fn health_report(
+    state: &str,
+    interval_secs: u64,
+    cameras: &[(String, Arc<CameraStatus>)],
+    outbox: &Outbox,
+    sink_status: &[(String, Arc<sinks::SinkStatus>)],
+) -> HealthReport {
+    let now = crate::sign::unix_now_ms();
+    let stats = outbox.stats();
+    HealthReport {
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        state: state.to_string(),
+        updated_ms: now,
+        interval_secs,
+        cameras: cameras.iter().map(|(n, s)| NamedCamera::new(n, &s.snapshot())).collect(),
+        sinks: sink_status
+            .iter()
+            .map(|(n, s)| (n.clone(), serde_json::to_value(s.snapshot(&stats, now)).unwrap_or_default()))
+            .collect(),
+        outbox: serde_json::to_value(stats).unwrap_or_default(),
     }
 }
 

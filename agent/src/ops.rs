@@ -41,6 +41,9 @@ pub struct HealthReport {
     pub interval_secs: u64,
     pub cameras: Vec<NamedCamera>,
     pub outbox: serde_json::Value,
+    /// Forwarding sinks by name (`kafka`, `mqtt`): delivery counters and lag.
+    #[serde(default)]
+    pub sinks: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
