@@ -37,6 +37,55 @@ pub struct TlsConfig {
     pub client_key: Option<PathBuf>,
 }
 
+impl TlsConfig {
+    fn trust_choice(&self) -> Result<(), TlsError> {
+        let choices = self.fingerprint_sha256.is_some() as u8 + self.ca_file.is_some() as u8 + self.insecure_skip_verify as u8;
+        if choices == 1 {
+            Ok(())
+        } else {
+            Err(TlsError::TrustChoice)
+        }
+    }
+
+    /// Every problem that would stop [`client_config`], each as a field suffix and message
+    /// (`": give exactly one of ..."`, `".ca_file: ..."`), so config validation can report all of them.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if let Err(e) = self.trust_choice() {
+            p.push(format!(": {}", bare(&e)));
+        }
+        if let Some(fp) = &self.fingerprint_sha256 {
+            if let Err(e) = parse_fingerprint(fp) {
+                p.push(format!(": {}", bare(&e)));
+            }
+        }
+        if let Some(ca) = &self.ca_file {
+            if let Err(e) = load_certs(ca) {
+                p.push(format!(".ca_file: {}", bare(&e)));
+            }
+        }
+        match (&self.client_cert, &self.client_key) {
+            (Some(cert), Some(key)) => {
+                if let Err(e) = load_certs(cert) {
+                    p.push(format!(".client_cert: {}", bare(&e)));
+                }
+                if let Err(e) = load_key(key) {
+                    p.push(format!(".client_key: {}", bare(&e)));
+                }
+            }
+            (None, None) => {}
+            _ => p.push(format!(": {}", bare(&TlsError::ClientPair))),
+        }
+        p
+    }
+}
+
+/// The message without its `tls: ` prefix, for callers that already name the field.
+fn bare(e: &TlsError) -> String {
+    let s = e.to_string();
+    s.strip_prefix("tls: ").map(str::to_owned).unwrap_or(s)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("tls: give exactly one of fingerprint_sha256, ca_file, insecure_skip_verify = true")]
@@ -216,12 +265,7 @@ pub struct ClientTls {
 /// Builds the TLS client side for one camera at `host`.
 pub fn client_config(cfg: &TlsConfig, host: &str) -> Result<ClientTls, TlsError> {
     let provider = provider();
-    let choices = cfg.fingerprint_sha256.is_some() as u8
-        + cfg.ca_file.is_some() as u8
-        + cfg.insecure_skip_verify as u8;
-    if choices != 1 {
-        return Err(TlsError::TrustChoice);
-    }
+    cfg.trust_choice()?;
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?;
     let builder = if let Some(fp) = &cfg.fingerprint_sha256 {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::channel::frame::CrcScope;
-use crate::channel::tls::{self, TlsConfig};
+use crate::channel::tls::TlsConfig;
 use crate::event::KNOWN_EVENTS;
 use crate::outbox::OutboxConfig;
 
@@ -456,35 +456,7 @@ impl Config {
                     c.backoff_min, c.backoff_max
                 ));
             }
-            let t = &c.tls;
-            let choices = t.fingerprint_sha256.is_some() as u8
-                + t.ca_file.is_some() as u8
-                + t.insecure_skip_verify as u8;
-            if choices != 1 {
-                errs.push(format!("{at}.tls: give exactly one of fingerprint_sha256, ca_file, insecure_skip_verify = true"));
-            }
-            if let Some(fp) = &t.fingerprint_sha256 {
-                if let Err(e) = tls::parse_fingerprint(fp) {
-                    errs.push(format!("{at}.tls: {e}"));
-                }
-            }
-            if let Some(ca) = &t.ca_file {
-                if let Err(e) = tls::load_certs(ca) {
-                    errs.push(format!("{at}.tls.ca_file: {e}"));
-                }
-            }
-            match (&t.client_cert, &t.client_key) {
-                (Some(cert), Some(key)) => {
-                    if let Err(e) = tls::load_certs(cert) {
-                        errs.push(format!("{at}.tls.client_cert: {e}"));
-                    }
-                    if let Err(e) = tls::load_key(key) {
-                        errs.push(format!("{at}.tls.client_key: {e}"));
-                    }
-                }
-                (None, None) => {}
-                _ => errs.push(format!("{at}.tls: client_cert and client_key go together")),
-            }
+            errs.extend(c.tls.problems().into_iter().map(|p| format!("{at}.tls{p}")));
         }
         if errs.is_empty() {
             Ok(())
