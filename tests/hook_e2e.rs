@@ -567,15 +567,39 @@ async fn a_payload_sn_of_another_camera_is_refused() {
     let url = format!("http://{}/", recv.local_addr());
     let post = |secret: &str, sn: &str| HookPoster::new(&url, APP_ID, secret, sn).unwrap();
     // With a shared secret, the payload's sn picks the camera among those it verifies for.
-    assert_eq!(post("shared", "WEST0001").post(PostKind::Valid).await.unwrap(), 200);
-    assert_eq!(post("shared", "EAST0001").post(PostKind::Valid).await.unwrap(), 200);
+    assert_eq!(
+        post("shared", "WEST0001")
+            .post(PostKind::Valid)
+            .await
+            .unwrap(),
+        200
+    );
+    assert_eq!(
+        post("shared", "EAST0001")
+            .post(PostKind::Valid)
+            .await
+            .unwrap(),
+        200
+    );
     // south's secret, east's serial: south is posting in east's name.
     let spoof = post("secret-south", "EAST0001");
     assert_eq!(spoof.post(PostKind::Valid).await.unwrap(), 401);
     // The shared secret, but a serial no camera of that secret has.
-    assert_eq!(post("shared", "NOBODY01").post(PostKind::Valid).await.unwrap(), 401);
+    assert_eq!(
+        post("shared", "NOBODY01")
+            .post(PostKind::Valid)
+            .await
+            .unwrap(),
+        401
+    );
     // No sn configured: any serial is taken, as before.
-    assert_eq!(post("secret-legacy", "ANY00001").post(PostKind::Valid).await.unwrap(), 200);
+    assert_eq!(
+        post("secret-legacy", "ANY00001")
+            .post(PostKind::Valid)
+            .await
+            .unwrap(),
+        200
+    );
     let c = recv.counters().snapshot();
     assert_eq!(c.rejected.get("sn_mismatch").copied(), Some(2), "{c:?}");
     assert_eq!(c.accepted, 3);
@@ -602,13 +626,17 @@ async fn a_payload_sn_of_another_camera_is_refused() {
     assert_eq!(by, want);
 }
 
-fn hook_camera_on(api: &camgate::sim::hook::SimHookApi, name: &str) -> camgate::config::CameraConfig {
+fn hook_camera_on(
+    api: &camgate::sim::hook::SimHookApi,
+    name: &str,
+) -> camgate::config::CameraConfig {
     use camgate::channel::tls::TlsConfig;
     let tls = TlsConfig {
         fingerprint_sha256: Some(api.fingerprint()),
         ..TlsConfig::default()
     };
-    let mut c = camgate::config::CameraConfig::new(name, &api.addr.to_string(), APP_ID, SECRET, tls);
+    let mut c =
+        camgate::config::CameraConfig::new(name, &api.addr.to_string(), APP_ID, SECRET, tls);
     c.mode = camgate::config::CameraMode::Hook;
     c.events = vec!["dynamic_detect_event".into()];
     c.backoff_min = 1;
@@ -622,7 +650,9 @@ async fn unsubscribe_on_shutdown_deletes_our_subscriptions_in_bounded_time() {
     use camgate::sim::hook::SimHookApi;
 
     let stop = CancellationToken::new();
-    let api = SimHookApi::start(APP_ID, SECRET, stop.clone()).await.unwrap();
+    let api = SimHookApi::start(APP_ID, SECRET, stop.clone())
+        .await
+        .unwrap();
     // Another client's subscription to another event: not ours, left alone.
     api.subscribe("face_recog_event", "http://10.9.9.9/other");
     let mut gate = hook_camera_on(&api, "gate");
@@ -655,13 +685,19 @@ async fn unsubscribe_on_shutdown_deletes_our_subscriptions_in_bounded_time() {
     assert!(took < Duration::from_secs(8), "shutdown took {took:?}");
     let subs = api.subscriptions();
     assert!(!subs.contains_key("dynamic_detect_event"), "{subs:?}");
-    assert_eq!(subs["face_recog_event"], vec!["http://10.9.9.9/other".to_string()]);
+    assert_eq!(
+        subs["face_recog_event"],
+        vec!["http://10.9.9.9/other".to_string()]
+    );
     stop.cancel();
 }
 
 /// A CA and a server certificate for 127.0.0.1 issued by it, as PEM files in `dir`:
 /// (ca, cert, key).
-fn issue_certs(dir: &std::path::Path, tag: &str) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+fn issue_certs(
+    dir: &std::path::Path,
+    tag: &str,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
     use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -696,7 +732,10 @@ async fn the_receiver_serves_https() {
         ..loopback()
     };
     let h = start_hook(None, cfg).await;
-    let https = format!("https://127.0.0.1:{}/camgate/hook", h.recv.local_addr().port());
+    let https = format!(
+        "https://127.0.0.1:{}/camgate/hook",
+        h.recv.local_addr().port()
+    );
     let trust = |ca: &std::path::Path| TlsConfig {
         ca_file: Some(ca.to_path_buf()),
         ..TlsConfig::default()
@@ -706,7 +745,8 @@ async fn the_receiver_serves_https() {
     assert_eq!(p.post(PostKind::Replay).await.unwrap(), 401);
     assert_eq!(p.post(PostKind::Forged).await.unwrap(), 401);
     // A camera trusting another CA does not talk to this receiver.
-    let stranger = HookPoster::with_tls(&https, APP_ID, SECRET, SERIAL, Some(&trust(&other_ca))).unwrap();
+    let stranger =
+        HookPoster::with_tls(&https, APP_ID, SECRET, SERIAL, Some(&trust(&other_ca))).unwrap();
     assert!(stranger.post(PostKind::Valid).await.is_err());
     // Plain HTTP to the HTTPS port gets no answer, and is counted.
     let plain = HookPoster::new(&h.url(), APP_ID, SECRET, SERIAL).unwrap();
@@ -725,7 +765,10 @@ async fn the_receiver_serves_https() {
     assert_eq!(c.accepted, 1);
     assert_eq!(c.rejected.get("replayed").copied(), Some(1));
     let dir = h.stop().await;
-    assert_eq!(stored_events(&dir.path().join("outbox")), vec![(SERIAL.to_string(), 1)]);
+    assert_eq!(
+        stored_events(&dir.path().join("outbox")),
+        vec![(SERIAL.to_string(), 1)]
+    );
 }
 
 #[tokio::test]
@@ -737,8 +780,14 @@ async fn the_daemon_serves_https_and_reports_hook_counters_in_its_health() {
     let certs = tempfile::tempdir().unwrap();
     let (ca, cert, key) = issue_certs(certs.path(), "recv");
     let stop = CancellationToken::new();
-    let api = SimHookApi::start(APP_ID, SECRET, stop.clone()).await.unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let api = SimHookApi::start(APP_ID, SECRET, stop.clone())
+        .await
+        .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut gate = hook_camera_on(&api, "gate");
     gate.sn = Some(SERIAL.into());
     let dir = tempfile::tempdir().unwrap();
@@ -764,9 +813,19 @@ async fn the_daemon_serves_https_and_reports_hook_counters_in_its_health() {
     let p = poster.unwrap().unwrap();
     assert_eq!(p.post(PostKind::Valid).await.unwrap(), 200);
     assert_eq!(p.post(PostKind::Forged).await.unwrap(), 401);
-    let other = api.poster_with_tls("dynamic_detect_event", "SS999", Some(&trust)).unwrap().unwrap();
-    assert_eq!(other.post(PostKind::Valid).await.unwrap(), 401, "sn of another camera");
-    let hook = d.health("running").hook.expect("hook section in the health report");
+    let other = api
+        .poster_with_tls("dynamic_detect_event", "SS999", Some(&trust))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        other.post(PostKind::Valid).await.unwrap(),
+        401,
+        "sn of another camera"
+    );
+    let hook = d
+        .health("running")
+        .hook
+        .expect("hook section in the health report");
     assert_eq!(hook["https"], true);
     assert_eq!(hook["listen"], cfg.hook.listen.as_str());
     assert_eq!(hook["accepted"], 1);
@@ -785,5 +844,8 @@ async fn the_daemon_serves_https_and_reports_hook_counters_in_its_health() {
     );
     d.shutdown(Duration::from_secs(10)).await.unwrap();
     stop.cancel();
-    assert_eq!(stored_events(&dir.path().join("outbox")), vec![(SERIAL.to_string(), 1)]);
+    assert_eq!(
+        stored_events(&dir.path().join("outbox")),
+        vec![(SERIAL.to_string(), 1)]
+    );
 }

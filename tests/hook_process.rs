@@ -17,22 +17,48 @@ const SERIAL: &str = "SS101D8BS00090";
 fn demo_hook_mode_stores_every_200_and_refuses_forged_and_replayed() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(BIN)
-        .args(["demo", "--mode", "hook", "--duration", "3", "--rate", "10", "--dir"])
+        .args([
+            "demo",
+            "--mode",
+            "hook",
+            "--duration",
+            "3",
+            "--rate",
+            "10",
+            "--dir",
+        ])
         .arg(dir.path())
         .stdin(Stdio::null())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("stored+200"), "{stdout}");
-    assert!(stdout.contains("posted a forged (wrong secret) callback -> HTTP 401"), "{stdout}");
-    assert!(stdout.contains("posted a replayed (same bytes again) callback -> HTTP 401"), "{stdout}");
-    assert!(stdout.contains("OK: every callback answered 200 is in the outbox"), "{stdout}");
-    assert!(stdout.contains("OK: the forged and the replayed callback were refused with 401"), "{stdout}");
+    assert!(
+        stdout.contains("posted a forged (wrong secret) callback -> HTTP 401"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("posted a replayed (same bytes again) callback -> HTTP 401"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("OK: every callback answered 200 is in the outbox"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("OK: the forged and the replayed callback were refused with 401"),
+        "{stdout}"
+    );
     // Both cameras were subscribed by camgate and posted; 2 cameras x ~30 callbacks.
     let stored = stored_events(&dir.path().join("outbox"));
     assert!(stored.len() >= 40, "{} stored\n{stdout}", stored.len());
-    let serials: std::collections::BTreeSet<&str> = stored.iter().map(|(sn, _)| sn.as_str()).collect();
+    let serials: std::collections::BTreeSet<&str> =
+        stored.iter().map(|(sn, _)| sn.as_str()).collect();
     assert_eq!(serials.len(), 2, "{serials:?}");
     assert!(dir.path().join("events.jsonl").exists());
 }
@@ -50,7 +76,9 @@ impl Drop for Child {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_shows_the_hook_receiver_and_its_counters() {
     let stop = CancellationToken::new();
-    let api = SimHookApi::start(APP_ID, SECRET, stop.clone()).await.unwrap();
+    let api = SimHookApi::start(APP_ID, SECRET, stop.clone())
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("camgate.toml");
     std::fs::write(
@@ -85,8 +113,16 @@ tls = {{ fingerprint_sha256 = "{fp}" }}
         ),
     )
     .unwrap();
-    let ok = Command::new(BIN).args(["check-config", "--config"]).arg(&cfg).output().unwrap();
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let ok = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     let mut child = Child(
         Command::new(BIN)
             .args(["run", "--config"])
@@ -97,11 +133,21 @@ tls = {{ fingerprint_sha256 = "{fp}" }}
             .unwrap(),
     );
     let status = || {
-        let out = Command::new(BIN).args(["status", "--config"]).arg(&cfg).output().unwrap();
+        let out = Command::new(BIN)
+            .args(["status", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
     };
     // The receiver listens on a port of its choosing; the status file says which.
-    assert!(eventually(Duration::from_secs(20), || status()["hook"]["listen"].is_string()).await, "{}", status());
+    assert!(
+        eventually(Duration::from_secs(20), || status()["hook"]["listen"]
+            .is_string())
+        .await,
+        "{}",
+        status()
+    );
     let listen = status()["hook"]["listen"].as_str().unwrap().to_string();
     assert_eq!(status()["hook"]["https"], false);
     let url = format!("http://{listen}/camgate/hook");
@@ -118,20 +164,38 @@ tls = {{ fingerprint_sha256 = "{fp}" }}
             && h["rejected"]["forged"] == 1
             && h["rejected"]["sn_mismatch"] == 1
     };
-    assert!(eventually(Duration::from_secs(5), || want(&status())).await, "{}", status());
+    assert!(
+        eventually(Duration::from_secs(5), || want(&status())).await,
+        "{}",
+        status()
+    );
     // camgate subscribed itself on the camera at start-up.
-    assert!(api.subscriptions().contains_key("dynamic_detect_event"), "{:?}", api.subscriptions());
+    assert!(
+        api.subscriptions().contains_key("dynamic_detect_event"),
+        "{:?}",
+        api.subscriptions()
+    );
 
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.0.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.0.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     let t0 = Instant::now();
     let exit = loop {
         if let Some(s) = child.0.try_wait().unwrap() {
             break s;
         }
-        assert!(t0.elapsed() < Duration::from_secs(10), "camgate did not exit");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "camgate did not exit"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(exit.success(), "{exit:?}");
-    assert_eq!(stored_events(&dir.path().join("outbox")), vec![(SERIAL.to_string(), 1)]);
+    assert_eq!(
+        stored_events(&dir.path().join("outbox")),
+        vec![(SERIAL.to_string(), 1)]
+    );
     stop.cancel();
 }

@@ -247,21 +247,21 @@ impl Daemon {
             let Some(url) = cam.effective_callback_url(&self.cfg.hook) else { continue };
             let (cam, url) = (cam.clone(), url.to_string());
             calls.spawn(async move {
-                let result = match HookClient::new(&cam) {
-                    Ok(client) => client.unsubscribe(&url).await,
-                    Err(e) => Err(e),
+                let call = async {
+                    match HookClient::new(&cam) {
+                        Ok(client) => client.unsubscribe(&url).await,
+                        Err(e) => Err(e),
+                    }
                 };
-                match result {
-                    Ok(events) => info!(camera = %cam.name, deleted = ?events, callback = %url, "hook subscriptions removed on shutdown"),
-                    Err(e) => warn!(camera = %cam.name, error = %e, "could not remove hook subscriptions on shutdown"),
+                match tokio::time::timeout_at(limit, call).await {
+                    Ok(Ok(events)) => info!(camera = %cam.name, deleted = ?events, callback = %url, "hook subscriptions removed on shutdown"),
+                    Ok(Err(e)) => warn!(camera = %cam.name, error = %e, "could not remove hook subscriptions on shutdown; they stay on the camera"),
+                    Err(_) => warn!(camera = %cam.name, limit = ?HOOK_SHUTDOWN_LIMIT, "hook unsubscribe got no answer in time; subscriptions may stay on the camera"),
                 }
             });
         }
-        let all = async { while calls.join_next().await.is_some() {} };
-        if tokio::time::timeout_at(limit, all).await.is_err() {
-            warn!(limit = ?HOOK_SHUTDOWN_LIMIT, "hook unsubscribe did not finish in time; subscriptions may remain");
-            calls.abort_all();
-        }
+        // Each call is bounded by `limit` itself.
+        while calls.join_next().await.is_some() {}
     }
 }
 

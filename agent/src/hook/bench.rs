@@ -257,7 +257,14 @@ pub async fn run(args: HookBenchArgs) -> Result<(), HookBenchError> {
         .collect();
     let recv = Receiver::start(rcfg, cams, intake, rstop.clone()).await?;
     let counters = recv.counters().clone();
-    let camgate = load(recv.local_addr(), args.posters, args.seconds, &secret, "BENCH").await?;
+    let camgate = load(
+        recv.local_addr(),
+        args.posters,
+        args.seconds,
+        &secret,
+        "BENCH",
+    )
+    .await?;
     rstop.cancel();
     recv.join().await;
     outbox.shutdown().await?;

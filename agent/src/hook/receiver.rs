@@ -293,8 +293,12 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: Cance
     info!("hook callback receiver stopped");
 }
 
-async fn serve_connection<IO>(io: IO, peer: SocketAddr, shared: Arc<Shared>, stop: CancellationToken)
-where
+async fn serve_connection<IO>(
+    io: IO,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let svc_shared = shared.clone();
