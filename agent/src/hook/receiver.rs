@@ -6,7 +6,9 @@
 //! 200 is answered only after the event is durable (or a known duplicate).
 //!
 //! Answers: 400 malformed, 401 unsigned / unknown app / forged / replayed / outside the window /
-//! `sn` of another camera, 405 not POST, 408 body too slow, 413 too large, 503 outbox full, outbox error or overload.
+//! `sn` of another camera, 405 not POST, 408 body too slow, 413 too large, 503 outbox full,
+//! outbox error or overload. With `tls`, the same over HTTPS (a failed handshake is counted as
+//! `tls_handshake`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
