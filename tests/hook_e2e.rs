@@ -63,6 +63,7 @@ async fn start_hook(outbox_max_bytes: Option<u64>, cfg: ReceiverConfig) -> Hook 
         name: Arc::from("hook-cam"),
         app_id: APP_ID.into(),
         secret: SECRET.into(),
+        sn: None,
     }];
     let recv = Receiver::start(cfg, cams, intake, stop.clone())
         .await
@@ -499,6 +500,7 @@ async fn cameras_sharing_an_app_id_are_told_apart_by_their_secret() {
         name: Arc::from(name),
         app_id: APP_ID.into(),
         secret: secret.into(),
+        sn: None,
     };
     let recv = Receiver::start(
         loopback(),
@@ -533,5 +535,317 @@ async fn cameras_sharing_an_app_id_are_told_apart_by_their_secret() {
             ("west".to_string(), "WEST0001".to_string()),
             ("east".to_string(), "EAST0001".to_string())
         ]
+    );
+}
+
+#[tokio::test]
+async fn a_payload_sn_of_another_camera_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let oc = OutboxConfig {
+        dir: dir.path().join("outbox"),
+        ..OutboxConfig::default()
+    };
+    let outbox = Outbox::open(&oc).await.unwrap();
+    let intake = Intake::new(outbox.clone(), Duration::from_secs(86_400), 10_000);
+    let stop = CancellationToken::new();
+    let cam = |name: &str, secret: &str, sn: Option<&str>| HookCamera {
+        name: Arc::from(name),
+        app_id: APP_ID.into(),
+        secret: secret.into(),
+        sn: sn.map(String::from),
+    };
+    // east and west share the developer app's secret; south has its own; legacy has no sn.
+    let cams = vec![
+        cam("east", "shared", Some("EAST0001")),
+        cam("west", "shared", Some("WEST0001")),
+        cam("south", "secret-south", Some("SOUTH001")),
+        cam("legacy", "secret-legacy", None),
+    ];
+    let recv = Receiver::start(loopback(), cams, intake, stop.clone())
+        .await
+        .unwrap();
+    let url = format!("http://{}/", recv.local_addr());
+    let post = |secret: &str, sn: &str| HookPoster::new(&url, APP_ID, secret, sn).unwrap();
+    // With a shared secret, the payload's sn picks the camera among those it verifies for.
+    assert_eq!(
+        post("shared", "WEST0001")
+            .post(PostKind::Valid)
+            .await
+            .unwrap(),
+        200
+    );
+    assert_eq!(
+        post("shared", "EAST0001")
+            .post(PostKind::Valid)
+            .await
+            .unwrap(),
+        200
+    );
+    // south's secret, east's serial: south is posting in east's name.
+    let spoof = post("secret-south", "EAST0001");
+    assert_eq!(spoof.post(PostKind::Valid).await.unwrap(), 401);
+    // The shared secret, but a serial no camera of that secret has.
+    assert_eq!(
+        post("shared", "NOBODY01")
+            .post(PostKind::Valid)
+            .await
+            .unwrap(),
+        401
+    );
+    // No sn configured: any serial is taken, as before.
+    assert_eq!(
+        post("secret-legacy", "ANY00001")
+            .post(PostKind::Valid)
+            .await
+            .unwrap(),
+        200
+    );
+    let c = recv.counters().snapshot();
+    assert_eq!(c.rejected.get("sn_mismatch").copied(), Some(2), "{c:?}");
+    assert_eq!(c.accepted, 3);
+    assert_eq!(c.rejected.values().sum::<u64>(), 2);
+    stop.cancel();
+    recv.join().await;
+    outbox.shutdown().await.unwrap();
+    let by: Vec<(String, String)> = Outbox::dump(&dir.path().join("outbox"))
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let e: StoredEnvelope = serde_json::from_slice(&r.data).unwrap();
+            (e.camera.into_owned(), e.sn.into_owned())
+        })
+        .collect();
+    let want: Vec<(String, String)> = [
+        ("west", "WEST0001"),
+        ("east", "EAST0001"),
+        ("legacy", "ANY00001"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(by, want);
+}
+
+fn hook_camera_on(
+    api: &camgate::sim::hook::SimHookApi,
+    name: &str,
+) -> camgate::config::CameraConfig {
+    use camgate::channel::tls::TlsConfig;
+    let tls = TlsConfig {
+        fingerprint_sha256: Some(api.fingerprint()),
+        ..TlsConfig::default()
+    };
+    let mut c =
+        camgate::config::CameraConfig::new(name, &api.addr.to_string(), APP_ID, SECRET, tls);
+    c.mode = camgate::config::CameraMode::Hook;
+    c.events = vec!["dynamic_detect_event".into()];
+    c.backoff_min = 1;
+    c.backoff_max = 2;
+    c
+}
+
+#[tokio::test]
+async fn unsubscribe_on_shutdown_deletes_our_subscriptions_in_bounded_time() {
+    use camgate::daemon::Daemon;
+    use camgate::sim::hook::SimHookApi;
+
+    let stop = CancellationToken::new();
+    let api = SimHookApi::start(APP_ID, SECRET, stop.clone())
+        .await
+        .unwrap();
+    // Another client's subscription to another event: not ours, left alone.
+    api.subscribe("face_recog_event", "http://10.9.9.9/other");
+    let mut gate = hook_camera_on(&api, "gate");
+    let want = "http://127.0.0.1:18081/camgate/hook".to_string();
+    gate.callback_url = Some(want.clone());
+    // A second hook camera that accepts TCP but never answers: it must not hold up the
+    // shutdown (nor the unsubscribe of the camera that works).
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut mute = hook_camera_on(&api, "mute");
+    mute.address = silent.local_addr().unwrap().to_string();
+    mute.connect_timeout = 60;
+    mute.callback_url = Some(want.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config_in(dir.path(), vec![gate, mute]);
+    cfg.hook.listen = "127.0.0.1:0".into();
+    cfg.hook.unsubscribe_on_shutdown = true;
+    cfg.validate().unwrap();
+    let d = Daemon::start(&cfg).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            api.subscriptions().get("dynamic_detect_event") == Some(&vec![want.clone()])
+        })
+        .await,
+        "{:?}",
+        api.subscriptions()
+    );
+    let t0 = std::time::Instant::now();
+    d.shutdown(Duration::from_secs(10)).await.unwrap();
+    let took = t0.elapsed();
+    assert!(took < Duration::from_secs(8), "shutdown took {took:?}");
+    let subs = api.subscriptions();
+    assert!(!subs.contains_key("dynamic_detect_event"), "{subs:?}");
+    assert_eq!(
+        subs["face_recog_event"],
+        vec!["http://10.9.9.9/other".to_string()]
+    );
+    stop.cancel();
+}
+
+/// A CA and a server certificate for 127.0.0.1 issued by it, as PEM files in `dir`:
+/// (ca, cert, key).
+fn issue_certs(
+    dir: &std::path::Path,
+    tag: &str,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca)
+        .unwrap();
+    let paths = (
+        dir.join(format!("{tag}-ca.pem")),
+        dir.join(format!("{tag}-cert.pem")),
+        dir.join(format!("{tag}-key.pem")),
+    );
+    std::fs::write(&paths.0, ca.pem()).unwrap();
+    std::fs::write(&paths.1, leaf.pem()).unwrap();
+    std::fs::write(&paths.2, leaf_key.serialize_pem()).unwrap();
+    paths
+}
+
+#[tokio::test]
+async fn the_receiver_serves_https() {
+    use camgate::channel::tls::TlsConfig;
+    use camgate::hook::receiver::server_tls;
+
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = issue_certs(certs.path(), "recv");
+    let (other_ca, _, _) = issue_certs(certs.path(), "other");
+    assert!(server_tls(&certs.path().join("missing.pem"), &key).is_err());
+    let cfg = ReceiverConfig {
+        tls: Some(server_tls(&cert, &key).unwrap()),
+        ..loopback()
+    };
+    let h = start_hook(None, cfg).await;
+    let https = format!(
+        "https://127.0.0.1:{}/camgate/hook",
+        h.recv.local_addr().port()
+    );
+    let trust = |ca: &std::path::Path| TlsConfig {
+        ca_file: Some(ca.to_path_buf()),
+        ..TlsConfig::default()
+    };
+    let p = HookPoster::with_tls(&https, APP_ID, SECRET, SERIAL, Some(&trust(&ca))).unwrap();
+    assert_eq!(p.post(PostKind::Valid).await.unwrap(), 200);
+    assert_eq!(p.post(PostKind::Replay).await.unwrap(), 401);
+    assert_eq!(p.post(PostKind::Forged).await.unwrap(), 401);
+    // A camera trusting another CA does not talk to this receiver.
+    let stranger =
+        HookPoster::with_tls(&https, APP_ID, SECRET, SERIAL, Some(&trust(&other_ca))).unwrap();
+    assert!(stranger.post(PostKind::Valid).await.is_err());
+    // Plain HTTP to the HTTPS port gets no answer, and is counted.
+    let plain = HookPoster::new(&h.url(), APP_ID, SECRET, SERIAL).unwrap();
+    assert!(plain.post(PostKind::Valid).await.is_err());
+    // https:// needs a trust; http:// with one is refused as a mix-up.
+    assert!(HookPoster::new(&https, APP_ID, SECRET, SERIAL).is_err());
+    assert!(HookPoster::with_tls(&h.url(), APP_ID, SECRET, SERIAL, Some(&trust(&ca))).is_err());
+    // The server may see the failed handshakes a moment after the client gave up.
+    let c = h.recv.counters();
+    assert!(
+        eventually(Duration::from_secs(5), || c.rejected("tls_handshake") >= 2).await,
+        "{:?}",
+        c.snapshot()
+    );
+    let c = c.snapshot();
+    assert_eq!(c.accepted, 1);
+    assert_eq!(c.rejected.get("replayed").copied(), Some(1));
+    let dir = h.stop().await;
+    assert_eq!(
+        stored_events(&dir.path().join("outbox")),
+        vec![(SERIAL.to_string(), 1)]
+    );
+}
+
+#[tokio::test]
+async fn the_daemon_serves_https_and_reports_hook_counters_in_its_health() {
+    use camgate::channel::tls::TlsConfig;
+    use camgate::daemon::Daemon;
+    use camgate::sim::hook::SimHookApi;
+
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = issue_certs(certs.path(), "recv");
+    let stop = CancellationToken::new();
+    let api = SimHookApi::start(APP_ID, SECRET, stop.clone())
+        .await
+        .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut gate = hook_camera_on(&api, "gate");
+    gate.sn = Some(SERIAL.into());
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config_in(dir.path(), vec![gate]);
+    cfg.hook.listen = format!("127.0.0.1:{port}");
+    cfg.hook.callback_url = Some(format!("https://127.0.0.1:{port}/camgate/hook"));
+    cfg.hook.tls_cert_file = Some(cert);
+    cfg.hook.tls_key_file = Some(key);
+    cfg.validate().unwrap();
+    let d = Daemon::start(&cfg).await.unwrap();
+    let trust = TlsConfig {
+        ca_file: Some(ca),
+        ..TlsConfig::default()
+    };
+    let mut poster = None;
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            poster = api.poster_with_tls("dynamic_detect_event", SERIAL, Some(&trust));
+            poster.is_some()
+        })
+        .await
+    );
+    let p = poster.unwrap().unwrap();
+    assert_eq!(p.post(PostKind::Valid).await.unwrap(), 200);
+    assert_eq!(p.post(PostKind::Forged).await.unwrap(), 401);
+    let other = api
+        .poster_with_tls("dynamic_detect_event", "SS999", Some(&trust))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        other.post(PostKind::Valid).await.unwrap(),
+        401,
+        "sn of another camera"
+    );
+    let hook = d
+        .health("running")
+        .hook
+        .expect("hook section in the health report");
+    assert_eq!(hook["https"], true);
+    assert_eq!(hook["listen"], cfg.hook.listen.as_str());
+    assert_eq!(hook["accepted"], 1);
+    assert_eq!(hook["rejected"]["forged"], 1);
+    assert_eq!(hook["rejected"]["sn_mismatch"], 1);
+    // The file the daemon writes carries the same.
+    let health = dir.path().join("health.json");
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            std::fs::read(&health)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .is_some_and(|v| v["hook"]["rejected"]["sn_mismatch"] == 1)
+        })
+        .await
+    );
+    d.shutdown(Duration::from_secs(10)).await.unwrap();
+    stop.cancel();
+    assert_eq!(
+        stored_events(&dir.path().join("outbox")),
+        vec![(SERIAL.to_string(), 1)]
     );
 }

@@ -44,6 +44,8 @@ pub struct Daemon {
     sink_stop: CancellationToken,
     camera_tasks: JoinSet<()>,
     hook: Option<Receiver>,
+    /// The hook cameras' subscription tasks, stopped first at shutdown (before unsubscribing).
+    reconcilers: (CancellationToken, JoinSet<()>),
     sink_tasks: JoinSet<()>,
     /// Status of each forwarding sink, by name, for the health file and `camgate status`.
     pub sink_status: Vec<(String, Arc<sinks::SinkStatus>)>,
@@ -73,11 +75,12 @@ impl Daemon {
             });
         }
         // Hook-mode cameras: keep what each has subscribed in line with the config.
+        let mut reconcilers = (CancellationToken::new(), JoinSet::new());
         for cam in cfg.cameras.iter().filter(|c| c.mode == CameraMode::Hook) {
             if let Some(url) = cam.effective_callback_url(&cfg.hook) {
-                let (cam, url, stop) = (cam.clone(), url.to_string(), intake_stop.clone());
+                let (cam, url, stop) = (cam.clone(), url.to_string(), reconcilers.0.clone());
                 let every = Duration::from_secs(cfg.hook.recheck_secs.max(10));
-                camera_tasks.spawn(reconcile_loop(cam, url, every, stop));
+                reconcilers.1.spawn(reconcile_loop(cam, url, every, stop));
             }
         }
         let hook = if cfg.hook_active() {
@@ -96,7 +99,7 @@ impl Daemon {
                 }
             });
         }
-        let mut d = Daemon { outbox, intake, cameras, cfg: cfg.clone(), intake_stop, sink_stop, camera_tasks, hook, sink_tasks, sink_status, health_task: None };
+        let mut d = Daemon { outbox, intake, cameras, cfg: cfg.clone(), intake_stop, sink_stop, camera_tasks, hook, reconcilers, sink_tasks, sink_status, health_task: None };
         d.health_task = Some(d.spawn_health());
         info!(cameras = d.cameras.len(), outbox = %cfg.outbox.dir.display(), dedupe_seeded = seeded, "camgate started");
         Ok(d)
@@ -112,11 +115,15 @@ impl Daemon {
             sign_window_secs: h.sign_window_secs,
             request_timeout: Duration::from_secs(h.request_timeout_secs.max(1)),
             replay_max_entries: h.replay_max_entries,
+            tls: match (&h.tls_cert_file, &h.tls_key_file) {
+                (Some(cert), Some(key)) => Some(crate::hook::receiver::server_tls(cert, key)?),
+                _ => None,
+            },
         };
         let mut cams = Vec::new();
         for c in cfg.cameras.iter().filter(|c| c.mode == CameraMode::Hook) {
             let secret = c.resolve_secret().map_err(|message| DaemonError::Secret { camera: c.name.clone(), message })?;
-            cams.push(HookCamera { name: c.name.as_str().into(), app_id: c.app_id.clone(), secret });
+            cams.push(HookCamera { name: c.name.as_str().into(), app_id: c.app_id.clone(), secret, sn: c.sn.clone() });
         }
         Ok(Receiver::start(rcfg, cams, intake, stop).await?)
     }
@@ -132,7 +139,14 @@ impl Daemon {
     }
 
     pub fn health(&self, state: &str) -> HealthReport {
-        health_report(state, self.cfg.health.interval_secs, &self.cameras, &self.outbox, &self.sink_status)
+        let mut r = health_report(state, self.cfg.health.interval_secs, &self.cameras, &self.outbox, &self.sink_status);
+        r.hook = self.hook_health().map(|h| h.value());
+        r
+    }
+
+    fn hook_health(&self) -> Option<HookHealth> {
+        let h = self.hook.as_ref()?;
+        Some(HookHealth { listen: h.local_addr(), https: self.cfg.hook.tls_cert_file.is_some(), counters: h.counters().clone() })
     }
 
     fn spawn_health(&self) -> tokio::task::JoinHandle<()> {
@@ -141,6 +155,7 @@ impl Daemon {
         let cameras = self.cameras.clone();
         let outbox = self.outbox.clone();
         let sink_status = self.sink_status.clone();
+        let hook = self.hook_health();
         let interval_secs = self.cfg.health.interval_secs;
         let stop = self.intake_stop.clone();
         tokio::spawn(async move {
@@ -151,7 +166,8 @@ impl Daemon {
                     _ = tick.tick() => {}
                     _ = stop.cancelled() => break,
                 }
-                let report = health_report("running", interval_secs, &cameras, &outbox, &sink_status);
+                let mut report = health_report("running", interval_secs, &cameras, &outbox, &sink_status);
+                report.hook = hook.as_ref().map(HookHealth::value);
                 if let Err(e) = ops::write_health(&path, &report) {
                     if !warned {
                         warn!(path = %path.display(), error = %e, "cannot write health file");
@@ -162,10 +178,12 @@ impl Daemon {
         })
     }
 
-    /// Ordered shutdown inside `grace`. Hook subscriptions stay on the cameras, so that
-    /// callbacks posted while camgate restarts are retried by the camera rather than lost.
+    /// Ordered shutdown inside `grace`. Hook subscriptions stay on the cameras (unless
+    /// `hook.unsubscribe_on_shutdown`), so that callbacks posted while camgate restarts are
+    /// retried by the camera rather than lost.
     pub async fn shutdown(mut self, grace: Duration) -> Result<(), DaemonError> {
         let deadline = tokio::time::Instant::now() + grace;
+        self.stop_hook_subscriptions(deadline).await;
         info!("shutting down: stopping intake");
         self.intake_stop.cancel();
         if let Some(h) = self.health_task.take() {
@@ -202,6 +220,70 @@ impl Daemon {
     }
 }
 
+/// Longest wait for the hook cameras' subscription calls at shutdown: a camera that does not
+/// answer must not eat the whole grace period the outbox drain needs.
+const HOOK_SHUTDOWN_LIMIT: Duration = Duration::from_secs(5);
+
+impl Daemon {
+    /// Stops the subscription tasks; with `hook.unsubscribe_on_shutdown`, then deletes each hook
+    /// camera's subscriptions to our URL. The receiver still runs meanwhile, so callbacks posted
+    /// until the camera has unsubscribed are still stored.
+    async fn stop_hook_subscriptions(&mut self, deadline: tokio::time::Instant) {
+        let (stop, tasks) = &mut self.reconcilers;
+        stop.cancel();
+        if !self.cfg.hook.unsubscribe_on_shutdown {
+            // Nothing depends on them: a reconcile cut short is repaired at the next start-up.
+            tasks.abort_all();
+            return;
+        }
+        // The loops drop a reconcile in flight on the token; once they have ended, none of
+        // their hook/add calls can still be sent after our delete.
+        if tokio::time::timeout(Duration::from_secs(1), async { while tasks.join_next().await.is_some() {} }).await.is_err() {
+            tasks.abort_all();
+        }
+        let limit = deadline.min(tokio::time::Instant::now() + HOOK_SHUTDOWN_LIMIT);
+        let mut calls = JoinSet::new();
+        for cam in self.cfg.cameras.iter().filter(|c| c.mode == CameraMode::Hook) {
+            let Some(url) = cam.effective_callback_url(&self.cfg.hook) else { continue };
+            let (cam, url) = (cam.clone(), url.to_string());
+            calls.spawn(async move {
+                let call = async {
+                    match HookClient::new(&cam) {
+                        Ok(client) => client.unsubscribe(&url).await,
+                        Err(e) => Err(e),
+                    }
+                };
+                match tokio::time::timeout_at(limit, call).await {
+                    Ok(Ok(events)) => info!(camera = %cam.name, deleted = ?events, callback = %url, "hook subscriptions removed on shutdown"),
+                    Ok(Err(e)) => warn!(camera = %cam.name, error = %e, "could not remove hook subscriptions on shutdown; they stay on the camera"),
+                    Err(_) => warn!(camera = %cam.name, limit = ?HOOK_SHUTDOWN_LIMIT, "hook unsubscribe got no answer in time; subscriptions may stay on the camera"),
+                }
+            });
+        }
+        // Each call is bounded by `limit` itself.
+        while calls.join_next().await.is_some() {}
+    }
+}
+
+/// What the health file shows of the hook receiver.
+#[derive(Clone)]
+struct HookHealth {
+    listen: std::net::SocketAddr,
+    https: bool,
+    counters: Arc<HookCounters>,
+}
+
+impl HookHealth {
+    fn value(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self.counters.snapshot()).unwrap_or_default();
+        if let Some(m) = v.as_object_mut() {
+            m.insert("listen".into(), self.listen.to_string().into());
+            m.insert("https".into(), self.https.into());
+        }
+        v
+    }
+}
+
 fn health_report(
     state: &str,
     interval_secs: u64,
@@ -218,6 +300,7 @@ fn health_report(
         updated_ms: now,
         interval_secs,
         cameras: cameras.iter().map(|(n, s)| NamedCamera::new(n, &s.snapshot())).collect(),
+        hook: None,
         sinks: sink_status
             .iter()
             .map(|(n, s)| (n.clone(), serde_json::to_value(s.snapshot(&stats, now)).unwrap_or_default()))
@@ -241,7 +324,11 @@ async fn reconcile_loop(cam: crate::config::CameraConfig, callback: String, ever
         Duration::from_secs(cam.backoff_max.max(cam.backoff_min).max(1)),
     );
     loop {
-        let wait = match client.reconcile(&cam.events, &callback).await {
+        let result = tokio::select! {
+            r = client.reconcile(&cam.events, &callback) => r,
+            _ = stop.cancelled() => return,
+        };
+        let wait = match result {
             Ok(out) => {
                 backoff.reset();
                 if !out.added.is_empty() || !out.deleted.is_empty() {

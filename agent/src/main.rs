@@ -76,6 +76,9 @@ enum OutboxCmd {
 
 #[derive(Args)]
 struct DemoArgs {
+    /// How the simulated cameras deliver events: Message Channel sessions, or HTTP callbacks.
+    #[arg(long, value_enum, default_value = "channel")]
+    mode: demo::DemoMode,
     /// Seconds to run.
     #[arg(long, default_value_t = 10)]
     duration: u64,
@@ -87,7 +90,8 @@ struct DemoArgs {
     /// Where to keep the outbox and the JSON-lines file (default: a new temp directory).
     #[arg(long)]
     dir: Option<PathBuf>,
-    /// Do not inject the occasional bad CRC on the last camera.
+    /// Do not inject faults (channel: the occasional bad CRC on the last camera; hook: one
+    /// forged and one replayed callback).
     #[arg(long)]
     no_faults: bool,
 }
@@ -129,6 +133,8 @@ struct SimArgs {
 enum BenchCmd {
     /// Codec decode rate, outbox group commit, and N cameras through TLS into the outbox.
     Channel(camgate::bench::ChannelBenchArgs),
+    /// Signed multipart callbacks from N concurrent posters into the receiver and the outbox.
+    Hook(camgate::hook::bench::HookBenchArgs),
     /// The face pipeline per stage, next to the onnxruntime reference (Python) when available.
     #[cfg(feature = "vision")]
     Vision(camgate::vision::cli::VisionBenchArgs),
@@ -202,6 +208,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             logging::init("warn", true);
             let dir = a.dir.unwrap_or_else(|| std::env::temp_dir().join(format!("camgate-demo-{}", camgate::sign::unix_now_ms())));
             let opts = demo::DemoOptions {
+                mode: a.mode,
                 duration: Duration::from_secs(a.duration),
                 cameras: a.cameras,
                 rate_per_sec: a.rate,
@@ -240,6 +247,11 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         Cmd::Bench { cmd: BenchCmd::Channel(args) } => {
             logging::init("warn", true);
             runtime()?.block_on(camgate::bench::channel(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Bench { cmd: BenchCmd::Hook(args) } => {
+            logging::init("error", true);
+            runtime()?.block_on(camgate::hook::bench::run(args))?;
             Ok(ExitCode::SUCCESS)
         }
     }

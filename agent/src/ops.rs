@@ -40,6 +40,10 @@ pub struct HealthReport {
     pub updated_ms: u64,
     pub interval_secs: u64,
     pub cameras: Vec<NamedCamera>,
+    /// The hook callback receiver, when it runs: where it listens, whether over HTTPS, and its
+    /// counters (accepted, duplicates, rejected by reason).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook: Option<serde_json::Value>,
     pub outbox: serde_json::Value,
     /// Forwarding sinks by name (`kafka`, `mqtt`): delivery counters and lag.
     #[serde(default)]

@@ -66,6 +66,18 @@ pub struct HookConfig {
     /// How often each hook-mode camera's subscriptions are checked against `events` (and
     /// repaired), seconds; they are also reconciled at start-up. Default 300.
     pub recheck_secs: u64,
+    /// Delete each hook camera's subscriptions to our callback URL when camgate stops.
+    /// Default false: callbacks a camera posts while camgate restarts are then retried by the
+    /// camera rather than lost (unsubscribing makes the camera drop events until the next
+    /// start-up re-subscribes). Note that the camera's `hook/delete` takes no URL, so other
+    /// subscribers of the same events lose their subscription too.
+    pub unsubscribe_on_shutdown: bool,
+    /// Serve HTTPS instead of HTTP: the receiver's certificate chain and private key (PEM).
+    /// Both or neither. Default none (plain HTTP).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for HookConfig {
@@ -80,6 +92,9 @@ impl Default for HookConfig {
             replay_max_entries: 100_000,
             callback_url: None,
             recheck_secs: 300,
+            unsubscribe_on_shutdown: false,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -196,6 +211,12 @@ pub struct CameraConfig {
     /// Hook mode: the URL this camera is told to post to, if not `hook.callback_url`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback_url: Option<String>,
+    /// Hook mode: the camera's serial number. When set, a callback signed with this camera's
+    /// app_id/secret must carry this `sn` in its payload (else 401 `sn_mismatch`), so that a
+    /// camera sharing a developer app cannot post events in another camera's name. Default
+    /// none (any `sn` is accepted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sn: Option<String>,
     /// `host:port` of the camera's Message Channel (port 10021 on real cameras); in hook mode,
     /// of its HTTPS API (port 443).
     pub address: String,
@@ -259,6 +280,7 @@ impl CameraConfig {
             name: name.into(),
             mode: CameraMode::Channel,
             callback_url: None,
+            sn: None,
             address: address.into(),
             app_id: app_id.into(),
             secret: Some(secret.into()),
@@ -502,6 +524,20 @@ impl Config {
                 errs.push(format!("hook.callback_url: {u:?} must be an http:// or https:// URL"));
             }
         }
+        match (&h.tls_cert_file, &h.tls_key_file) {
+            (Some(cert), Some(key)) => {
+                if let Err(e) = tls::load_certs(cert) {
+                    errs.push(format!("hook.tls_cert_file: {e}"));
+                }
+                if let Err(e) = tls::load_key(key) {
+                    errs.push(format!("hook.tls_key_file: {e}"));
+                }
+            }
+            (None, None) => {}
+            _ => errs.push("hook: tls_cert_file and tls_key_file go together".into()),
+        }
+        let https = h.tls_cert_file.is_some();
+        let mut serials = HashSet::new();
         for (i, c) in self.cameras.iter().enumerate() {
             let at = format!("cameras[{i}] ({})", c.name);
             match (&c.callback_url, c.mode) {
@@ -515,6 +551,20 @@ impl Config {
                     errs.push(format!(
                         "{at}.callback_url: a hook camera needs callback_url (or hook.callback_url): the URL it posts to"
                     ));
+                }
+                _ => {}
+            }
+            // A camera told to post plain HTTP to a receiver that only speaks TLS loses every event.
+            if let (true, CameraMode::Hook, Some(u)) = (https, c.mode, c.effective_callback_url(h)) {
+                if u.starts_with("http://") {
+                    errs.push(format!("{at}: callback URL {u:?} is http:// but the receiver serves HTTPS (hook.tls_cert_file)"));
+                }
+            }
+            match (&c.sn, c.mode) {
+                (Some(_), CameraMode::Channel) => errs.push(format!("{at}.sn: only for mode = \"hook\"")),
+                (Some(sn), CameraMode::Hook) if sn.is_empty() => errs.push(format!("{at}.sn: must not be empty")),
+                (Some(sn), CameraMode::Hook) if !serials.insert(sn.as_str()) => {
+                    errs.push(format!("{at}.sn: {sn:?} is given to another camera too"))
                 }
                 _ => {}
             }
@@ -692,6 +742,34 @@ tls = { ca_file = "/nonexistent.pem" }
         assert!(err.to_string().contains("callback_url"), "{err}");
         let ok = format!("[hook]\ncallback_url = \"http://10.0.0.1:8080/h\"\n{text}");
         Config::from_toml(&ok).unwrap().validate().unwrap();
+    }
+
+    #[test]
+    fn hook_tls_and_sn_are_checked() {
+        let cam = "[[cameras]]\nname = \"gate\"\nmode = \"hook\"\naddress = \"127.0.0.1:443\"\napp_id = \"a\"\nsecret = \"s\"\nsn = \"SN1\"\ntls = { insecure_skip_verify = true }\n";
+        let text = format!(
+            "[hook]\ncallback_url = \"http://10.0.0.1:8080/h\"\ntls_cert_file = \"/nonexistent.pem\"\n{cam}{}{CONTRACT}sn = \"SN2\"\n",
+            cam.replace("gate", "gate-2")
+        );
+        let err = Config::from_toml(&text).unwrap().validate().unwrap_err();
+        let all = err.to_string();
+        for needle in ["tls_cert_file and tls_key_file go together", "given to another camera", "sn: only for mode"] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&cert, ck.cert.pem()).unwrap();
+        std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+        let tls = format!("tls_cert_file = {cert:?}\ntls_key_file = {key:?}\n");
+        let plain = format!("[hook]\ncallback_url = \"http://10.0.0.1:8080/h\"\n{tls}{cam}");
+        let err = Config::from_toml(&plain).unwrap().validate().unwrap_err();
+        assert!(err.to_string().contains("is http:// but the receiver serves HTTPS"), "{err}");
+        let ok = plain.replace("http://", "https://");
+        Config::from_toml(&ok).unwrap().validate().unwrap();
+        let swapped = ok.replace("tls_key_file = ", "tls_key_file = \"/nonexistent.key\"\n#");
+        let err = Config::from_toml(&swapped).unwrap().validate().unwrap_err();
+        assert!(err.to_string().contains("hook.tls_key_file"), "{err}");
     }
 
     #[test]

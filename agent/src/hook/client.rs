@@ -208,6 +208,22 @@ impl HookClient {
         Ok(ReconcileOutcome { added, deleted })
     }
 
+    /// Deletes the events subscribed to `callback`; returns them. The camera's `hook/delete`
+    /// takes no URL, so other subscribers of those events are unsubscribed too.
+    pub async fn unsubscribe(&self, callback: &str) -> Result<Vec<String>, HookClientError> {
+        let ours: Vec<String> = self
+            .query()
+            .await?
+            .into_iter()
+            .filter(|s| s.http_callback.iter().any(|c| c == callback))
+            .map(|s| s.event)
+            .collect();
+        if !ours.is_empty() {
+            self.delete(&ours).await?;
+        }
+        Ok(ours)
+    }
+
     async fn call(
         &self,
         op: &'static str,

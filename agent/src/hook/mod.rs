@@ -4,7 +4,10 @@
 //!
 //! - [`callback`]: pure parsing of a callback body (no I/O; unit tested and fuzzed).
 //! - [`receiver`]: the HTTP server with its bounds, sign/window/replay checks and counters.
+//! - [`client`]: the camera's hook/add|delete|query API and subscription reconciliation.
+//! - [`bench`]: `camgate bench hook`.
 
+pub mod bench;
 pub mod callback;
 pub mod client;
 pub mod receiver;

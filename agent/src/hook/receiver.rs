@@ -5,8 +5,10 @@
 //! replay → payload is an event → `Intake::accept` (dedupe across paths + durable append).
 //! 200 is answered only after the event is durable (or a known duplicate).
 //!
-//! Answers: 400 malformed, 401 unsigned / unknown app / forged / replayed / outside the window,
-//! 405 not POST, 408 body too slow, 413 too large, 503 outbox full, outbox error or overload.
+//! Answers: 400 malformed, 401 unsigned / unknown app / forged / replayed / outside the window /
+//! `sn` of another camera, 405 not POST, 408 body too slow, 413 too large, 503 outbox full,
+//! outbox error or overload. With `tls`, the same over HTTPS (a failed handshake is counted as
+//! `tls_handshake`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -43,6 +45,8 @@ pub struct ReceiverConfig {
     pub request_timeout: Duration,
     /// Bound of the replay cache (fails closed with 503 when full of live entries).
     pub replay_max_entries: usize,
+    /// Serve HTTPS with this configuration (see [`server_tls`]); plain HTTP when `None`.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for ReceiverConfig {
@@ -54,6 +58,7 @@ impl Default for ReceiverConfig {
             sign_window_secs: 300,
             request_timeout: Duration::from_secs(10),
             replay_max_entries: 100_000,
+            tls: None,
         }
     }
 }
@@ -64,6 +69,8 @@ pub struct HookCamera {
     pub name: Arc<str>,
     pub app_id: String,
     pub secret: String,
+    /// The camera's serial: when known, its callbacks must carry it as `sn`.
+    pub sn: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +81,26 @@ pub enum ReceiverError {
         #[source]
         source: std::io::Error,
     },
+    #[error("hook receiver TLS: {0}")]
+    Tls(#[from] crate::channel::tls::TlsError),
+}
+
+/// The receiver's HTTPS side from a PEM certificate chain and key (rustls on ring, HTTP/1.1).
+pub fn server_tls(
+    cert_file: &std::path::Path,
+    key_file: &std::path::Path,
+) -> Result<Arc<rustls::ServerConfig>, ReceiverError> {
+    use crate::channel::tls;
+    let certs = tls::load_certs(cert_file)?;
+    let key = tls::load_key(key_file)?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(tls::TlsError::from)?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(tls::TlsError::from)?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
 }
 
 /// Counts of accepted and rejected callbacks (for tests and the status file).
@@ -107,6 +134,11 @@ impl HookCounters {
     pub fn rejected_total(&self) -> u64 {
         let m = self.rejected.lock().unwrap_or_else(|e| e.into_inner());
         m.values().sum()
+    }
+
+    /// Counts a connection refused before any request (e.g. a failed TLS handshake).
+    pub(crate) fn reject_connection(&self, reason: &'static str) {
+        self.reject(reason);
     }
 
     pub fn snapshot(&self) -> HookCountersSnapshot {
@@ -177,7 +209,7 @@ impl Receiver {
             counters: counters.clone(),
             cfg,
         });
-        info!(addr = %local_addr, "hook callback receiver listening");
+        info!(addr = %local_addr, https = shared.cfg.tls.is_some(), "hook callback receiver listening");
         let task = tokio::spawn(accept_loop(listener, shared, shutdown));
         Ok(Receiver {
             local_addr,
@@ -210,6 +242,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: Cance
     // Connections are bounded too (idle keep-alive ones included), at a multiple of the
     // request bound so that slow clients cannot starve the accept loop of file descriptors.
     let conn_limit = Arc::new(Semaphore::new(shared.cfg.max_concurrency.max(1) * 4));
+    let acceptor = shared.cfg.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     loop {
         let permit = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -233,28 +266,26 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: Cance
         while conns.try_join_next().is_some() {}
         let shared = shared.clone();
         let stop = shutdown.clone();
+        let acceptor = acceptor.clone();
         conns.spawn(async move {
             let _permit = permit;
-            let svc_shared = shared.clone();
-            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let s = svc_shared.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(s, peer, req).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(shared.cfg.request_timeout)
-                .serve_connection(TokioIo::new(stream), svc);
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        debug!(peer = %peer, error = %e, "hook connection ended with an error");
-                    }
+            let Some(acceptor) = acceptor else {
+                return serve_connection(stream, peer, shared, stop).await;
+            };
+            // The handshake shares the request time bound, so a silent client cannot hold a slot.
+            let tls = tokio::select! {
+                r = tokio::time::timeout(shared.cfg.request_timeout, acceptor.accept(stream)) => r,
+                _ = stop.cancelled() => return,
+            };
+            match tls {
+                Ok(Ok(tls)) => serve_connection(tls, peer, shared, stop).await,
+                Ok(Err(e)) => {
+                    shared.counters.reject_connection("tls_handshake");
+                    warn!(peer = %peer, reason = "tls_handshake", error = %e, "hook connection rejected");
                 }
-                _ = stop.cancelled() => {
-                    // Finish the request in flight (its event may be mid-append), then close.
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
+                Err(_) => {
+                    shared.counters.reject_connection("tls_handshake");
+                    warn!(peer = %peer, reason = "tls_handshake", "hook connection rejected: TLS handshake timed out");
                 }
             }
         });
@@ -262,6 +293,38 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: Cance
     drop(listener);
     while conns.join_next().await.is_some() {}
     info!("hook callback receiver stopped");
+}
+
+async fn serve_connection<IO>(
+    io: IO,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc_shared = shared.clone();
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let s = svc_shared.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(s, peer, req).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(shared.cfg.request_timeout)
+        .serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                debug!(peer = %peer, error = %e, "hook connection ended with an error");
+            }
+        }
+        _ = stop.cancelled() => {
+            // Finish the request in flight (its event may be mid-append), then close.
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
 }
 
 /// Why a request was refused.
@@ -455,18 +518,30 @@ async fn process(shared: &Shared, req: Request<Incoming>) -> Result<(Arc<str>, A
     }
     let params = cb.sign_params();
     let now = crate::sign::unix_now();
-    let mut camera = None;
+    // The payload's claimed serial (None when the payload is no event: refused below, after
+    // the sign check, so that unsigned junk is answered 401 rather than 400).
+    let claimed_sn = cb.event().ok().map(|e| e.sn.to_string());
+    let mut camera: Option<&HookCamera> = None;
     let mut last_err = SignError::Forged;
-    // Cameras sharing an app_id may still have different secrets: the one that verifies names it.
-    for c in candidates {
+    // Cameras sharing an app_id may still have different secrets: the one that verifies names
+    // it. With a shared secret too, the camera whose serial the payload claims is tried first,
+    // then cameras of unknown serial, so a verifying camera of another serial means a mismatch.
+    let rank = |c: &HookCamera| match (&c.sn, &claimed_sn) {
+        (Some(sn), Some(claimed)) if sn == claimed => 0,
+        (None, _) => 1,
+        _ => 2,
+    };
+    let mut ordered: Vec<&HookCamera> = candidates.iter().collect();
+    ordered.sort_by_key(|c| rank(c));
+    for c in ordered {
         match shared.verifier.verify(&params, &c.secret, now) {
             Ok(()) => {
-                camera = Some(c.name.clone());
+                camera = Some(c);
                 break;
             }
             Err(SignError::Forged) => continue,
             Err(SignError::Replayed) if shared.take_retry(&cb, &c.secret) => {
-                camera = Some(c.name.clone());
+                camera = Some(c);
                 break;
             }
             Err(e) => {
@@ -475,7 +550,20 @@ async fn process(shared: &Shared, req: Request<Incoming>) -> Result<(Arc<str>, A
             }
         }
     }
-    let camera = match camera {
+    if let (Some(c), Some(claimed)) = (camera, &claimed_sn) {
+        if c.sn.as_ref().is_some_and(|sn| sn != claimed) {
+            return Err(Reject::new(
+                StatusCode::UNAUTHORIZED,
+                "sn_mismatch",
+                format!(
+                    "payload sn {claimed:?} is not the signing camera's {:?}",
+                    c.sn.as_deref().unwrap_or("")
+                ),
+            )
+            .camera(&c.name));
+        }
+    }
+    let camera = match camera.map(|c| c.name.clone()) {
         Some(c) => c,
         None => {
             let status = match last_err {

@@ -41,8 +41,10 @@ pub enum PostKind {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SimHookError {
-    #[error("bad callback URL {0:?} (want http://host:port/path)")]
+    #[error("bad callback URL {0:?} (want http://host:port/path, or https:// with a trust)")]
     Url(String),
+    #[error("TLS to {0}: {1}")]
+    Tls(String, #[source] std::io::Error),
     #[error("connect to {0}: {1}")]
     Connect(String, #[source] std::io::Error),
     #[error("HTTP: {0}")]
@@ -58,6 +60,8 @@ pub enum SimHookError {
 struct Sent {
     content_type: String,
     body: Bytes,
+    /// The event id in the payload, for the record of ids answered 200.
+    event_id: Option<i64>,
 }
 
 /// Posts callbacks for one simulated camera.
@@ -71,18 +75,41 @@ pub struct HookPoster {
     last: Mutex<Option<Sent>>,
     /// `(kind, HTTP status)` of every post, in order.
     statuses: Mutex<Vec<(PostKind, u16)>>,
+    /// Event ids of the valid posts answered 200 (what camgate must have stored).
+    stored_ids: Mutex<Vec<i64>>,
+    /// HTTPS: how the camera trusts camgate's receiver (`None`: plain HTTP).
+    tls: Option<crate::channel::tls::ClientTls>,
 }
 
 const BOUNDARY: &str = "------------------------c83c36cd4ee4082f";
 
 impl HookPoster {
     pub fn new(url: &str, app_id: &str, secret: &str, serial: &str) -> Result<Self, SimHookError> {
+        Self::with_tls(url, app_id, secret, serial, None)
+    }
+
+    /// A poster to an `https://` URL (or `http://` with `tls = None`), trusting camgate's
+    /// receiver as `tls` says (CA file or pinned fingerprint, see [`crate::channel::tls`]).
+    pub fn with_tls(
+        url: &str,
+        app_id: &str,
+        secret: &str,
+        serial: &str,
+        tls: Option<&crate::channel::tls::TlsConfig>,
+    ) -> Result<Self, SimHookError> {
         let uri: Uri = url.parse().map_err(|_| SimHookError::Url(url.into()))?;
-        if uri.scheme_str() != Some("http") {
-            return Err(SimHookError::Url(url.into()));
-        }
         let host = uri.host().ok_or_else(|| SimHookError::Url(url.into()))?;
-        let authority = format!("{host}:{}", uri.port_u16().unwrap_or(80));
+        let (tls, default_port) = match (uri.scheme_str(), tls) {
+            (Some("http"), None) => (None, 80),
+            (Some("https"), Some(t)) => {
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                let c = crate::channel::tls::client_config(t, host)
+                    .map_err(|e| SimHookError::Tls(url.into(), std::io::Error::other(e)))?;
+                (Some(c), 443)
+            }
+            _ => return Err(SimHookError::Url(url.into())),
+        };
+        let authority = format!("{host}:{}", uri.port_u16().unwrap_or(default_port));
         Ok(HookPoster {
             uri,
             authority,
@@ -92,6 +119,8 @@ impl HookPoster {
             next_event: AtomicI64::new(1),
             last: Mutex::new(None),
             statuses: Mutex::new(Vec::new()),
+            stored_ids: Mutex::new(Vec::new()),
+            tls,
         })
     }
 
@@ -128,6 +157,14 @@ impl HookPoster {
         self.send(PostKind::Valid, sent).await
     }
 
+    /// Event ids of the valid callbacks answered 200 so far.
+    pub fn stored_ids(&self) -> Vec<i64> {
+        self.stored_ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// `(kind, status)` of every post so far.
     pub fn statuses(&self) -> Vec<(PostKind, u16)> {
         self.statuses
@@ -152,6 +189,9 @@ impl HookPoster {
             }
             _ => event.to_string(),
         };
+        let event_id = crate::event::EventView::parse(payload.as_bytes())
+            .ok()
+            .map(|v| v.event_id.0);
         let secret = if *kind == PostKind::Forged {
             "not-the-secret"
         } else {
@@ -184,6 +224,7 @@ impl HookPoster {
             return Sent {
                 content_type: "application/x-www-form-urlencoded".into(),
                 body: Bytes::from(body),
+                event_id,
             };
         }
         let mut body = encode_multipart(&fields, BOUNDARY);
@@ -193,6 +234,7 @@ impl HookPoster {
         Sent {
             content_type: format!("multipart/form-data; boundary={BOUNDARY}"),
             body: Bytes::from(body),
+            event_id,
         }
     }
 
@@ -200,8 +242,21 @@ impl HookPoster {
         let tcp = TcpStream::connect(&self.authority)
             .await
             .map_err(|e| SimHookError::Connect(self.authority.clone(), e))?;
-        let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-        let driver = tokio::spawn(conn);
+        let (mut tx, driver) = match &self.tls {
+            None => {
+                let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+                (tx, tokio::spawn(async move { conn.await.map(|_| ()) }))
+            }
+            Some(t) => {
+                let stream = tokio_rustls::TlsConnector::from(t.config.clone())
+                    .connect(t.server_name.clone(), tcp)
+                    .await
+                    .map_err(|e| SimHookError::Tls(self.authority.clone(), e))?;
+                let (tx, conn) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+                (tx, tokio::spawn(async move { conn.await.map(|_| ()) }))
+            }
+        };
         let path = self
             .uri
             .path_and_query()
@@ -224,6 +279,14 @@ impl HookPoster {
             }
         };
         driver.abort();
+        if kind == PostKind::Valid && status == 200 {
+            if let Some(id) = sent.event_id {
+                self.stored_ids
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(id);
+            }
+        }
         // A replay repeats the last correctly signed callback, as an eavesdropper would.
         if kind == PostKind::Valid {
             *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(sent);
@@ -344,12 +407,23 @@ impl SimHookApi {
 
     /// A poster to the first URL subscribed for `event`, as the camera would post to.
     pub fn poster(&self, event: &str, serial: &str) -> Option<Result<HookPoster, SimHookError>> {
+        self.poster_with_tls(event, serial, None)
+    }
+
+    /// [`SimHookApi::poster`] for an `https://` callback, trusting the receiver as `tls` says.
+    pub fn poster_with_tls(
+        &self,
+        event: &str,
+        serial: &str,
+        tls: Option<&crate::channel::tls::TlsConfig>,
+    ) -> Option<Result<HookPoster, SimHookError>> {
         let url = self.subscriptions().get(event)?.first()?.clone();
-        Some(HookPoster::new(
+        Some(HookPoster::with_tls(
             &url,
             &self.state.app_id,
             &self.state.secret,
             serial,
+            tls,
         ))
     }
 }
