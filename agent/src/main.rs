@@ -129,6 +129,9 @@ struct SimArgs {
 enum BenchCmd {
     /// Codec decode rate, outbox group commit, and N cameras through TLS into the outbox.
     Channel(camgate::bench::ChannelBenchArgs),
+    /// Outbox to Kafka through the sink (mock cluster; a real broker with --brokers), next to a
+    /// raw rdkafka producer, plus append-to-delivery latency.
+    Kafka(camgate::sinks::kafka::bench::KafkaBenchArgs),
     /// The face pipeline per stage, next to the onnxruntime reference (Python) when available.
     #[cfg(feature = "vision")]
     Vision(camgate::vision::cli::VisionBenchArgs),
@@ -240,6 +243,11 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         Cmd::Bench { cmd: BenchCmd::Channel(args) } => {
             logging::init("warn", true);
             runtime()?.block_on(camgate::bench::channel(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Bench { cmd: BenchCmd::Kafka(args) } => {
+            logging::init("warn", true);
+            runtime()?.block_on(camgate::sinks::kafka::bench::run(args))?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -35,6 +35,9 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     #[serde(default)]
     pub hook: HookConfig,
+    /// `[kafka]`: forward every stored event to Kafka. Absent: no Kafka sink.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<crate::sinks::kafka::KafkaConfig>,
     #[serde(default)]
     pub cameras: Vec<CameraConfig>,
 }
@@ -396,6 +399,9 @@ impl Config {
             errs.push("health.interval_secs: must be at least 1".into());
         }
         self.validate_hook(&mut errs);
+        if let Some(k) = &self.kafka {
+            k.validate(&mut errs);
+        }
         let mut names = HashSet::new();
         for (i, c) in self.cameras.iter().enumerate() {
             let at = if c.name.is_empty() {
