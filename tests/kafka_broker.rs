@@ -79,6 +79,7 @@ dead_letter_path = "{dir}/dead.jsonl"
 retry_backoff_min_ms = 100
 retry_backoff_max_ms = 1000
 lag_log_secs = 2
+producer_reset_ms = 5000
 options = {{ "message.timeout.ms" = 3000, "reconnect.backoff.max.ms" = 500 }}
 [[cameras]]
 name = "door-1"

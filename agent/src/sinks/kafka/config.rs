@@ -33,6 +33,11 @@ pub struct KafkaConfig {
     /// jitter). Defaults 200 and 30000.
     pub retry_backoff_min_ms: u64,
     pub retry_backoff_max_ms: u64,
+    /// A producer that has not delivered anything for this long while deliveries keep failing
+    /// is replaced by a new one, milliseconds. This gets past idempotence state a restarted
+    /// broker no longer knows (a broker that lost its log rejects the old producer id forever).
+    /// Default 60000.
+    pub producer_reset_ms: u64,
     /// How often delivered progress is committed to the outbox cursor (two fsyncs each),
     /// milliseconds. A crash loses at most this much progress, re-sent with the same keys.
     /// Default 200.
@@ -55,6 +60,7 @@ impl Default for KafkaConfig {
             max_in_flight_bytes: 8 * 1024 * 1024,
             retry_backoff_min_ms: 200,
             retry_backoff_max_ms: 30_000,
+            producer_reset_ms: 60_000,
             commit_interval_ms: 200,
             lag_log_secs: 30,
             shutdown_flush_ms: 2000,
@@ -111,6 +117,9 @@ impl KafkaConfig {
                 "kafka: need 1 <= retry_backoff_min_ms <= retry_backoff_max_ms (got {} and {})",
                 self.retry_backoff_min_ms, self.retry_backoff_max_ms
             ));
+        }
+        if self.producer_reset_ms < 1000 {
+            errs.push(format!("kafka.producer_reset_ms: {} is below 1000", self.producer_reset_ms));
         }
         if self.commit_interval_ms == 0 || self.lag_log_secs == 0 {
             errs.push("kafka.commit_interval_ms and kafka.lag_log_secs: must be at least 1".into());

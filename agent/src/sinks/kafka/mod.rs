@@ -117,6 +117,8 @@ struct State {
     backoff: Backoff,
     dead: DeadLetter,
     delivered: u64,
+    /// Start of the current run of failures with no delivery in between.
+    failing_since: Option<Instant>,
 }
 
 impl KafkaSink {
@@ -139,6 +141,7 @@ impl KafkaSink {
             retry: BTreeMap::new(),
             retry_at: None,
             delivered: 0,
+            failing_since: None,
             cfg,
         };
         info!(brokers = %st.cfg.brokers, topic = %st.cfg.topic, "kafka sink started");
@@ -263,6 +266,7 @@ impl State {
                     info!(offset = p.offset, "kafka deliveries resumed");
                 }
                 self.backoff.reset();
+                self.failing_since = None;
                 self.status.set_connected(true);
                 if let Some(f) = &self.observer {
                     f(p.offset);
@@ -313,6 +317,12 @@ impl State {
                 self.status.set_connected(false);
                 self.status.retries.fetch_add(1, Ordering::Relaxed);
                 self.schedule_retry(p);
+                let since = *self.failing_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= Duration::from_millis(self.cfg.producer_reset_ms) {
+                    warn!(failing_for = ?since.elapsed(), "no kafka delivery for a long time; recreating the producer");
+                    self.failing_since = Some(Instant::now());
+                    self.rebuild_producer().await?;
+                }
             }
         }
         Ok(())
