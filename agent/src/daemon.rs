@@ -1,8 +1,8 @@
 //! The running gateway: outbox, intake, one task per channel-mode camera, the hook callback
 //! receiver when a camera is in hook mode, sinks, health file — and the fixed shutdown order:
 //! stop intake (camera tasks drain their pending acks and send DISCONNECT; the hook receiver
-//! stops accepting and finishes the requests in flight) → drain outbox writes → let sinks take
-//! what is stored → exit.
+//! stops accepting and finishes the requests in flight) → let sinks take what is stored and
+//! commit → drain outbox writes and close it → exit.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,13 +89,28 @@ impl Daemon {
             None
         };
         let mut sink_tasks = JoinSet::new();
-        let sink_status: Vec<(String, Arc<sinks::SinkStatus>)> = Vec::new();
+        let mut sink_status: Vec<(String, Arc<sinks::SinkStatus>)> = Vec::new();
         if cfg.sinks.jsonl.enabled {
             let (ob, jc, stop) = (outbox.clone(), cfg.sinks.jsonl.clone(), sink_stop.clone());
             sink_tasks.spawn(async move {
                 match sinks::jsonl::run(ob, jc, stop).await {
                     Ok(n) => info!(written = n, "jsonl sink finished"),
                     Err(e) => warn!(error = %e, "jsonl sink stopped"),
+                }
+            });
+        }
+        if let Some(kc) = &cfg.kafka {
+            let status = Arc::new(sinks::SinkStatus::default());
+            sink_status.push(("kafka".to_string(), status.clone()));
+            let gateway = sinks::kafka::gateway_id(cfg.gateway_id.as_deref());
+            let (ob, kc, stop) = (outbox.clone(), kc.clone(), sink_stop.clone());
+            sink_tasks.spawn(async move {
+                match sinks::kafka::run(ob, kc, gateway, status.clone(), stop).await {
+                    Ok(n) => info!(delivered = n, "kafka sink finished"),
+                    Err(e) => {
+                        status.set_error(&e);
+                        warn!(error = %e, "kafka sink stopped");
+                    }
                 }
             });
         }
@@ -204,13 +219,17 @@ impl Daemon {
                 abort.abort();
             }
         }
-        info!("draining outbox writes");
-        let flushed = tokio::time::timeout_at(deadline, self.outbox.shutdown()).await;
+        // Every accepted append has completed by now (camera tasks and hook requests await
+        // theirs), so the sinks see everything stored; they stop before the outbox closes so
+        // that their last commits land (a closed outbox refuses commits, which would only cost
+        // re-sends after restart).
         self.sink_stop.cancel();
         let sinks = async { while self.sink_tasks.join_next().await.is_some() {} };
         if tokio::time::timeout_at(deadline, sinks).await.is_err() {
             self.sink_tasks.abort_all();
         }
+        info!("draining outbox writes");
+        let flushed = tokio::time::timeout_at(deadline, self.outbox.shutdown()).await;
         match flushed {
             Ok(r) => r?,
             Err(_) => return Err(DaemonError::ShutdownTimeout(grace)),

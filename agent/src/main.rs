@@ -135,6 +135,9 @@ enum BenchCmd {
     Channel(camgate::bench::ChannelBenchArgs),
     /// Signed multipart callbacks from N concurrent posters into the receiver and the outbox.
     Hook(camgate::hook::bench::HookBenchArgs),
+    /// Outbox to Kafka through the sink (mock cluster; a real broker with --brokers), next to a
+    /// raw rdkafka producer, plus append-to-delivery latency.
+    Kafka(camgate::sinks::kafka::bench::KafkaBenchArgs),
     /// The face pipeline per stage, next to the onnxruntime reference (Python) when available.
     #[cfg(feature = "vision")]
     Vision(camgate::vision::cli::VisionBenchArgs),
@@ -252,6 +255,11 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         Cmd::Bench { cmd: BenchCmd::Hook(args) } => {
             logging::init("error", true);
             runtime()?.block_on(camgate::hook::bench::run(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Bench { cmd: BenchCmd::Kafka(args) } => {
+            logging::init("warn", true);
+            runtime()?.block_on(camgate::sinks::kafka::bench::run(args))?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::channel::frame::CrcScope;
-use crate::channel::tls::TlsConfig;
+use crate::channel::tls::{self, TlsConfig};
 use crate::event::KNOWN_EVENTS;
 use crate::outbox::OutboxConfig;
 
@@ -35,6 +35,9 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     #[serde(default)]
     pub hook: HookConfig,
+    /// `[kafka]`: forward every stored event to Kafka. Absent: no Kafka sink.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<crate::sinks::kafka::KafkaConfig>,
     #[serde(default)]
     pub cameras: Vec<CameraConfig>,
 }
@@ -418,6 +421,9 @@ impl Config {
             errs.push("health.interval_secs: must be at least 1".into());
         }
         self.validate_hook(&mut errs);
+        if let Some(k) = &self.kafka {
+            k.validate(&mut errs);
+        }
         let mut names = HashSet::new();
         for (i, c) in self.cameras.iter().enumerate() {
             let at = if c.name.is_empty() {

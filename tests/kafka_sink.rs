@@ -1,0 +1,234 @@
+//! The Kafka sink against librdkafka's mock cluster: exactly-once arrival with key and headers,
+//! commits only after delivery (broker down → nothing committed, events wait; back → all
+//! delivered), permanent refusals dead-lettered while the rest flows, and restart from the
+//! committed cursor.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use camgate::outbox::{Outbox, OutboxConfig};
+use camgate::sinks::kafka::{KafkaConfig, KafkaSink, OptionValue};
+use camgate::sinks::SinkStatus;
+use common::kafka::{envelope, tally, Reader};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+use tokio_util::sync::CancellationToken;
+
+const TOPIC: &str = "camgate.events";
+
+fn mock(partitions: i32) -> MockCluster<'static, DefaultProducerContext> {
+    let m = MockCluster::new(1).expect("librdkafka mock cluster must start");
+    m.create_topic(TOPIC, partitions, 1).expect("mock topic");
+    m
+}
+
+fn kafka_cfg(brokers: &str, dir: &std::path::Path) -> KafkaConfig {
+    KafkaConfig {
+        brokers: brokers.to_string(),
+        topic: TOPIC.into(),
+        dead_letter_path: dir.join("dead.jsonl"),
+        retry_backoff_min_ms: 50,
+        retry_backoff_max_ms: 500,
+        commit_interval_ms: 50,
+        shutdown_flush_ms: 2000,
+        ..KafkaConfig::default()
+    }
+}
+
+async fn open_outbox(dir: &std::path::Path) -> Outbox {
+    Outbox::open(&OutboxConfig { dir: dir.join("outbox"), ..OutboxConfig::default() }).await.unwrap()
+}
+
+struct Running {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Result<u64, camgate::sinks::kafka::KafkaSinkError>>,
+    status: Arc<SinkStatus>,
+}
+
+impl Running {
+    fn start(outbox: &Outbox, cfg: KafkaConfig) -> Running {
+        let status = Arc::new(SinkStatus::default());
+        let stop = CancellationToken::new();
+        let sink = KafkaSink { cfg, gateway_id: "gw-test".into(), status: status.clone(), observer: None };
+        let task = tokio::spawn(sink.run(outbox.clone(), stop.clone()));
+        Running { stop, task, status }
+    }
+
+    async fn stop(self) -> u64 {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.task).await.expect("sink stops in time").unwrap().unwrap()
+    }
+
+    fn lag(&self, outbox: &Outbox) -> u64 {
+        self.status.snapshot(&outbox.stats(), 0).lag_events
+    }
+}
+
+async fn until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    f()
+}
+
+fn committed(outbox_dir: &std::path::Path) -> Option<u64> {
+    std::fs::read_to_string(outbox_dir.join("outbox").join("kafka.consumer"))
+        .ok()
+        .and_then(|t| t.trim().strip_prefix("committed ").and_then(|v| v.parse().ok()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_arrives_once_with_key_and_headers() {
+    let m = mock(3);
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = open_outbox(dir.path()).await;
+    let reader = Reader::start(&m.bootstrap_servers(), TOPIC, 3);
+    let mut sent = Vec::new();
+    for i in 1..=300 {
+        let data = envelope(&format!("cam-{}", i % 3), "SN1", i, 50);
+        outbox.append(data.clone()).await.unwrap();
+        sent.push(data);
+    }
+    let sink = Running::start(&outbox, kafka_cfg(&m.bootstrap_servers(), dir.path()));
+    assert!(until(Duration::from_secs(30), || sink.lag(&outbox) == 0).await, "{:?}", sink.status.snapshot(&outbox.stats(), 0));
+    let seen = tokio::task::spawn_blocking(move || reader.wait_for(300, Duration::from_secs(30))).await.unwrap();
+    let (distinct, total, dup) = tally(&seen);
+    println!("mock: sent 300, delivered {distinct} distinct, {total} messages, {dup} duplicated keys");
+    assert_eq!((distinct, total, dup), (300, 300, 0), "exactly once");
+    for s in &seen {
+        let id: i64 = s.key.strip_prefix("SN1/").expect("key is <sn>/<event_id>").parse().unwrap();
+        assert_eq!(s.payload, sent[(id - 1) as usize], "value is the stored envelope, byte for byte");
+        assert_eq!(s.headers.get("camera").map(String::as_str), Some(format!("cam-{}", id % 3).as_str()));
+        assert_eq!(s.headers.get("event_type").map(String::as_str), Some("face_recog_event"));
+        assert_eq!(s.headers.get("gateway_id").map(String::as_str), Some("gw-test"));
+    }
+    let snap = sink.status.snapshot(&outbox.stats(), 0);
+    assert_eq!((snap.delivered, snap.dead_lettered), (300, 0));
+    assert!(snap.connected);
+    assert_eq!(sink.stop().await, 300);
+    assert_eq!(committed(dir.path()), Some(299));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_committed_while_the_broker_is_down_and_all_arrive_after() {
+    let m = mock(2);
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = open_outbox(dir.path()).await;
+    let reader = Reader::start(&m.bootstrap_servers(), TOPIC, 2);
+    let mut cfg = kafka_cfg(&m.bootstrap_servers(), dir.path());
+    // Short librdkafka timeout: messages time out (MsgTimedOut) during the outage and must be
+    // produced again, not dropped.
+    cfg.options.insert("message.timeout.ms".into(), OptionValue::Int(1500));
+    cfg.max_in_flight = 40;
+    // Connected first, so the outage hits an established producer.
+    for i in 1..=10 {
+        outbox.append(envelope("door", "SN2", i, 10)).await.unwrap();
+    }
+    let sink = Running::start(&outbox, cfg);
+    assert!(until(Duration::from_secs(20), || sink.lag(&outbox) == 0).await, "first 10 delivered");
+    m.broker_down(1).unwrap();
+    for i in 11..=110 {
+        outbox.append(envelope("door", "SN2", i, 10)).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let snap = sink.status.snapshot(&outbox.stats(), camgate::sign::unix_now_ms());
+    println!("during outage: {snap:?}");
+    assert_eq!(snap.delivered, 10, "nothing delivered while down");
+    assert_eq!(snap.lag_events, 100, "nothing committed while down: the events wait in the outbox");
+    assert_eq!(committed(dir.path()), Some(9));
+    assert!(snap.retries > 0, "timed-out messages were retried");
+    assert!(!snap.connected);
+    assert!(snap.oldest_pending_age_ms >= 4000, "the oldest waiting event ages: {snap:?}");
+    m.broker_up(1).unwrap();
+    assert!(until(Duration::from_secs(60), || sink.lag(&outbox) == 0).await, "{:?}", sink.status.snapshot(&outbox.stats(), 0));
+    let seen = tokio::task::spawn_blocking(move || reader.wait_for(110, Duration::from_secs(30))).await.unwrap();
+    let (distinct, total, dup) = tally(&seen);
+    println!("mock outage: sent 110, delivered {distinct} distinct, {total} messages, {dup} duplicated keys, retries {}", sink.status.snapshot(&outbox.stats(), 0).retries);
+    assert_eq!(distinct, 110, "every event delivered after the outage");
+    sink.stop().await;
+    assert_eq!(committed(dir.path()), Some(109));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_too_large_is_dead_lettered_and_the_rest_flows() {
+    let m = mock(1);
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = open_outbox(dir.path()).await;
+    let reader = Reader::start(&m.bootstrap_servers(), TOPIC, 1);
+    let mut cfg = kafka_cfg(&m.bootstrap_servers(), dir.path());
+    // librdkafka refuses records over message.max.bytes before sending them.
+    cfg.options.insert("message.max.bytes".into(), OptionValue::Int(20_000));
+    let sink = Running::start(&outbox, cfg);
+    for i in 1..=20 {
+        outbox.append(envelope("door", "SN3", i, 10)).await.unwrap();
+    }
+    outbox.append(envelope("door", "SN3", 21, 50_000)).await.unwrap();
+    for i in 22..=40 {
+        outbox.append(envelope("door", "SN3", i, 10)).await.unwrap();
+    }
+    assert!(until(Duration::from_secs(30), || sink.lag(&outbox) == 0).await, "{:?}", sink.status.snapshot(&outbox.stats(), 0));
+    // The broker refuses one for size (error injected on the next Produce request).
+    m.request_errors(
+        rdkafka::types::RDKafkaApiKey::Produce,
+        &[rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
+    );
+    outbox.append(envelope("door", "SN3", 41, 10)).await.unwrap();
+    assert!(until(Duration::from_secs(30), || sink.lag(&outbox) == 0).await, "{:?}", sink.status.snapshot(&outbox.stats(), 0));
+    for i in 42..=60 {
+        outbox.append(envelope("door", "SN3", i, 10)).await.unwrap();
+    }
+    assert!(until(Duration::from_secs(30), || sink.lag(&outbox) == 0).await, "{:?}", sink.status.snapshot(&outbox.stats(), 0));
+    let snap = sink.status.snapshot(&outbox.stats(), 0);
+    assert_eq!(snap.dead_lettered, 2, "{snap:?}");
+    assert_eq!(snap.delivered, 58);
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(dir.path().join("dead.jsonl"))
+        .expect("dead-letter file written")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["key"], "SN3/21");
+    assert_eq!(lines[0]["offset"], 20);
+    assert_eq!(lines[1]["key"], "SN3/41");
+    for l in &lines {
+        let reason = l["reason"].as_str().unwrap();
+        assert!(reason.contains("MessageSizeTooLarge"), "{reason}");
+        assert_eq!(l["record"]["sn"], "SN3", "the whole stored envelope is kept");
+    }
+    let seen = tokio::task::spawn_blocking(move || reader.wait_for(58, Duration::from_secs(30))).await.unwrap();
+    let (distinct, total, dup) = tally(&seen);
+    println!("mock too-large: sent 60, dead-lettered 2, delivered {distinct} distinct, {total} messages, {dup} duplicated keys");
+    assert_eq!((distinct, total), (58, 58));
+    assert!(seen.iter().all(|s| s.key != "SN3/21" && s.key != "SN3/41"));
+    sink.stop().await;
+    assert_eq!(committed(dir.path()), Some(59));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_sink_resumes_after_its_last_commit() {
+    let m = mock(1);
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = open_outbox(dir.path()).await;
+    let reader = Reader::start(&m.bootstrap_servers(), TOPIC, 1);
+    for i in 1..=50 {
+        outbox.append(envelope("door", "SN4", i, 10)).await.unwrap();
+    }
+    let sink = Running::start(&outbox, kafka_cfg(&m.bootstrap_servers(), dir.path()));
+    assert!(until(Duration::from_secs(30), || sink.lag(&outbox) == 0).await);
+    // Graceful stop commits what was delivered; the next run starts after it.
+    assert_eq!(sink.stop().await, 50);
+    for i in 51..=80 {
+        outbox.append(envelope("door", "SN4", i, 10)).await.unwrap();
+    }
+    let sink = Running::start(&outbox, kafka_cfg(&m.bootstrap_servers(), dir.path()));
+    assert!(until(Duration::from_secs(30), || sink.lag(&outbox) == 0).await);
+    assert_eq!(sink.stop().await, 30, "only the new events");
+    let seen = tokio::task::spawn_blocking(move || reader.wait_for(80, Duration::from_secs(30))).await.unwrap();
+    assert_eq!(tally(&seen), (80, 80, 0));
+}
