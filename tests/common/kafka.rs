@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use camgate::event::{EventView, Envelope, Source};
+use camgate::event::{Envelope, EventView, Source};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -48,30 +48,32 @@ impl Reader {
         let (s2, st2) = (seen.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
             while !st2.load(Ordering::Relaxed) {
-                match consumer.poll(Duration::from_millis(100)) {
-                    Some(Ok(m)) => {
-                        let headers = m
-                            .headers()
-                            .map(|h| {
-                                h.iter()
-                                    .map(|x| (x.key.to_string(), String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned()))
-                                    .collect()
-                            })
-                            .unwrap_or_default();
-                        s2.lock().unwrap().push(Seen {
-                            key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
-                            payload: m.payload().unwrap_or_default().to_vec(),
-                            headers,
-                            partition: m.partition(),
-                            offset: m.offset(),
-                        });
-                    }
-                    // Broker gone or restarting: the reader keeps polling, like a real consumer.
-                    Some(Err(_)) | None => {}
+                // Errors (broker gone or restarting) are ignored: the reader keeps polling, like a
+                // real consumer.
+                if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                    let headers = m
+                        .headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|x| (x.key.to_string(), String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned()))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    s2.lock().unwrap().push(Seen {
+                        key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                        payload: m.payload().unwrap_or_default().to_vec(),
+                        headers,
+                        partition: m.partition(),
+                        offset: m.offset(),
+                    });
                 }
             }
         });
-        Reader { seen, stop, thread: Some(thread) }
+        Reader {
+            seen,
+            stop,
+            thread: Some(thread),
+        }
     }
 
     pub fn count(&self) -> usize {

@@ -18,7 +18,9 @@ pub fn tansu_bin() -> PathBuf {
         .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
         .map(|d| d.join("tansu"))
         .find(|p| p.is_file());
-    let cargo_bin = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin/tansu")).filter(|p| p.is_file());
+    let cargo_bin = std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(".cargo/bin/tansu"))
+        .filter(|p| p.is_file());
     on_path.or(cargo_bin).unwrap_or_else(|| {
         panic!("the `tansu` broker binary is required by this test (not on PATH nor in ~/.cargo/bin); install it with .ci/setup or `cargo install tansu --features dynostore --locked`")
     })
@@ -38,7 +40,11 @@ impl Tansu {
 
     /// Starts a broker on `port` (again, after `kill`: clients keep their bootstrap address).
     pub fn start_on(port: u16, log_dir: &std::path::Path) -> Tansu {
-        let mut t = Tansu { port, child: None, log: log_dir.join(format!("tansu-{port}.log")) };
+        let mut t = Tansu {
+            port,
+            child: None,
+            log: log_dir.join(format!("tansu-{port}.log")),
+        };
         t.restart();
         t
     }
@@ -67,9 +73,16 @@ impl Tansu {
         let t0 = Instant::now();
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("tansu exited at start ({status}); log:\n{}", std::fs::read_to_string(&self.log).unwrap_or_default());
+                panic!(
+                    "tansu exited at start ({status}); log:\n{}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
             }
-            assert!(t0.elapsed() < Duration::from_secs(20), "tansu did not listen on port {} within 20 s", self.port);
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "tansu did not listen on port {} within 20 s",
+                self.port
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -86,7 +99,15 @@ impl Tansu {
         let t0 = Instant::now();
         loop {
             let out = Command::new(tansu_bin())
-                .args(["topic", "create", name, "--partitions", &partitions.to_string(), "--broker", &self.url()])
+                .args([
+                    "topic",
+                    "create",
+                    name,
+                    "--partitions",
+                    &partitions.to_string(),
+                    "--broker",
+                    &self.url(),
+                ])
                 .output()
                 .unwrap();
             if out.status.success() {

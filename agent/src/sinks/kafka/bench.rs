@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{KafkaConfig, KafkaSink};
 use crate::bench::{BenchError, FACE_EVENT};
-use crate::event::{EventView, Envelope, Source};
+use crate::event::{Envelope, EventView, Source};
 use crate::outbox::{Offset, Outbox, OutboxConfig};
 use crate::sinks::SinkStatus;
 
@@ -77,7 +77,10 @@ pub async fn run(args: KafkaBenchArgs) -> Result<(), BenchError> {
 fn print(name: &str, f: &Figures, args: &KafkaBenchArgs) {
     println!("{name}:");
     println!("  raw rdkafka producer (produce + await delivery): {:>9.0} events/s", f.raw_per_sec);
-    println!("  camgate kafka sink (outbox -> kafka, commit after delivery): {:>9.0} events/s", f.sink_per_sec);
+    println!(
+        "  camgate kafka sink (outbox -> kafka, commit after delivery): {:>9.0} events/s",
+        f.sink_per_sec
+    );
     println!("  ratio sink/raw: {:.2} (goal >= 0.8)", f.sink_per_sec / f.raw_per_sec);
     println!(
         "  append -> delivery latency at {:.0} events/s for {} s: p50 {:.1} ms, p99 {:.1} ms ({} samples)",
@@ -100,7 +103,13 @@ pub async fn measure(brokers: &str, args: &KafkaBenchArgs) -> Result<Figures, Be
     raw(&kcfg, &records[..records.len().min(1000)], args).await?;
     let raw_per_sec = raw(&kcfg, &records, args).await?;
     let (sink_per_sec, p50_ms, p99_ms, latency_samples) = through_sink(&kcfg, &records, args).await?;
-    Ok(Figures { raw_per_sec, sink_per_sec, p50_ms, p99_ms, latency_samples })
+    Ok(Figures {
+        raw_per_sec,
+        sink_per_sec,
+        p50_ms,
+        p99_ms,
+        latency_samples,
+    })
 }
 
 /// The reference: the same records, same producer settings, same window, no outbox.
@@ -144,7 +153,11 @@ fn check<C>(r: Option<Result<rdkafka::producer::future_producer::OwnedDeliveryRe
 /// steady append rate with the sink running (the latency).
 async fn through_sink(kcfg: &KafkaConfig, records: &[Bytes], args: &KafkaBenchArgs) -> Result<(f64, f64, f64, usize), BenchError> {
     let dir = std::env::temp_dir().join(format!("camgate-bench-kafka-{}-{}", std::process::id(), crate::sign::unix_now_ms()));
-    let ocfg = OutboxConfig { dir: dir.join("outbox"), max_bytes: 2 * 1024 * 1024 * 1024, ..OutboxConfig::default() };
+    let ocfg = OutboxConfig {
+        dir: dir.join("outbox"),
+        max_bytes: 2 * 1024 * 1024 * 1024,
+        ..OutboxConfig::default()
+    };
     let outbox = Outbox::open(&ocfg).await.map_err(other)?;
     // Registered before appending, so the records are kept for it.
     drop(outbox.consumer(super::CONSUMER).map_err(other)?);
@@ -162,7 +175,9 @@ async fn through_sink(kcfg: &KafkaConfig, records: &[Bytes], args: &KafkaBenchAr
         cfg: kcfg.clone(),
         gateway_id: "bench".into(),
         status: status.clone(),
-        observer: Some(Arc::new(move |o| d2.lock().unwrap_or_else(|p| p.into_inner()).push((o, Instant::now())))),
+        observer: Some(Arc::new(move |o| {
+            d2.lock().unwrap_or_else(|p| p.into_inner()).push((o, Instant::now()))
+        })),
     };
     let t0 = Instant::now();
     let task = tokio::spawn(sink.run(outbox.clone(), stop.clone()));
@@ -227,6 +242,12 @@ async fn through_sink(kcfg: &KafkaConfig, records: &[Bytes], args: &KafkaBenchAr
         .filter_map(|(o, t)| delivered.get(o).map(|d| d.saturating_duration_since(*t).as_secs_f64() * 1000.0))
         .collect();
     lat.sort_by(f64::total_cmp);
-    let pct = |p: f64| if lat.is_empty() { f64::NAN } else { lat[((lat.len() - 1) as f64 * p).round() as usize] };
+    let pct = |p: f64| {
+        if lat.is_empty() {
+            f64::NAN
+        } else {
+            lat[((lat.len() - 1) as f64 * p).round() as usize]
+        }
+    };
     Ok((sink_per_sec, pct(0.5), pct(0.99), lat.len()))
 }

@@ -100,11 +100,12 @@ impl KafkaConfig {
         if self.brokers.trim().is_empty() {
             errs.push("kafka.brokers: must not be empty (host:port[,host:port...])".into());
         }
-        if self.topic.is_empty()
-            || self.topic.len() > 249
-            || !self.topic.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        if self.topic.is_empty() || self.topic.len() > 249 || !self.topic.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
         {
-            errs.push(format!("kafka.topic: {:?} is not a valid topic name ([A-Za-z0-9._-], 1..=249)", self.topic));
+            errs.push(format!(
+                "kafka.topic: {:?} is not a valid topic name ([A-Za-z0-9._-], 1..=249)",
+                self.topic
+            ));
         }
         if self.dead_letter_path.as_os_str().is_empty() {
             errs.push("kafka.dead_letter_path: must not be empty".into());
@@ -158,9 +159,7 @@ impl KafkaConfig {
 pub fn guarded_option(key: &str, value: &str) -> Option<String> {
     let v = value.trim().to_ascii_lowercase();
     match key {
-        "enable.idempotence" if v != "true" => {
-            Some("camgate requires the idempotent producer; it cannot be turned off".into())
-        }
+        "enable.idempotence" if v != "true" => Some("camgate requires the idempotent producer; it cannot be turned off".into()),
         "acks" | "request.required.acks" if v != "all" && v != "-1" => {
             Some("camgate requires acks=all (an ack must mean replicated, not just received)".into())
         }
@@ -195,7 +194,10 @@ mod tests {
     use super::*;
 
     fn valid() -> KafkaConfig {
-        KafkaConfig { brokers: "127.0.0.1:9092".into(), ..KafkaConfig::default() }
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            ..KafkaConfig::default()
+        }
     }
 
     #[test]

@@ -43,7 +43,9 @@ impl DeadLetter {
     }
 
     async fn try_write(&mut self, offset: u64, key: &str, reason: &str, record: &[u8]) -> std::io::Result<()> {
-        let raw = std::str::from_utf8(record).ok().and_then(|s| serde_json::from_str::<&RawValue>(s).ok());
+        let raw = std::str::from_utf8(record)
+            .ok()
+            .and_then(|s| serde_json::from_str::<&RawValue>(s).ok());
         let line = Line {
             offset,
             key,

@@ -100,7 +100,14 @@ pub async fn run(
     status: Arc<SinkStatus>,
     shutdown: CancellationToken,
 ) -> Result<u64, KafkaSinkError> {
-    KafkaSink { cfg, gateway_id, status, observer: None }.run(outbox, shutdown).await
+    KafkaSink {
+        cfg,
+        gateway_id,
+        status,
+        observer: None,
+    }
+    .run(outbox, shutdown)
+    .await
 }
 
 struct State {
@@ -229,10 +236,22 @@ impl State {
     /// Enqueues one record; on refusal it is retried, dead-lettered or the producer rebuilt.
     async fn produce(&mut self, p: Arc<Prepared>) -> Result<(), KafkaSinkError> {
         let headers = OwnedHeaders::new_with_capacity(3)
-            .insert(Header { key: "camera", value: Some(p.camera.as_str()) })
-            .insert(Header { key: "event_type", value: Some(p.event_type.as_str()) })
-            .insert(Header { key: "gateway_id", value: Some(self.gateway_id.as_str()) });
-        let mut record = FutureRecord::to(&self.cfg.topic).key(p.key.as_str()).payload(&p.data[..]).headers(headers);
+            .insert(Header {
+                key: "camera",
+                value: Some(p.camera.as_str()),
+            })
+            .insert(Header {
+                key: "event_type",
+                value: Some(p.event_type.as_str()),
+            })
+            .insert(Header {
+                key: "gateway_id",
+                value: Some(self.gateway_id.as_str()),
+            });
+        let mut record = FutureRecord::to(&self.cfg.topic)
+            .key(p.key.as_str())
+            .payload(&p.data[..])
+            .headers(headers);
         if let Ok(ts) = i64::try_from(p.received_at_ms) {
             if ts > 0 {
                 record = record.timestamp(ts);
@@ -286,7 +305,8 @@ impl State {
                     self.status.dead_lettered.fetch_add(1, Ordering::Relaxed);
                     self.window.settle(p.offset)?;
                 } else {
-                    self.status.set_error(format!("dead-letter file {} not writable", self.cfg.dead_letter_path.display()));
+                    self.status
+                        .set_error(format!("dead-letter file {} not writable", self.cfg.dead_letter_path.display()));
                     self.schedule_retry(p);
                 }
             }
@@ -350,7 +370,10 @@ impl State {
             consumer.commit(through).await?;
             self.status.committed(through);
         }
-        let oldest = self.window.oldest_received_ms().or_else(|| self.retry.values().map(|p| p.received_at_ms).min());
+        let oldest = self
+            .window
+            .oldest_received_ms()
+            .or_else(|| self.retry.values().map(|p| p.received_at_ms).min());
         self.status.set_oldest_pending(oldest.filter(|&t| t > 0));
         Ok(())
     }

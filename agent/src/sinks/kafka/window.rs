@@ -42,7 +42,14 @@ pub enum WindowError {
 
 impl CommitWindow {
     pub fn new(max_records: usize, max_bytes: usize) -> Self {
-        Self { slots: VecDeque::new(), bytes: 0, max_records: max_records.max(1), max_bytes: max_bytes.max(1), committable: None, last_pushed: None }
+        Self {
+            slots: VecDeque::new(),
+            bytes: 0,
+            max_records: max_records.max(1),
+            max_bytes: max_bytes.max(1),
+            committable: None,
+            last_pushed: None,
+        }
     }
 
     /// Whether another record may be read. An empty window always has room, so that a record
@@ -58,7 +65,12 @@ impl CommitWindow {
             return Err(WindowError::OutOfOrder { offset, last });
         }
         self.last_pushed = Some(offset);
-        self.slots.push_back(Slot { offset, bytes, received_at_ms, settled: false });
+        self.slots.push_back(Slot {
+            offset,
+            bytes,
+            received_at_ms,
+            settled: false,
+        });
         self.bytes += bytes;
         Ok(())
     }
@@ -66,7 +78,10 @@ impl CommitWindow {
     /// Marks `offset` as done (delivered or dead-lettered) and advances the committable point
     /// over every settled record at the front.
     pub fn settle(&mut self, offset: Offset) -> Result<(), WindowError> {
-        let idx = self.slots.binary_search_by_key(&offset, |s| s.offset).map_err(|_| WindowError::Unknown(offset))?;
+        let idx = self
+            .slots
+            .binary_search_by_key(&offset, |s| s.offset)
+            .map_err(|_| WindowError::Unknown(offset))?;
         self.slots[idx].settled = true;
         while let Some(front) = self.slots.front().filter(|s| s.settled) {
             self.committable = Some(front.offset);
