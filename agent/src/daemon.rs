@@ -1,8 +1,8 @@
 //! The running gateway: outbox, intake, one task per channel-mode camera, the hook callback
 //! receiver when a camera is in hook mode, sinks, health file — and the fixed shutdown order:
 //! stop intake (camera tasks drain their pending acks and send DISCONNECT; the hook receiver
-//! stops accepting and finishes the requests in flight) → drain outbox writes → let sinks take
-//! what is stored → exit.
+//! stops accepting and finishes the requests in flight) → let sinks take what is stored and
+//! commit → drain outbox writes → exit.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -86,13 +86,28 @@ impl Daemon {
             None
         };
         let mut sink_tasks = JoinSet::new();
-        let sink_status: Vec<(String, Arc<sinks::SinkStatus>)> = Vec::new();
+        let mut sink_status: Vec<(String, Arc<sinks::SinkStatus>)> = Vec::new();
         if cfg.sinks.jsonl.enabled {
             let (ob, jc, stop) = (outbox.clone(), cfg.sinks.jsonl.clone(), sink_stop.clone());
             sink_tasks.spawn(async move {
                 match sinks::jsonl::run(ob, jc, stop).await {
                     Ok(n) => info!(written = n, "jsonl sink finished"),
                     Err(e) => warn!(error = %e, "jsonl sink stopped"),
+                }
+            });
+        }
+        if let Some(mc) = &cfg.mqtt {
+            let status = Arc::new(sinks::SinkStatus::default());
+            sink_status.push(("mqtt".to_string(), status.clone()));
+            let gateway = mc.effective_gateway_id(cfg.gateway_id.as_deref());
+            let (ob, mc, stop) = (outbox.clone(), mc.clone(), sink_stop.clone());
+            sink_tasks.spawn(async move {
+                match sinks::mqtt::run(ob, mc, gateway, status.clone(), stop).await {
+                    Ok(n) => info!(delivered = n, "mqtt sink finished"),
+                    Err(e) => {
+                        status.set_error(&e);
+                        warn!(error = %e, "mqtt sink stopped");
+                    }
                 }
             });
         }
@@ -186,13 +201,16 @@ impl Daemon {
                 abort.abort();
             }
         }
-        info!("draining outbox writes");
-        let flushed = tokio::time::timeout_at(deadline, self.outbox.shutdown()).await;
+        // Intake has stopped and its appends have resolved, so everything is stored: sinks take
+        // what is there and commit (forwarding sinks wait briefly for broker acks) while the
+        // outbox is still open, since a commit after its shutdown fails.
         self.sink_stop.cancel();
         let sinks = async { while self.sink_tasks.join_next().await.is_some() {} };
         if tokio::time::timeout_at(deadline, sinks).await.is_err() {
             self.sink_tasks.abort_all();
         }
+        info!("draining outbox writes");
+        let flushed = tokio::time::timeout_at(deadline, self.outbox.shutdown()).await;
         match flushed {
             Ok(r) => r?,
             Err(_) => return Err(DaemonError::ShutdownTimeout(grace)),

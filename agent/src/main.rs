@@ -129,6 +129,8 @@ struct SimArgs {
 enum BenchCmd {
     /// Codec decode rate, outbox group commit, and N cameras through TLS into the outbox.
     Channel(camgate::bench::ChannelBenchArgs),
+    /// Outbox -> MQTT sink (PubAck-tracked) next to a raw rumqttc QoS 1 client; latency to PubAck.
+    Mqtt(camgate::sinks::mqtt::bench::MqttBenchArgs),
     /// The face pipeline per stage, next to the onnxruntime reference (Python) when available.
     #[cfg(feature = "vision")]
     Vision(camgate::vision::cli::VisionBenchArgs),
@@ -235,6 +237,11 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         Cmd::Bench { cmd: BenchCmd::Vision(args) } => {
             logging::init("warn", true);
             camgate::vision::cli::bench(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Bench { cmd: BenchCmd::Mqtt(args) } => {
+            logging::init("warn", true);
+            runtime()?.block_on(camgate::sinks::mqtt::bench::run(args))?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Bench { cmd: BenchCmd::Channel(args) } => {

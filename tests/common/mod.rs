@@ -1,6 +1,8 @@
 //! Shared pieces of the integration tests: a simulated camera wired to a camgate camera config.
 #![allow(dead_code)]
 
+pub mod mosquitto;
+
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};

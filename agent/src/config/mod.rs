@@ -35,6 +35,9 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     #[serde(default)]
     pub hook: HookConfig,
+    /// `[mqtt]`: the MQTT forwarding sink; absent disables it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mqtt: Option<crate::sinks::mqtt::MqttConfig>,
     #[serde(default)]
     pub cameras: Vec<CameraConfig>,
 }
@@ -304,7 +307,7 @@ impl CameraConfig {
     }
 }
 
-fn resolve_credential_path(p: &Path) -> PathBuf {
+pub(crate) fn resolve_credential_path(p: &Path) -> PathBuf {
     if p.is_relative() {
         if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
             return PathBuf::from(dir).join(p);
@@ -396,6 +399,9 @@ impl Config {
             errs.push("health.interval_secs: must be at least 1".into());
         }
         self.validate_hook(&mut errs);
+        if let Some(m) = &self.mqtt {
+            m.validate(&mut errs);
+        }
         let mut names = HashSet::new();
         for (i, c) in self.cameras.iter().enumerate() {
             let at = if c.name.is_empty() {

@@ -2,6 +2,7 @@
 //! another or the camera acks (the outbox's bound applies).
 
 pub mod jsonl;
+pub mod mqtt;
 pub mod status;
 
 pub use status::{SinkSnapshot, SinkStatus};
