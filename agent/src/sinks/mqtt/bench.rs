@@ -63,16 +63,37 @@ pub fn sample_envelope(camera: &str, event_id: i64, received_at_ms: u64) -> Vec<
     Envelope::encode(camera, Source::Channel, received_at_ms, &view, raw.as_bytes()).expect("the sample envelope encodes")
 }
 
+/// A scratch directory removed on drop (tempfile is a dev-dependency only).
+struct ScratchDir(std::path::PathBuf);
+
+impl ScratchDir {
+    fn new(tag: &str) -> Result<Self, MqttBenchError> {
+        let d = std::env::temp_dir().join(format!("camgate-bench-mqtt-{tag}-{}-{}", std::process::id(), crate::sign::unix_now_ms()));
+        std::fs::create_dir_all(&d)?;
+        Ok(ScratchDir(d))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A mosquitto child on a free local port, killed on drop.
 pub struct BenchBroker {
     child: Child,
     pub port: u16,
-    _dir: tempfile::TempDir,
+    _dir: ScratchDir,
 }
 
 impl BenchBroker {
     pub fn start() -> Result<Self, MqttBenchError> {
-        let dir = tempfile::tempdir()?;
+        let dir = ScratchDir::new("broker")?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let conf = dir.path().join("mosquitto.conf");
         std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\nlog_dest file {}\n", dir.path().join("log").display()))?;
@@ -112,7 +133,7 @@ async fn fresh_outbox(dir: &Path) -> Result<Outbox, MqttBenchError> {
 
 /// Appends `n` envelopes with up to 256 appends in flight (group commit), ids from `first_id`.
 async fn fill(outbox: &Outbox, n: usize, first_id: i64) -> Result<(), MqttBenchError> {
-    let mut set = tokio::task::JoinSet::new();
+    let mut set: tokio::task::JoinSet<Result<Offset, crate::outbox::OutboxError>> = tokio::task::JoinSet::new();
     for i in 0..n {
         if set.len() >= 256 {
             set.join_next().await.expect("non-empty").map_err(other)?.map_err(other)?;
@@ -207,21 +228,17 @@ fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
 }
 
 pub async fn run(args: MqttBenchArgs) -> Result<(), MqttBenchError> {
-    let _broker;
-    let (host, port) = match &args.host {
-        Some(h) => (h.clone(), args.port),
-        None => {
-            let b = BenchBroker::start()?;
-            let port = b.port;
-            _broker = b;
-            ("127.0.0.1".to_string(), port)
-        }
+    let broker = match args.host {
+        Some(_) => None,
+        None => Some(BenchBroker::start()?),
     };
+    let host = args.host.clone().unwrap_or_else(|| "127.0.0.1".into());
+    let port = broker.as_ref().map_or(args.port, |b| b.port);
     let n = args.events.max(1);
     println!("mqtt bench: broker {host}:{port}, {n} events of ~{} B, inflight {}", sample_envelope("door-1", 1, 0).len(), args.inflight);
 
     // 1. Sink throughput, from a full outbox.
-    let dir = tempfile::tempdir()?;
+    let dir = ScratchDir::new("outbox")?;
     let outbox = fresh_outbox(&dir.path().join("outbox")).await?;
     outbox.consumer(super::CONSUMER).map_err(other)?; // registered before filling: it holds retention
     fill(&outbox, n, 1).await?;
@@ -282,5 +299,6 @@ pub async fn run(args: MqttBenchArgs) -> Result<(), MqttBenchError> {
         lat.len()
     );
     println!("  sink delivered (committed) {delivered} events in total");
+    drop(broker);
     Ok(())
 }
