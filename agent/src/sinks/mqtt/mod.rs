@@ -15,6 +15,7 @@ pub mod bench;
 pub mod topic;
 pub mod window;
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, NetworkOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport};
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -42,6 +43,8 @@ pub const CONSUMER: &str = "mqtt";
 /// Acknowledged records are committed at most this often: a commit is an fsync, and a crash
 /// only re-sends what was acknowledged since (duplicates, which the payload identifies).
 const COMMIT_EVERY: Duration = Duration::from_millis(100);
+/// Longest spacing of commits however slow the disk (the re-sent duplicates after a crash).
+const COMMIT_MAX_SPACING: Duration = Duration::from_secs(5);
 /// How long a clean shutdown waits for the PubAck of the retained `offline`.
 const OFFLINE_WAIT: Duration = Duration::from_secs(1);
 /// MQTT fixed header + topic length + packet id, on top of topic and payload.
@@ -294,6 +297,99 @@ async fn drive(mut el: EventLoop, tx: mpsc::Sender<LoopMsg>, mut resume: mpsc::R
     }
 }
 
+/// The acknowledged prefix the cursor may move over, and how many records it holds in total.
+#[derive(Debug, Clone, Copy, Default)]
+struct Acked {
+    through: Option<Offset>,
+    count: u64,
+}
+
+type Batch = Result<Vec<Record>, OutboxError>;
+
+/// Owns the consumer: reads ahead (bounded: one batch in hand, `tx`'s capacity queued) and
+/// commits what the forwarder reports acknowledged. A cursor commit is an fsync that can take
+/// hundreds of milliseconds on a busy disk; here it never stalls publishing or ack handling.
+/// Commits are coalesced: at most one per `COMMIT_EVERY`, and spaced by nine times the last
+/// commit's duration, so that a slow disk costs reading at most a tenth of its time. Returns
+/// the records committed.
+async fn read_and_commit(
+    mut consumer: Consumer,
+    batch: usize,
+    tx: mpsc::Sender<Batch>,
+    mut acked: watch::Receiver<Acked>,
+    status: Arc<SinkStatus>,
+    stop: CancellationToken,
+) -> Result<u64, OutboxError> {
+    let mut done = Acked::default();
+    let mut dirty = false;
+    let mut due = Instant::now();
+    let mut permit = None;
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            r = acked.changed(), if !dirty => match r {
+                Ok(()) => dirty = true,
+                Err(_) => break,
+            },
+            _ = tokio::time::sleep_until(due), if dirty => {
+                dirty = false;
+                let want = *acked.borrow_and_update();
+                let t0 = Instant::now();
+                match commit_to(&mut consumer, &mut done, want, &status).await {
+                    Ok(()) => {}
+                    Err(OutboxError::Closed) => break,
+                    Err(e) => return Err(e),
+                }
+                due = Instant::now() + COMMIT_EVERY.max((Instant::now() - t0) * 9).min(COMMIT_MAX_SPACING);
+            }
+            p = tx.reserve(), if permit.is_none() => match p {
+                Ok(p) => permit = Some(p),
+                Err(_) => break,
+            },
+            b = consumer.next_batch(batch), if permit.is_some() => {
+                let p = permit.take().expect("guarded by the branch condition");
+                match b {
+                    Ok(records) => p.send(Ok(records)),
+                    // Dropping the sender tells the forwarder.
+                    Err(OutboxError::Closed) => break,
+                    Err(e) => {
+                        p.send(Err(e));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    drop(permit);
+    drop(tx);
+    let want = *acked.borrow();
+    match commit_to(&mut consumer, &mut done, want, &status).await {
+        Ok(()) => {}
+        Err(OutboxError::Closed) => {
+            // The outbox was shut down first: these acked records are sent again after a
+            // restart (duplicates, never a loss).
+            if want.count > done.count {
+                warn!(acknowledged = want.count - done.count, "outbox closed before the mqtt sink committed; acknowledged events will be re-sent");
+            }
+        }
+        Err(e) => return Err(e),
+    }
+    Ok(done.count)
+}
+
+async fn commit_to(consumer: &mut Consumer, done: &mut Acked, want: Acked, status: &SinkStatus) -> Result<(), OutboxError> {
+    let Some(through) = want.through else { return Ok(()) };
+    if done.through >= Some(through) {
+        return Ok(());
+    }
+    consumer.commit(through).await?;
+    status.committed(through);
+    status.delivered.fetch_add(want.count - done.count, Ordering::Relaxed);
+    *done = want;
+    Ok(())
+}
+
 struct Forwarder {
     cfg: MqttConfig,
     topics: Topics,
@@ -301,7 +397,11 @@ struct Forwarder {
     events: mpsc::Receiver<LoopMsg>,
     resume: mpsc::Sender<()>,
     outbox: Outbox,
-    consumer: Consumer,
+    records: mpsc::Receiver<Batch>,
+    /// Read but not yet published (the window was full): at most one batch.
+    ahead: VecDeque<Record>,
+    acked_tx: watch::Sender<Acked>,
+    acked: Acked,
     window: CommitWindow<Out>,
     tracker: PkidTracker,
     status: Arc<SinkStatus>,
@@ -309,10 +409,6 @@ struct Forwarder {
     outbox_closed: bool,
     backoff: Backoff,
     reconnect_at: Option<Instant>,
-    /// Acknowledged prefix not committed yet, and its record count.
-    to_commit: Option<Offset>,
-    uncommitted: u64,
-    delivered: u64,
     status_acked: bool,
     on_ack: Option<AckObserver>,
 }
@@ -343,6 +439,10 @@ pub async fn run_observed(
     let (tx, events) = mpsc::channel(inflight * 2 + 16);
     let (resume, resume_rx) = mpsc::channel(1);
     let driver = tokio::spawn(drive(el, tx, resume_rx));
+    let (batches_tx, records) = mpsc::channel(1);
+    let (acked_tx, acked_rx) = watch::channel(Acked::default());
+    let reader_stop = CancellationToken::new();
+    let reader = tokio::spawn(read_and_commit(consumer, inflight, batches_tx, acked_rx, status.clone(), reader_stop.clone()));
     let mut f = Forwarder {
         topics: Topics::new(&cfg.topic_prefix, &gateway),
         backoff: Backoff::new(Duration::from_millis(cfg.backoff_min_ms.max(1)), Duration::from_millis(cfg.backoff_max_ms.max(1))),
@@ -352,44 +452,44 @@ pub async fn run_observed(
         events,
         resume,
         outbox,
-        consumer,
+        records,
+        ahead: VecDeque::new(),
+        acked_tx,
+        acked: Acked::default(),
         tracker: PkidTracker::default(),
         status,
         connected: false,
         outbox_closed: false,
         reconnect_at: None,
-        to_commit: None,
-        uncommitted: 0,
-        delivered: 0,
         status_acked: false,
         on_ack,
     };
     info!(host = %f.cfg.host, port = f.cfg.port, gateway = %gateway, "mqtt sink starting");
     let result = f.forward(&shutdown).await;
-    let finished = f.finish().await;
+    f.wait_for_acks().await;
+    // Commit what is acknowledged before telling the world we are offline.
+    reader_stop.cancel();
+    let committed = reader.await.map_err(|e| MqttError::Config(format!("mqtt outbox reader: {e}")));
+    f.go_offline().await;
     driver.abort();
     f.status.set_connected(false);
     result?;
-    finished?;
-    info!(delivered = f.delivered, "mqtt sink stopped");
-    Ok(f.delivered)
+    let delivered = committed??;
+    info!(delivered, "mqtt sink stopped");
+    Ok(delivered)
 }
 
 impl Forwarder {
     async fn forward(&mut self, shutdown: &CancellationToken) -> Result<(), MqttError> {
-        let mut commit_tick = tokio::time::interval(COMMIT_EVERY);
-        commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let lag_every = Duration::from_secs(self.cfg.lag_log_secs.max(1));
         let mut lag_tick = tokio::time::interval_at(Instant::now() + lag_every, lag_every);
         lag_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let room = self.window.room();
-            let can_read = self.connected && room > 0 && !self.outbox_closed;
+            let can_read = self.ahead.is_empty() && !self.outbox_closed;
             let reconnect_at = self.reconnect_at;
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Ok(()),
-                _ = commit_tick.tick() => self.commit().await?,
                 _ = lag_tick.tick() => self.log_lag(),
                 _ = sleep_until_some(reconnect_at), if reconnect_at.is_some() => {
                     self.reconnect_at = None;
@@ -400,13 +500,17 @@ impl Forwarder {
                     Some(m) => self.on_msg(m),
                     None => return Err(MqttError::Config("mqtt event loop task ended".into())),
                 },
-                batch = self.consumer.next_batch(room), if can_read => match batch {
-                    Ok(records) => self.send(records),
-                    Err(OutboxError::Closed) => {
+                batch = self.records.recv(), if can_read => match batch {
+                    Some(Ok(records)) => {
+                        self.ahead.extend(records);
+                        self.pump();
+                    }
+                    Some(Err(e)) => return Err(e.into()),
+                    // The outbox was shut down.
+                    None => {
                         self.outbox_closed = true;
                         return Ok(());
                     }
-                    Err(e) => return Err(e.into()),
                 },
             }
         }
@@ -454,6 +558,7 @@ impl Forwarder {
         for (o, t, p) in again {
             self.publish(Slot::Record(o), t, p, false);
         }
+        self.pump();
     }
 
     fn on_down(&mut self, e: ConnectionError) {
@@ -479,11 +584,8 @@ impl Forwarder {
                         cb(o);
                     }
                 }
-                if let Some((last, n)) = self.window.take_committable() {
-                    self.to_commit = Some(last);
-                    self.uncommitted += n as u64;
-                }
-                self.update_oldest();
+                self.advance();
+                self.pump();
             }
             Some(Slot::Status) => self.status_acked = true,
             None => debug!(pkid, "PubAck for no tracked publish"),
@@ -503,8 +605,20 @@ impl Forwarder {
         }
     }
 
-    fn send(&mut self, records: Vec<Record>) {
-        for r in records {
+    /// Hands the acknowledged prefix to the reader task for committing.
+    fn advance(&mut self) {
+        if let Some((last, n)) = self.window.take_committable() {
+            self.acked.through = Some(last);
+            self.acked.count += n as u64;
+            self.acked_tx.send_replace(self.acked);
+        }
+        self.update_oldest();
+    }
+
+    /// Publishes read-ahead records while connected and the window has room.
+    fn pump(&mut self) {
+        while self.connected && self.window.room() > 0 {
+            let Some(r) = self.ahead.pop_front() else { break };
             let (topic, received_at_ms) = match serde_json::from_slice::<StoredEnvelope>(&r.data) {
                 Ok(e) => (self.topics.event(&e.camera, &e.event_type), e.received_at_ms),
                 Err(err) => {
@@ -516,7 +630,7 @@ impl Forwarder {
             let too_large = topic.len() + r.data.len() + PUBLISH_OVERHEAD > self.cfg.max_packet_bytes;
             let out = Out { topic: topic.clone(), payload: r.data.clone(), received_at_ms };
             if let Err(e) = self.window.push(r.offset, out) {
-                // Reads are sized to the window's room; a violation is a bug, not a data issue.
+                // `pump` only runs with room; a violation is a bug, not a data issue.
                 error!(error = %e, "mqtt commit window refused a record");
                 continue;
             }
@@ -525,10 +639,7 @@ impl Forwarder {
                 self.status.dead_lettered.fetch_add(1, Ordering::Relaxed);
                 self.status.set_error(format!("event at offset {} too large for mqtt.max_packet_bytes", r.offset));
                 self.window.ack(r.offset);
-                if let Some((last, n)) = self.window.take_committable() {
-                    self.to_commit = Some(last);
-                    self.uncommitted += n as u64;
-                }
+                self.advance();
                 continue;
             }
             self.publish(Slot::Record(r.offset), topic, r.data, false);
@@ -538,26 +649,6 @@ impl Forwarder {
 
     fn update_oldest(&self) {
         self.status.set_oldest_pending(self.window.oldest_unacked().map(|(_, o)| o.received_at_ms));
-    }
-
-    async fn commit(&mut self) -> Result<(), MqttError> {
-        let Some(last) = self.to_commit.take() else { return Ok(()) };
-        match self.consumer.commit(last).await {
-            Ok(()) => {}
-            Err(OutboxError::Closed) => {
-                // The outbox was shut down first: these acked records are sent again after a
-                // restart (duplicates, never a loss).
-                self.outbox_closed = true;
-                warn!(through = last, "outbox closed before the mqtt sink committed; acknowledged events will be re-sent");
-                return Ok(());
-            }
-            Err(e) => return Err(e.into()),
-        }
-        self.status.committed(last);
-        self.status.delivered.fetch_add(self.uncommitted, Ordering::Relaxed);
-        self.delivered += self.uncommitted;
-        self.uncommitted = 0;
-        Ok(())
     }
 
     fn log_lag(&self) {
@@ -578,17 +669,19 @@ impl Forwarder {
         }
     }
 
-    async fn finish(&mut self) -> Result<(), MqttError> {
+    /// Stop reading; give what is out a bounded time to be acknowledged.
+    async fn wait_for_acks(&mut self) {
         let deadline = Instant::now() + Duration::from_millis(self.cfg.shutdown_ack_timeout_ms);
         while self.connected && self.window.unacked() > 0 && self.step_until(deadline).await {}
         if self.window.unacked() > 0 {
             warn!(unacked = self.window.unacked(), "mqtt sink stopping with unacknowledged events; they are sent again at the next start");
         }
-        if !self.outbox_closed {
-            self.commit().await?;
-        }
+    }
+
+    /// Retained `offline` (acknowledged, bounded wait), then DISCONNECT.
+    async fn go_offline(&mut self) {
         if !self.connected {
-            return Ok(());
+            return;
         }
         self.status_acked = false;
         self.publish(Slot::Status, self.topics.status(), Bytes::from_static(b"offline"), true);
@@ -605,7 +698,6 @@ impl Forwarder {
                 Ok(Some(m)) => self.on_msg(m),
             }
         }
-        Ok(())
     }
 }
 

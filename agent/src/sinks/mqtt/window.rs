@@ -38,6 +38,10 @@ impl<T> CommitWindow<T> {
         self.cap - self.entries.len()
     }
 
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }
