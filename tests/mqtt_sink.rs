@@ -180,8 +180,9 @@ async fn events_arrive_on_their_topics_with_qos1_and_availability_is_retained() 
     assert_eq!(ids, (1..=n as i64).collect::<Vec<_>>());
 
     eventually_retained(broker.port, "camgate/gw-test/status", "online", Duration::from_secs(5)).await;
+    // Commits are spaced out when the disk is slow (at most 2 s apart).
     assert!(
-        eventually(Duration::from_secs(5), || {
+        eventually(Duration::from_secs(15), || {
             let s = status.snapshot(&outbox.stats(), 0);
             s.lag_events == 0 && s.delivered == n as u64 && s.connected
         })
@@ -233,8 +234,8 @@ async fn broker_outage_loses_nothing_and_commits_nothing_while_down() {
 
     tokio::task::block_in_place(|| broker.stop());
     assert!(eventually(Duration::from_secs(5), || !status.snapshot(&outbox.stats(), 0).connected).await);
-    // Acks that arrived just before the stop are committed by the next commit tick.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Acks that arrived just before the stop are committed by the next commit (at most 2 s on).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     let committed_at_stop = committed_next(&outbox, &status);
     let delivered_at_stop = status.delivered.load(Ordering::Relaxed);
     let appended_at_stop = outbox.stats().next_offset;
@@ -259,7 +260,7 @@ async fn broker_outage_loses_nothing_and_commits_nothing_while_down() {
     let duplicated = counts.values().filter(|c| **c > 1).count();
     println!("broker outage: sent {n}, delivered {} distinct ({received} messages), duplicated {duplicated}, committed before the stop {committed_at_stop}", counts.len());
     assert!(counts.keys().map(|k| k.1).eq(1..=n), "every event id arrived");
-    assert!(eventually(Duration::from_secs(5), || status.snapshot(&outbox.stats(), 0).lag_events == 0).await);
+    assert!(eventually(Duration::from_secs(15), || status.snapshot(&outbox.stats(), 0).lag_events == 0).await);
     stop.cancel();
     task.await.unwrap().unwrap();
     assert_eq!(committed_next(&outbox, &status), n as u64);

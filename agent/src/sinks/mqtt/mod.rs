@@ -44,7 +44,7 @@ pub const CONSUMER: &str = "mqtt";
 /// only re-sends what was acknowledged since (duplicates, which the payload identifies).
 const COMMIT_EVERY: Duration = Duration::from_millis(100);
 /// Longest spacing of commits however slow the disk (the re-sent duplicates after a crash).
-const COMMIT_MAX_SPACING: Duration = Duration::from_secs(5);
+const COMMIT_MAX_SPACING: Duration = Duration::from_secs(2);
 /// How long a clean shutdown waits for the PubAck of the retained `offline`.
 const OFFLINE_WAIT: Duration = Duration::from_secs(1);
 /// MQTT fixed header + topic length + packet id, on top of topic and payload.
