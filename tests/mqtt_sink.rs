@@ -266,6 +266,56 @@ async fn broker_outage_loses_nothing_and_commits_nothing_while_down() {
     assert_eq!(committed_next(&outbox, &status), n as u64);
 }
 
+/// Publishes in flight when the broker stops answering are never committed, and reach the
+/// subscriber after the broker is killed and restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacknowledged_publishes_are_not_committed_and_are_sent_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Mosquitto::start(&dir.path().join("broker"));
+    let sub = subscribe(broker.port, "camgate/gw-frz/events/#", true).await;
+    let outbox = open_outbox(dir.path()).await;
+    let status = Arc::new(SinkStatus::default());
+    let stop = CancellationToken::new();
+    let cfg = MqttConfig { keep_alive_secs: 2, ..sink_config(broker.port, "gw-frz") };
+    let task = tokio::spawn(mqtt::run(outbox.clone(), cfg, "gw-frz".into(), status.clone(), stop.clone()));
+    let n: i64 = 800;
+    let ob = outbox.clone();
+    let feeder = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(5));
+        for id in 1..=n {
+            tick.tick().await;
+            ob.append(Bytes::from(sample_envelope("door-1", id, camgate::sign::unix_now_ms()))).await.unwrap();
+        }
+    });
+    assert!(eventually(Duration::from_secs(20), || sub.messages().len() >= 100).await, "forwarding did not start");
+    broker.freeze();
+    // Let commits of what was acknowledged before the freeze land (spaced at most 2 s).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let frozen_at = committed_next(&outbox, &status);
+    let snap = status.snapshot(&outbox.stats(), camgate::sign::unix_now_ms());
+    assert!(snap.oldest_pending_age_ms > 1000, "publishes are out and unacknowledged: {snap:?}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(committed_next(&outbox, &status), frozen_at, "nothing unacknowledged may be committed");
+    tokio::task::block_in_place(|| {
+        broker.kill();
+        broker.restart();
+    });
+    feeder.await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(60), || sub.counts().len() == n as usize).await,
+        "{} of {n} distinct events delivered",
+        sub.counts().len()
+    );
+    let counts = sub.counts();
+    let received: u32 = counts.values().sum();
+    let duplicated = counts.values().filter(|c| **c > 1).count();
+    println!("frozen then killed broker: sent {n}, delivered {} distinct ({received} messages), duplicated {duplicated}, committed at the freeze {frozen_at}", counts.len());
+    assert!(status.retries.load(Ordering::Relaxed) >= 1);
+    assert!(eventually(Duration::from_secs(15), || status.snapshot(&outbox.stats(), 0).lag_events == 0).await);
+    stop.cancel();
+    task.await.unwrap().unwrap();
+}
+
 fn write_config(dir: &std::path::Path, sim: &SimCamera, mqtt_port: u16) -> std::path::PathBuf {
     let text = format!(
         r#"

@@ -76,6 +76,20 @@ impl Mosquitto {
         }
     }
 
+    /// SIGSTOP: the broker keeps its sockets open but answers nothing (publishes stay unacked).
+    pub fn freeze(&self) {
+        let c = self.child.as_ref().expect("broker running");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGSTOP).unwrap();
+    }
+
+    /// SIGKILL: whatever was not saved is lost (the last autosave survives).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// The same broker (state directory and port) again.
     pub fn restart(&mut self) {
         self.stop();

@@ -10,6 +10,11 @@
 //! rumqtt#703). Before reconnecting it drops whatever it would itself re-send, so that every
 //! unacknowledged record is published again by the sink, under packet ids the sink tracks; a
 //! broker that kept the persistent session may then see duplicates, never a gap.
+//!
+//! Three tasks, joined by bounded channels: the event loop driver (above), the forwarder (topics,
+//! the commit window, packet-id tracking, reconnect timing) and the outbox reader, which reads one
+//! batch ahead and commits the acknowledged prefix, so that a slow cursor fsync delays neither
+//! publishing nor ack handling.
 
 pub mod bench;
 pub mod topic;
