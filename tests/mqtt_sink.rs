@@ -252,8 +252,11 @@ async fn broker_outage_loses_nothing_and_commits_nothing_while_down() {
     feeder.await.unwrap();
     assert!(
         eventually(Duration::from_secs(60), || sub.counts().len() == n as usize).await,
-        "{} of {n} distinct events delivered after the outage",
-        sub.counts().len()
+        "{} of {n} distinct events delivered after the outage; missing {:?}; sink {:?}; broker log tail:\n{}",
+        sub.counts().len(),
+        (1..=n).filter(|id| !sub.counts().contains_key(&("FS101D8BS00106".to_string(), *id))).collect::<Vec<_>>(),
+        status.snapshot(&outbox.stats(), 0),
+        broker.log().lines().rev().take(40).collect::<Vec<_>>().join("\n")
     );
     let counts = sub.counts();
     let received: u32 = counts.values().sum();
