@@ -114,6 +114,21 @@ impl Daemon {
                 }
             });
         }
+        if let Some(mc) = &cfg.mqtt {
+            let status = Arc::new(sinks::SinkStatus::default());
+            sink_status.push(("mqtt".to_string(), status.clone()));
+            let gateway = mc.effective_gateway_id(cfg.gateway_id.as_deref());
+            let (ob, mc, stop) = (outbox.clone(), mc.clone(), sink_stop.clone());
+            sink_tasks.spawn(async move {
+                match sinks::mqtt::run(ob, mc, gateway, status.clone(), stop).await {
+                    Ok(n) => info!(delivered = n, "mqtt sink finished"),
+                    Err(e) => {
+                        status.set_error(&e);
+                        warn!(error = %e, "mqtt sink stopped");
+                    }
+                }
+            });
+        }
         let mut d = Daemon { outbox, intake, cameras, cfg: cfg.clone(), intake_stop, sink_stop, camera_tasks, hook, reconcilers, sink_tasks, sink_status, health_task: None };
         d.health_task = Some(d.spawn_health());
         info!(cameras = d.cameras.len(), outbox = %cfg.outbox.dir.display(), dedupe_seeded = seeded, "camgate started");

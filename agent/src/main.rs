@@ -138,6 +138,8 @@ enum BenchCmd {
     /// Outbox to Kafka through the sink (mock cluster; a real broker with --brokers), next to a
     /// raw rdkafka producer, plus append-to-delivery latency.
     Kafka(camgate::sinks::kafka::bench::KafkaBenchArgs),
+    /// Outbox -> MQTT sink (PubAck-tracked) next to a raw rumqttc QoS 1 client; latency to PubAck.
+    Mqtt(camgate::sinks::mqtt::bench::MqttBenchArgs),
     /// The face pipeline per stage, next to the onnxruntime reference (Python) when available.
     #[cfg(feature = "vision")]
     Vision(camgate::vision::cli::VisionBenchArgs),
@@ -245,6 +247,11 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         Cmd::Bench { cmd: BenchCmd::Vision(args) } => {
             logging::init("warn", true);
             camgate::vision::cli::bench(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Bench { cmd: BenchCmd::Mqtt(args) } => {
+            logging::init("warn", true);
+            runtime()?.block_on(camgate::sinks::mqtt::bench::run(args))?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Bench { cmd: BenchCmd::Channel(args) } => {

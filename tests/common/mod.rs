@@ -3,6 +3,7 @@
 
 pub mod kafka;
 pub mod tansu;
+pub mod mosquitto;
 
 use std::path::Path;
 use std::sync::atomic::Ordering;

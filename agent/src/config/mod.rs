@@ -38,6 +38,9 @@ pub struct Config {
     /// `[kafka]`: forward every stored event to Kafka. Absent: no Kafka sink.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kafka: Option<crate::sinks::kafka::KafkaConfig>,
+    /// `[mqtt]`: the MQTT forwarding sink; absent disables it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mqtt: Option<crate::sinks::mqtt::MqttConfig>,
     #[serde(default)]
     pub cameras: Vec<CameraConfig>,
 }
@@ -329,7 +332,7 @@ impl CameraConfig {
     }
 }
 
-fn resolve_credential_path(p: &Path) -> PathBuf {
+pub(crate) fn resolve_credential_path(p: &Path) -> PathBuf {
     if p.is_relative() {
         if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
             return PathBuf::from(dir).join(p);
@@ -423,6 +426,9 @@ impl Config {
         self.validate_hook(&mut errs);
         if let Some(k) = &self.kafka {
             k.validate(&mut errs);
+        }
+        if let Some(m) = &self.mqtt {
+            m.validate(&mut errs);
         }
         let mut names = HashSet::new();
         for (i, c) in self.cameras.iter().enumerate() {

@@ -3,6 +3,7 @@
 
 pub mod jsonl;
 pub mod kafka;
+pub mod mqtt;
 pub mod status;
 
 pub use status::{SinkSnapshot, SinkStatus};
