@@ -22,6 +22,9 @@ S = "${WORKDIR}/git"
 # (cargo >= 1.78): newer than kirkstone's and scarthgap's own Rust, so add a layer that provides
 # one (see yocto/README.md).
 inherit cargo systemd features_check
+# rdkafka builds librdkafka (C, with a C++ compiler check) through cmake and vendors OpenSSL
+# (openssl-src, needs perl): native tools only, no target libraries.
+DEPENDS += "cmake-native perl-native"
 # On scarthgap (and langdale+) OE-core also has cargo-update-recipe-crates, which provides
 # `bitbake -c update_crates camgate` to regenerate camgate-crates.inc; kirkstone lacks it.
 inherit ${@'cargo-update-recipe-crates' if bb.utils.which(d.getVar('BBPATH'), 'classes-recipe/cargo-update-recipe-crates.bbclass') else ''}
