@@ -44,15 +44,6 @@ tls = {{ fingerprint_sha256 = "{fp}" }}
     path
 }
 
-/// Kills the daemon if a test fails before stopping it, so no orphan outlives the test.
-struct Daemon(std::process::Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn spawn_run(cfg: &std::path::Path, quiet: bool) -> Daemon {
     let mut c = Command::new(BIN);

@@ -100,15 +100,6 @@ tls = {{ fingerprint_sha256 = "{fp}" }}
     path
 }
 
-/// Kills the daemon if the test fails before stopping it.
-struct Daemon(std::process::Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn spawn_run(cfg: &std::path::Path, log: &std::path::Path) -> Daemon {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();

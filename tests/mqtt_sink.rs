@@ -356,15 +356,6 @@ tls = {{ fingerprint_sha256 = "{fp}" }}
     path
 }
 
-/// Kills the daemon if the test fails before it stops it.
-struct Daemon(std::process::Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn spawn_run(cfg: &std::path::Path) -> Daemon {
     Daemon(Command::new(BIN).args(["run", "--config"]).arg(cfg).stdin(Stdio::null()).stdout(Stdio::null()).spawn().unwrap())

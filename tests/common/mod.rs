@@ -44,6 +44,16 @@ pub fn config_in(dir: &Path, cameras: Vec<CameraConfig>) -> Config {
     cfg
 }
 
+/// A `camgate run` child: killed if a test fails before stopping it, so no orphan outlives the test.
+pub struct Daemon(pub std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Polls `f` every 20 ms until it holds or `limit` passes.
 pub async fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let t0 = Instant::now();
