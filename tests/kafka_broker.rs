@@ -1,6 +1,7 @@
 //! The Kafka sink against a real Kafka-protocol broker process (`tansu`, memory storage): the
 //! in-process sink end to end, then the real `camgate run` process with a simulated camera
 //! through a broker crash + restart and its own kill -9. Counts are printed.
+#![cfg(feature = "kafka")]
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! commits only after delivery (broker down → nothing committed, events wait; back → all
 //! delivered), permanent refusals dead-lettered while the rest flows, and restart from the
 //! committed cursor.
+#![cfg(feature = "kafka")]
 
 mod common;
 
@@ -231,4 +232,80 @@ async fn a_restarted_sink_resumes_after_its_last_commit() {
     assert_eq!(sink.stop().await, 30, "only the new events");
     let seen = tokio::task::spawn_blocking(move || reader.wait_for(80, Duration::from_secs(30))).await.unwrap();
     assert_eq!(tally(&seen), (80, 80, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_producer_queue_backs_off_and_loses_nothing() {
+    let m = mock(2);
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = open_outbox(dir.path()).await;
+    let reader = Reader::start(&m.bootstrap_servers(), TOPIC, 2);
+    for i in 1..=400 {
+        outbox.append(envelope("door", "SN5", i, 50)).await.unwrap();
+    }
+    let mut cfg = kafka_cfg(&m.bootstrap_servers(), dir.path());
+    // librdkafka's queue far smaller than the sink's window: most enqueues are refused with
+    // QueueFull until deliveries drain it.
+    cfg.options.insert("queue.buffering.max.messages".into(), OptionValue::Int(8));
+    cfg.options.insert("linger.ms".into(), OptionValue::Int(20));
+    cfg.max_in_flight = 1000;
+    let sink = Running::start(&outbox, cfg);
+    assert!(until(Duration::from_secs(60), || sink.lag(&outbox) == 0).await, "{:?}", sink.status.snapshot(&outbox.stats(), 0));
+    let snap = sink.status.snapshot(&outbox.stats(), 0);
+    assert_eq!((snap.delivered, snap.dead_lettered), (400, 0), "{snap:?}");
+    assert!(snap.queue_full > 0, "librdkafka's queue of 8 must have refused some of 400: {snap:?}");
+    assert_eq!(snap.retries, 0, "a full local queue is not a broker failure: {snap:?}");
+    let seen = tokio::task::spawn_blocking(move || reader.wait_for(400, Duration::from_secs(30))).await.unwrap();
+    let (distinct, total, dup) = tally(&seen);
+    println!("mock queue full: sent 400, delivered {distinct} distinct, {total} messages, {dup} duplicated keys");
+    assert_eq!((distinct, total, dup), (400, 400, 0));
+    // In offset order per key prefix: the retries kept the outbox order.
+    let mut ids: Vec<i64> = seen.iter().map(|s| s.key.strip_prefix("SN5/").unwrap().parse().unwrap()).collect();
+    ids.sort_unstable();
+    assert!(ids.iter().copied().eq(1..=400));
+    sink.stop().await;
+    assert_eq!(committed(dir.path()), Some(399));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unwritable_dead_letter_file_holds_the_cursor_until_it_can_be_written() {
+    let m = mock(1);
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = open_outbox(dir.path()).await;
+    let mut cfg = kafka_cfg(&m.bootstrap_servers(), dir.path());
+    cfg.options.insert("message.max.bytes".into(), OptionValue::Int(20_000));
+    // The dead-letter file's directory is a plain file: not creatable, not even by root.
+    let blocker = dir.path().join("blocked");
+    std::fs::write(&blocker, b"not a directory").unwrap();
+    cfg.dead_letter_path = blocker.join("dead.jsonl");
+    let sink = Running::start(&outbox, cfg);
+    for i in 1..=10 {
+        outbox.append(envelope("door", "SN6", i, 10)).await.unwrap();
+    }
+    outbox.append(envelope("door", "SN6", 11, 50_000)).await.unwrap();
+    for i in 12..=20 {
+        outbox.append(envelope("door", "SN6", i, 10)).await.unwrap();
+    }
+    assert!(
+        until(Duration::from_secs(30), || sink.status.snapshot(&outbox.stats(), 0).last_error.is_some_and(|e| e.contains("not writable"))).await,
+        "{:?}",
+        sink.status.snapshot(&outbox.stats(), 0)
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The record that could be neither sent nor set aside holds the cursor: it and what follows
+    // stay in the outbox (the ten before it are committed).
+    let snap = sink.status.snapshot(&outbox.stats(), 0);
+    assert_eq!(snap.lag_events, 10, "{snap:?}");
+    assert_eq!(snap.dead_lettered, 0);
+    assert!(committed(dir.path()).is_some_and(|c| c <= 9), "{:?}", committed(dir.path()));
+    // The operator fixes the disk: the record is set aside and everything flows.
+    std::fs::remove_file(&blocker).unwrap();
+    assert!(until(Duration::from_secs(30), || sink.lag(&outbox) == 0).await, "{:?}", sink.status.snapshot(&outbox.stats(), 0));
+    let snap = sink.status.snapshot(&outbox.stats(), 0);
+    assert_eq!((snap.delivered, snap.dead_lettered), (19, 1), "{snap:?}");
+    let dead = std::fs::read_to_string(blocker.join("dead.jsonl")).expect("dead-letter written once writable");
+    assert_eq!(dead.lines().count(), 1);
+    assert!(dead.contains("\"key\":\"SN6/11\""), "{dead}");
+    sink.stop().await;
+    assert_eq!(committed(dir.path()), Some(19));
 }

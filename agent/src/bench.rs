@@ -192,9 +192,10 @@ async fn bare_client(addr: std::net::SocketAddr, fingerprint: String, secret: St
     }
 }
 
-fn write_config(dir: &Path, sims: &[SimCamera], secret: &str) -> Result<PathBuf, BenchError> {
+/// A `camgate run` config for `sims`, plus `extra` (sink sections) as written.
+fn write_config(dir: &Path, sims: &[SimCamera], secret: &str, extra: &str) -> Result<PathBuf, BenchError> {
     let mut text = format!(
-        "[outbox]\ndir = {:?}\nmax_bytes = 1073741824\n[sinks.jsonl]\nenabled = false\n[health]\nfile = {:?}\n",
+        "[outbox]\ndir = {:?}\nmax_bytes = 1073741824\n[sinks.jsonl]\nenabled = false\n[health]\nfile = {:?}\n{extra}\n",
         dir.join("outbox"),
         dir.join("health.json")
     );
@@ -264,7 +265,7 @@ pub async fn channel(args: ChannelBenchArgs) -> Result<(), BenchError> {
 
     // camgate: a child `camgate run` process with a durable outbox.
     let sims = start_sims(n, args.rate, &secret).await?;
-    let cfg_path = write_config(&dir, &sims, &secret)?;
+    let cfg_path = write_config(&dir, &sims, &secret, "")?;
     let exe = std::env::current_exe()?;
     let mut child = tokio::process::Command::new(exe)
         .args(["run", "--config"])
@@ -301,4 +302,97 @@ fn tempdir() -> Result<PathBuf, BenchError> {
     let d = std::env::temp_dir().join(format!("camgate-bench-{}-{}", std::process::id(), crate::sign::unix_now_ms()));
     std::fs::create_dir_all(&d)?;
     Ok(d)
+}
+
+/// Camera PUBLISH to broker, end to end.
+#[derive(Debug, Clone, Copy)]
+pub struct EndToEnd {
+    pub published: usize,
+    pub received: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl std::fmt::Display for EndToEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "camera PUBLISH -> consumer receipt: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} of {} events received)",
+            self.p50_ms, self.p99_ms, self.max_ms, self.received, self.published
+        )
+    }
+}
+
+/// Serial number of the end-to-end phase's camera: consumers tell its events by it.
+pub const E2E_SERIAL: &str = "E2EBENCH00001";
+
+/// One simulated camera publishing `rate` events/s for `seconds` to a child `camgate run` whose
+/// only sink is `sink_toml`; `received` carries (event id, receipt time) from an independent
+/// consumer of the broker. A consumer sees an event only once the broker has stored it, so the
+/// figure is an upper bound of PUBLISH -> broker ack, and it includes the outbox fsync, the
+/// camera's PUBACK and the sink's read.
+pub async fn camera_to_broker(
+    sink_toml: &str,
+    rate: f64,
+    seconds: u64,
+    mut received: tokio::sync::mpsc::UnboundedReceiver<(i64, tokio::time::Instant)>,
+) -> Result<EndToEnd, BenchError> {
+    let total = (rate * seconds as f64).max(1.0) as u64;
+    let secret = crate::sign::random_token();
+    let mut sc = SimConfig::new("bench-app", &secret);
+    sc.serial = E2E_SERIAL.into();
+    sc.rate_per_sec = rate;
+    sc.serve_media = false;
+    sc.max_events = Some(total);
+    sc.record_send_times = true;
+    let sim = SimCamera::start(sc).await?;
+    sim.set_paused(true);
+    let dir = tempdir()?;
+    let cfg_path = write_config(&dir, std::slice::from_ref(&sim), &secret, sink_toml)?;
+    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        .args(["run", "--config"])
+        .arg(&cfg_path)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let result = async {
+        if !wait_subscribed(std::slice::from_ref(&sim), 1, Duration::from_secs(120)).await {
+            return Err(BenchError::Other("camgate did not subscribe to the camera".into()));
+        }
+        // The sink connects to its broker in the meantime.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        sim.set_paused(false);
+        let mut first: std::collections::HashMap<i64, tokio::time::Instant> = std::collections::HashMap::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds + 60);
+        while (first.len() as u64) < total {
+            match tokio::time::timeout_at(deadline, received.recv()).await {
+                Ok(Some((id, at))) => {
+                    first.entry(id).or_insert(at);
+                }
+                Ok(None) => return Err(BenchError::Other("the consumer stopped".into())),
+                Err(_) => break,
+            }
+        }
+        Ok(first)
+    }
+    .await;
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id().unwrap_or(0) as i32), nix::sys::signal::Signal::SIGTERM);
+    let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let first = result?;
+    let sent = sim.take_send_times();
+    let mut lat_us: Vec<u32> = first
+        .iter()
+        .filter_map(|(id, at)| sent.get(id).map(|s| at.saturating_duration_since(*s).as_micros().min(u32::MAX as u128) as u32))
+        .collect();
+    lat_us.sort_unstable();
+    Ok(EndToEnd {
+        published: sent.len(),
+        received: first.len(),
+        p50_ms: percentile(&lat_us, 0.5),
+        p99_ms: percentile(&lat_us, 0.99),
+        max_ms: lat_us.last().map_or(f64::NAN, |u| *u as f64 / 1000.0),
+    })
 }

@@ -99,6 +99,8 @@ impl Daemon {
                 }
             });
         }
+        // Without the feature, validation has refused a config with the section.
+        #[cfg(feature = "kafka")]
         if let Some(kc) = &cfg.kafka {
             let status = Arc::new(sinks::SinkStatus::default());
             sink_status.push(("kafka".to_string(), status.clone()));
@@ -114,6 +116,7 @@ impl Daemon {
                 }
             });
         }
+        #[cfg(feature = "mqtt")]
         if let Some(mc) = &cfg.mqtt {
             let status = Arc::new(sinks::SinkStatus::default());
             sink_status.push(("mqtt".to_string(), status.clone()));

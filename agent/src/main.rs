@@ -137,8 +137,10 @@ enum BenchCmd {
     Hook(camgate::hook::bench::HookBenchArgs),
     /// Outbox to Kafka through the sink (mock cluster; a real broker with --brokers), next to a
     /// raw rdkafka producer, plus append-to-delivery latency.
+    #[cfg(feature = "kafka")]
     Kafka(camgate::sinks::kafka::bench::KafkaBenchArgs),
     /// Outbox -> MQTT sink (PubAck-tracked) next to a raw rumqttc QoS 1 client; latency to PubAck.
+    #[cfg(feature = "mqtt")]
     Mqtt(camgate::sinks::mqtt::bench::MqttBenchArgs),
     /// The face pipeline per stage, next to the onnxruntime reference (Python) when available.
     #[cfg(feature = "vision")]
@@ -249,6 +251,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             camgate::vision::cli::bench(args)?;
             Ok(ExitCode::SUCCESS)
         }
+        #[cfg(feature = "mqtt")]
         Cmd::Bench { cmd: BenchCmd::Mqtt(args) } => {
             logging::init("warn", true);
             runtime()?.block_on(camgate::sinks::mqtt::bench::run(args))?;
@@ -264,6 +267,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             runtime()?.block_on(camgate::hook::bench::run(args))?;
             Ok(ExitCode::SUCCESS)
         }
+        #[cfg(feature = "kafka")]
         Cmd::Bench { cmd: BenchCmd::Kafka(args) } => {
             logging::init("warn", true);
             runtime()?.block_on(camgate::sinks::kafka::bench::run(args))?;

@@ -1,6 +1,7 @@
 //! Shared pieces of the integration tests: a simulated camera wired to a camgate camera config.
 #![allow(dead_code)]
 
+#[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod tansu;
 pub mod mosquitto;

@@ -37,10 +37,10 @@ pub struct Config {
     pub hook: HookConfig,
     /// `[kafka]`: forward every stored event to Kafka. Absent: no Kafka sink.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kafka: Option<crate::sinks::kafka::KafkaConfig>,
+    pub kafka: Option<crate::sinks::KafkaConfig>,
     /// `[mqtt]`: the MQTT forwarding sink; absent disables it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mqtt: Option<crate::sinks::mqtt::MqttConfig>,
+    pub mqtt: Option<crate::sinks::MqttConfig>,
     #[serde(default)]
     pub cameras: Vec<CameraConfig>,
 }

@@ -128,6 +128,41 @@ pub struct OutboxStats {
     pub truncated_bytes: u64,
     /// Records found corrupt (unreadable) in sealed segments, since open.
     pub corrupt_records: u64,
+    /// Each stored segment's first offset, records and bytes, oldest first: what
+    /// [`OutboxStats::bytes_from`] measures a consumer's lag in bytes with.
+    #[serde(skip)]
+    pub spans: Vec<SegmentSpan>,
+}
+
+/// One stored segment as seen by [`Outbox::stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SegmentSpan {
+    pub base: Offset,
+    pub records: u64,
+    /// Durable bytes, header included.
+    pub bytes: u64,
+}
+
+impl OutboxStats {
+    /// Bytes stored for the records at `from` and after. Exact at segment boundaries; inside a
+    /// segment the share is taken by record count, as the outbox keeps no per-record index
+    /// (records of one camera are of similar size, so the estimate errs by little).
+    pub fn bytes_from(&self, from: Offset) -> u64 {
+        self.spans
+            .iter()
+            .map(|s| {
+                let end = s.base + s.records;
+                if s.records == 0 || from >= end {
+                    0
+                } else if from <= s.base {
+                    s.bytes
+                } else {
+                    let body = s.bytes.saturating_sub(segment::HEADER_LEN as u64);
+                    (u128::from(body) * u128::from(end - from) / u128::from(s.records)) as u64
+                }
+            })
+            .sum()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -356,6 +391,7 @@ impl Outbox {
             io_errors: st.io_errors,
             truncated_bytes: st.truncated_bytes,
             corrupt_records: st.corrupt_records,
+            spans: st.segments.iter().map(|s| SegmentSpan { base: s.base, records: s.records, bytes: s.size }).collect(),
         }
     }
 

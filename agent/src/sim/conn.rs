@@ -119,7 +119,11 @@ impl Conn {
                     let id = self.state.next_event_id.fetch_add(1, Ordering::Relaxed);
                     let kind = &subscribed[(id as usize) % subscribed.len()];
                     let payload = Bytes::from(self.event_json(id, kind));
-                    self.state.unacked.lock().unwrap().insert(id, (payload.clone(), Instant::now(), false));
+                    let now = Instant::now();
+                    self.state.unacked.lock().unwrap().insert(id, (payload.clone(), now, false));
+                    if self.cfg.record_send_times {
+                        self.state.sent_at.lock().unwrap().insert(id, now);
+                    }
                     count(&self.state.published);
                     published_here += 1;
                     let faults = self.state.faults.lock().unwrap().clone();

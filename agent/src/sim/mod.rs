@@ -69,6 +69,9 @@ pub struct SimConfig {
     pub sign_window_secs: u64,
     /// Require a client certificate issued by this CA (DER).
     pub require_client_ca: Option<rustls::pki_types::CertificateDer<'static>>,
+    /// Keep the first send time of every event for [`SimCamera::take_send_times`] (benchmarks
+    /// that time an event beyond camgate; grows with every event, so off by default).
+    pub record_send_times: bool,
 }
 
 impl SimConfig {
@@ -85,6 +88,7 @@ impl SimConfig {
             serve_media: true,
             sign_window_secs: 300,
             require_client_ca: None,
+            record_send_times: false,
         }
     }
 }
@@ -109,6 +113,8 @@ pub struct SimState {
     pub media_refused: AtomicU64,
     /// PUBACK latency of each first-time publish, microseconds.
     pub(crate) latencies_us: Mutex<Vec<u32>>,
+    /// Event id → first PUBLISH, when `SimConfig::record_send_times`.
+    pub(crate) sent_at: Mutex<std::collections::HashMap<i64, Instant>>,
     pub(crate) faults: Mutex<Faults>,
     pub(crate) keep_alive_seen: Mutex<Option<u64>>,
     pub(crate) media_secret: Mutex<String>,
@@ -219,6 +225,11 @@ impl SimCamera {
     /// PUBACK latencies (µs) recorded so far, and clears them.
     pub fn take_latencies(&self) -> Vec<u32> {
         std::mem::take(&mut *self.state.latencies_us.lock().unwrap())
+    }
+
+    /// First PUBLISH time of each event since the last call (needs `record_send_times`).
+    pub fn take_send_times(&self) -> std::collections::HashMap<i64, Instant> {
+        std::mem::take(&mut *self.state.sent_at.lock().unwrap())
     }
 
     /// The keep_alive camgate asked for in its last CONNECT.

@@ -2,8 +2,21 @@
 //! another or the camera acks (the outbox's bound applies).
 
 pub mod jsonl;
+#[cfg(feature = "kafka")]
 pub mod kafka;
+#[cfg(feature = "mqtt")]
 pub mod mqtt;
+#[cfg(not(all(feature = "kafka", feature = "mqtt")))]
+pub mod not_built;
 pub mod status;
+
+#[cfg(feature = "kafka")]
+pub use kafka::KafkaConfig;
+#[cfg(not(feature = "kafka"))]
+pub use not_built::KafkaConfig;
+#[cfg(feature = "mqtt")]
+pub use mqtt::MqttConfig;
+#[cfg(not(feature = "mqtt"))]
+pub use not_built::MqttConfig;
 
 pub use status::{SinkSnapshot, SinkStatus};

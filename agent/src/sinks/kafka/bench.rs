@@ -38,6 +38,9 @@ pub struct KafkaBenchArgs {
     /// In-flight window of both the sink and the raw producer.
     #[arg(long, default_value_t = 1000)]
     pub window: usize,
+    /// Events/s of the simulated camera in the end-to-end phase (camera PUBLISH -> broker).
+    #[arg(long, default_value_t = 200.0)]
+    pub e2e_rate: f64,
 }
 
 fn other(e: impl std::fmt::Display) -> BenchError {
@@ -67,11 +70,57 @@ pub async fn run(args: KafkaBenchArgs) -> Result<(), BenchError> {
     println!("kafka bench: {n} events of {size} B, window {} records", args.window);
     let f = measure(&mock.bootstrap_servers(), &args).await?;
     print("mock cluster (librdkafka, 1 broker, 3 partitions)", &f, &args);
+    let e2e = camera_to_kafka(&mock.bootstrap_servers(), &args).await?;
+    println!("  end to end, 1 camera at {:.0} events/s for {} s through `camgate run`: {e2e}", args.e2e_rate, args.seconds);
     if let Some(b) = &args.brokers {
         let f = measure(b, &args).await?;
         print(&format!("broker {b}"), &f, &args);
+        let e2e = camera_to_kafka(b, &args).await?;
+        println!("  end to end, 1 camera at {:.0} events/s for {} s through `camgate run`: {e2e}", args.e2e_rate, args.seconds);
     }
     Ok(())
+}
+
+/// A simulated camera -> `camgate run` (channel session, outbox, this sink) -> `brokers`, timed
+/// by an independent consumer assigned to the end of every partition of the topic.
+async fn camera_to_kafka(brokers: &str, args: &KafkaBenchArgs) -> Result<crate::bench::EndToEnd, BenchError> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::{Message, Offset, TopicPartitionList};
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("camgate-bench-e2e-{}", std::process::id()))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .map_err(other)?;
+    let meta = consumer.fetch_metadata(Some(&args.topic), Duration::from_secs(10)).map_err(other)?;
+    let mut tpl = TopicPartitionList::new();
+    for t in meta.topics() {
+        for p in t.partitions() {
+            tpl.add_partition_offset(&args.topic, p.id(), Offset::End).map_err(other)?;
+        }
+    }
+    if tpl.count() == 0 {
+        return Err(other(format!("topic {} has no partitions on {brokers}", args.topic)));
+    }
+    consumer.assign(&tpl).map_err(other)?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let prefix = format!("{}/", crate::bench::E2E_SERIAL);
+    let reader = tokio::spawn(async move {
+        while let Ok(m) = consumer.recv().await {
+            let id = m.key().and_then(|k| std::str::from_utf8(k).ok()).and_then(|k| k.strip_prefix(&prefix)).and_then(|id| id.parse().ok());
+            if let Some(id) = id {
+                if tx.send((id, tokio::time::Instant::now())).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let dead = std::env::temp_dir().join("camgate-bench-e2e-dead.jsonl");
+    let sink = format!("[kafka]\nbrokers = {brokers:?}\ntopic = {:?}\ndead_letter_path = {dead:?}\n", args.topic);
+    let r = crate::bench::camera_to_broker(&sink, args.e2e_rate, args.seconds, rx).await;
+    reader.abort();
+    r
 }
 
 fn print(name: &str, f: &Figures, args: &KafkaBenchArgs) {

@@ -314,6 +314,7 @@ impl State {
                 // librdkafka's queue is larger than our window unless options shrank it; a short
                 // pause lets it drain. Not a broker problem, so not counted as a retry.
                 debug!(offset = p.offset, "kafka producer queue full; backing off");
+                self.status.queue_full.fetch_add(1, Ordering::Relaxed);
                 self.retry.insert(p.offset, p);
                 let soon = Instant::now() + Duration::from_millis(50);
                 self.retry_at = Some(self.retry_at.map_or(soon, |t| t.min(soon)));
@@ -383,6 +384,7 @@ impl State {
         if snap.lag_events > 0 {
             info!(
                 lag_events = snap.lag_events,
+                lag_bytes = snap.lag_bytes,
                 oldest_pending_age_ms = snap.oldest_pending_age_ms,
                 in_flight = self.in_flight.len(),
                 retrying = self.retry.len(),

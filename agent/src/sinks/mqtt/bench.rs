@@ -39,9 +39,12 @@ pub struct MqttBenchArgs {
     /// Events per second in the latency phase.
     #[arg(long, default_value_t = 500.0)]
     pub rate: f64,
-    /// Seconds of the latency phase.
+    /// Seconds of the latency phase (and of the end-to-end phase).
     #[arg(long, default_value_t = 5)]
     pub seconds: u64,
+    /// Events/s of the simulated camera in the end-to-end phase (camera PUBLISH -> broker).
+    #[arg(long, default_value_t = 200.0)]
+    pub e2e_rate: f64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -312,6 +315,46 @@ pub async fn run(args: MqttBenchArgs) -> Result<(), MqttBenchError> {
         percentile_ms(&forward, 0.99)
     );
     println!("  sink delivered (committed) {delivered} events in total");
+    let e2e = camera_to_mqtt(&host, port, &args).await?;
+    println!("  end to end, 1 camera at {:.0} events/s for {} s through `camgate run`: {e2e}", args.e2e_rate, args.seconds);
     drop(broker);
     Ok(())
+}
+
+/// A simulated camera -> `camgate run` (channel session, outbox, this sink) -> the broker, timed
+/// by an independent QoS 1 subscriber.
+async fn camera_to_mqtt(host: &str, port: u16, args: &MqttBenchArgs) -> Result<crate::bench::EndToEnd, MqttBenchError> {
+    let gateway = format!("bench-e2e-{}", std::process::id());
+    let mut o = MqttOptions::new(format!("{gateway}-sub"), host, port);
+    o.set_clean_session(true).set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut el) = AsyncClient::new(o, 16);
+    client.subscribe(format!("camgate/{gateway}/events/#"), QoS::AtLeastOnce).await.map_err(other)?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (suback_tx, suback) = tokio::sync::oneshot::channel();
+    let reader = tokio::spawn(async move {
+        let mut suback_tx = Some(suback_tx);
+        loop {
+            match el.poll().await {
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    if let Some(s) = suback_tx.take() {
+                        let _ = s.send(());
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if let Ok(e) = serde_json::from_slice::<crate::event::StoredEnvelope>(&p.payload) {
+                        if tx.send((e.event_id.0, tokio::time::Instant::now())).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), suback).await.map_err(|_| other("the end-to-end subscriber got no SUBACK"))?.map_err(other)?;
+    let sink = format!("[mqtt]\nhost = {host:?}\nport = {port}\ngateway_id = {gateway:?}\n");
+    let r = crate::bench::camera_to_broker(&sink, args.e2e_rate, args.seconds, rx).await.map_err(other);
+    reader.abort();
+    r
 }

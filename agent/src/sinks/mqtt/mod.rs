@@ -659,7 +659,7 @@ impl Forwarder {
     fn log_lag(&self) {
         let snap = self.status.snapshot(&self.outbox.stats(), crate::sign::unix_now_ms());
         if snap.lag_events > 0 {
-            info!(lag_events = snap.lag_events, oldest_pending_age_ms = snap.oldest_pending_age_ms, connected = snap.connected, retries = snap.retries, "mqtt sink lag");
+            info!(lag_events = snap.lag_events, lag_bytes = snap.lag_bytes, oldest_pending_age_ms = snap.oldest_pending_age_ms, connected = snap.connected, retries = snap.retries, "mqtt sink lag");
         }
     }
 
