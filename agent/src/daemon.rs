@@ -89,6 +89,7 @@ impl Daemon {
             None
         };
         let mut sink_tasks = JoinSet::new();
+        #[cfg_attr(not(any(feature = "kafka", feature = "mqtt")), allow(unused_mut))]
         let mut sink_status: Vec<(String, Arc<sinks::SinkStatus>)> = Vec::new();
         if cfg.sinks.jsonl.enabled {
             let (ob, jc, stop) = (outbox.clone(), cfg.sinks.jsonl.clone(), sink_stop.clone());

@@ -173,6 +173,14 @@ impl Verifier {
     }
 }
 
+/// Current Unix time in milliseconds (envelope timestamps).
+pub fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -332,12 +340,4 @@ mod tests {
             assert!(t.bytes().all(|b| b.is_ascii_alphanumeric()));
         }
     }
-}
-
-/// Current Unix time in milliseconds (envelope timestamps).
-pub fn unix_now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

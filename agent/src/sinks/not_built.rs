@@ -29,3 +29,18 @@ macro_rules! not_built {
 not_built!(KafkaConfig, "kafka");
 #[cfg(not(feature = "mqtt"))]
 not_built!(MqttConfig, "mqtt");
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    #[test]
+    fn a_section_of_a_sink_left_out_of_the_build_is_refused_by_name() {
+        let cfg = Config::from_toml("[kafka]\nbrokers = \"127.0.0.1:9092\"\n[mqtt]\nhost = \"127.0.0.1\"\n").expect("the sections still parse");
+        let err = cfg.validate().expect_err("refused").to_string();
+        for (section, built) in [("kafka", cfg!(feature = "kafka")), ("mqtt", cfg!(feature = "mqtt"))] {
+            let named = err.contains(&format!("built without the `{section}` feature"));
+            assert_eq!(named, !built, "{section}: {err}");
+        }
+    }
+}

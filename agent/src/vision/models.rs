@@ -13,6 +13,9 @@ use tract_onnx::prelude::*;
 
 use super::VisionError;
 
+/// One network output: its shape and its values, flattened.
+pub type Output = (Vec<usize>, Vec<f32>);
+
 /// Which weights to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -122,7 +125,7 @@ impl Net {
     }
 
     /// Runs the network on one f32 input of `shape`; returns every output as a flat f32 vector + shape.
-    pub fn run(&self, shape: &[usize], data: Vec<f32>) -> Result<Vec<(Vec<usize>, Vec<f32>)>, VisionError> {
+    pub fn run(&self, shape: &[usize], data: Vec<f32>) -> Result<Vec<Output>, VisionError> {
         let plan = self.plan(shape)?;
         let input = tract_ndarray::ArrayD::from_shape_vec(shape, data)
             .map_err(|e| VisionError::inference(self.name, e))?;

@@ -406,7 +406,7 @@ pub fn detect(models: &Models, cfg: &DetectorConfig, img: &RgbImage) -> Result<(
     Ok((dets, times))
 }
 
-fn pnet_run(models: &Models, shape: &[usize], data: Vec<f32>) -> Result<Vec<(Vec<usize>, Vec<f32>)>, VisionError> {
+fn pnet_run(models: &Models, shape: &[usize], data: Vec<f32>) -> Result<Vec<super::models::Output>, VisionError> {
     let outs = models.pnet.run(shape, data)?;
     if outs.len() != 2 || outs.iter().any(|(s, _)| s.len() != 4) {
         return Err(VisionError::inference("pnet", "expected two rank-4 outputs"));
