@@ -18,6 +18,19 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// Started as root, mosquitto switches to the `mosquitto` user and can then neither write its
+/// log nor save its persistence file in our root-owned temp dir: a restarted broker would come
+/// back without the sessions and the messages queued for them. Staying root keeps them.
+/// (Run as any other user, mosquitto changes no user and ignores the line.)
+fn stay_root() -> &'static str {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        "user root\n"
+    } else {
+        ""
+    }
+}
+
 impl Mosquitto {
     /// Starts a broker keeping its state in `dir`; panics with the broker's log if it does not
     /// listen within 10 s (a missing broker fails the test, it is never skipped).
@@ -31,7 +44,8 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nautosave_interval 1\nmax_queued_messages 0\nlog_dest file {}\nlog_type all\n",
+                "{}listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nautosave_interval 1\nmax_queued_messages 0\nlog_dest file {}\nlog_type all\n",
+                stay_root(),
                 dir.display(),
                 dir.join("mosquitto.log").display()
             ),
@@ -55,6 +69,11 @@ impl Mosquitto {
             assert!(t0.elapsed() < Duration::from_secs(10), "mosquitto did not listen on {port} within 10 s:\n{}", m.log());
             std::thread::sleep(Duration::from_millis(20));
         }
+        assert!(
+            m.log().contains("mosquitto version"),
+            "mosquitto on {port} cannot write its log (and so not its persistence file either) in {}",
+            dir.display()
+        );
         m
     }
 
@@ -80,6 +99,12 @@ impl Mosquitto {
     pub fn freeze(&self) {
         let c = self.child.as_ref().expect("broker running");
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGSTOP).unwrap();
+    }
+
+    /// SIGCONT after `freeze`.
+    pub fn thaw(&self) {
+        let c = self.child.as_ref().expect("broker running");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGCONT).unwrap();
     }
 
     /// SIGKILL: whatever was not saved is lost (the last autosave survives).

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
@@ -161,7 +162,8 @@ pub async fn measure(brokers: &str, args: &KafkaBenchArgs) -> Result<Figures, Be
     })
 }
 
-/// The reference: the same records, same producer settings, same window, no outbox.
+/// The reference: the same records (key, value, headers), same producer settings, same window,
+/// no outbox.
 async fn raw(kcfg: &KafkaConfig, records: &[Bytes], args: &KafkaBenchArgs) -> Result<f64, BenchError> {
     let producer: FutureProducer = kcfg.client_config("bench").create().map_err(other)?;
     let t0 = Instant::now();
@@ -172,7 +174,12 @@ async fn raw(kcfg: &KafkaConfig, records: &[Bytes], args: &KafkaBenchArgs) -> Re
             if in_flight.len() >= args.window {
                 check(in_flight.next().await)?;
             }
-            match producer.send_result(FutureRecord::to(&kcfg.topic).key(&key).payload(&data[..])) {
+            // The same record the sink sends: key, value and its three headers.
+            let headers = OwnedHeaders::new_with_capacity(3)
+                .insert(Header { key: "camera", value: Some("bench-cam") })
+                .insert(Header { key: "event_type", value: Some("face_recog_event") })
+                .insert(Header { key: "gateway_id", value: Some("bench") });
+            match producer.send_result(FutureRecord::to(&kcfg.topic).key(&key).payload(&data[..]).headers(headers)) {
                 Ok(f) => {
                     in_flight.push(f);
                     break;

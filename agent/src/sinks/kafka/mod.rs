@@ -26,13 +26,15 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::channel::backoff::Backoff;
 use crate::event::StoredEnvelope;
-use crate::outbox::{Consumer, Offset, Outbox, OutboxError, Record};
+use crate::outbox::{Offset, Outbox, OutboxError, Record};
+use crate::sinks::reader::{read_and_commit, Acked};
 use crate::sinks::SinkStatus;
 
 pub use classify::{classify, ErrorClass};
@@ -41,6 +43,9 @@ use dead_letter::DeadLetter;
 use window::CommitWindow;
 
 pub const CONSUMER: &str = "kafka";
+
+/// Records per read from the outbox (the reader task keeps one batch ahead of the producer).
+const READ_BATCH: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaSinkError {
@@ -124,15 +129,30 @@ struct State {
     backoff: Backoff,
     dead: DeadLetter,
     delivered: u64,
+    /// What the reader task may commit (and how many deliveries that reports).
+    acked: Acked,
+    acked_tx: watch::Sender<Acked>,
     /// Start of the current run of failures with no delivery in between.
     failing_since: Option<Instant>,
 }
 
 impl KafkaSink {
     pub async fn run(self, outbox: Outbox, shutdown: CancellationToken) -> Result<u64, KafkaSinkError> {
-        let mut consumer = outbox.consumer(CONSUMER)?;
+        let consumer = outbox.consumer(CONSUMER)?;
         let producer = create_producer(&self.cfg, &self.gateway_id)?;
         let cfg = self.cfg;
+        let (batches_tx, mut batches) = mpsc::channel(1);
+        let (acked_tx, acked_rx) = watch::channel(Acked::default());
+        let reader_stop = CancellationToken::new();
+        let reader = tokio::spawn(read_and_commit(
+            consumer,
+            READ_BATCH,
+            Duration::from_millis(cfg.commit_interval_ms.max(1)),
+            batches_tx,
+            acked_rx,
+            self.status.clone(),
+            reader_stop.clone(),
+        ));
         let mut st = State {
             window: CommitWindow::new(cfg.max_in_flight, cfg.max_in_flight_bytes),
             backoff: Backoff::new(
@@ -148,12 +168,12 @@ impl KafkaSink {
             retry: BTreeMap::new(),
             retry_at: None,
             delivered: 0,
+            acked: Acked::default(),
+            acked_tx,
             failing_since: None,
             cfg,
         };
         info!(brokers = %st.cfg.brokers, topic = %st.cfg.topic, "kafka sink started");
-        let mut commit_tick = tokio::time::interval(Duration::from_millis(st.cfg.commit_interval_ms.max(1)));
-        commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let lag_every = Duration::from_secs(st.cfg.lag_log_secs.max(1));
         let mut lag_tick = tokio::time::interval_at(Instant::now() + lag_every, lag_every);
         lag_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -163,23 +183,30 @@ impl KafkaSink {
                 st.retry_at = None;
                 st.produce_retries().await?;
             }
+            // The window may pass its bound by one batch read ahead: bounded all the same.
             let room = st.window.has_room() && st.retry.is_empty();
-            let want = st.cfg.max_in_flight.saturating_sub(st.window.len()).clamp(1, 256);
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
                 Some((p, res)) = st.in_flight.next(), if !st.in_flight.is_empty() => st.on_delivery(p, res).await?,
                 _ = tokio::time::sleep_until(st.retry_at.unwrap_or(far)), if st.retry_at.is_some() => {}
-                _ = commit_tick.tick() => st.commit(&mut consumer).await?,
                 _ = lag_tick.tick() => st.log_lag(&outbox),
-                batch = consumer.next_batch(want), if room => match batch {
-                    Ok(batch) => st.produce_batch(batch).await?,
-                    Err(OutboxError::Closed) => break,
-                    Err(e) => return Err(e.into()),
+                batch = batches.recv(), if room => match batch {
+                    Some(Ok(batch)) => st.produce_batch(batch).await?,
+                    Some(Err(e)) => return Err(e.into()),
+                    // The outbox was shut down.
+                    None => break,
                 },
             }
+            st.progress();
         }
-        st.finish(&mut consumer).await;
+        st.finish().await;
+        reader_stop.cancel();
+        match reader.await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => warn!(error = %e, "kafka sink: final commit failed; those events will be sent again"),
+            Err(e) => warn!(error = %e, "kafka sink: outbox reader task failed"),
+        }
         Ok(st.delivered)
     }
 }
@@ -279,7 +306,8 @@ impl State {
         match res {
             Ok(()) => {
                 self.window.settle(p.offset)?;
-                self.status.delivered.fetch_add(1, Ordering::Relaxed);
+                // Counted in the status once committed (the reader task adds `acked.count`).
+                self.acked.count += 1;
                 self.delivered += 1;
                 if self.backoff.attempt() > 0 {
                     info!(offset = p.offset, "kafka deliveries resumed");
@@ -366,17 +394,17 @@ impl State {
         Ok(())
     }
 
-    async fn commit(&mut self, consumer: &mut Consumer) -> Result<(), KafkaSinkError> {
+    /// Hands what may be committed to the reader task; updates the age of the oldest pending.
+    fn progress(&mut self) {
         if let Some(through) = self.window.take_commit() {
-            consumer.commit(through).await?;
-            self.status.committed(through);
+            self.acked.through = Some(through);
+            self.acked_tx.send_replace(self.acked);
         }
         let oldest = self
             .window
             .oldest_received_ms()
             .or_else(|| self.retry.values().map(|p| p.received_at_ms).min());
         self.status.set_oldest_pending(oldest.filter(|&t| t > 0));
-        Ok(())
     }
 
     fn log_lag(&self, outbox: &Outbox) {
@@ -397,7 +425,7 @@ impl State {
 
     /// Shutdown: wait a bounded time for deliveries in flight, commit what was confirmed. What
     /// is left stays in the outbox for the next start (re-sent with the same key at worst).
-    async fn finish(&mut self, consumer: &mut Consumer) {
+    async fn finish(&mut self) {
         let deadline = Instant::now() + Duration::from_millis(self.cfg.shutdown_flush_ms);
         while !self.in_flight.is_empty() {
             match tokio::time::timeout_at(deadline, self.in_flight.next()).await {
@@ -411,10 +439,7 @@ impl State {
                 Ok(None) | Err(_) => break,
             }
         }
-        match self.commit(consumer).await {
-            Ok(()) | Err(KafkaSinkError::Outbox(OutboxError::Closed)) => {}
-            Err(e) => warn!(error = %e, "kafka sink: final commit failed; those events will be sent again"),
-        }
+        self.progress();
         let left = self.in_flight.len() + self.retry.len() + self.window.len();
         info!(delivered = self.delivered, not_confirmed = left, "kafka sink stopped");
         self.in_flight = FuturesUnordered::new();

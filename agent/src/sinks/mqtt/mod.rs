@@ -37,7 +37,8 @@ use tracing::{debug, error, info, warn};
 use crate::channel::backoff::Backoff;
 use crate::channel::tls::{self, TlsConfig, TlsError};
 use crate::event::StoredEnvelope;
-use crate::outbox::{Consumer, Offset, Outbox, OutboxError, Record};
+use crate::outbox::{Offset, Outbox, OutboxError, Record};
+use crate::sinks::reader::{read_and_commit, Acked, Batch};
 use crate::sinks::SinkStatus;
 
 use topic::Topics;
@@ -48,8 +49,6 @@ pub const CONSUMER: &str = "mqtt";
 /// Acknowledged records are committed at most this often: a commit is an fsync, and a crash
 /// only re-sends what was acknowledged since (duplicates, which the payload identifies).
 const COMMIT_EVERY: Duration = Duration::from_millis(100);
-/// Longest spacing of commits however slow the disk (the re-sent duplicates after a crash).
-const COMMIT_MAX_SPACING: Duration = Duration::from_secs(2);
 /// How long a clean shutdown waits for the PubAck of the retained `offline`.
 const OFFLINE_WAIT: Duration = Duration::from_secs(1);
 /// MQTT fixed header + topic length + packet id, on top of topic and payload.
@@ -302,99 +301,6 @@ async fn drive(mut el: EventLoop, tx: mpsc::Sender<LoopMsg>, mut resume: mpsc::R
     }
 }
 
-/// The acknowledged prefix the cursor may move over, and how many records it holds in total.
-#[derive(Debug, Clone, Copy, Default)]
-struct Acked {
-    through: Option<Offset>,
-    count: u64,
-}
-
-type Batch = Result<Vec<Record>, OutboxError>;
-
-/// Owns the consumer: reads ahead (bounded: one batch in hand, `tx`'s capacity queued) and
-/// commits what the forwarder reports acknowledged. A cursor commit is an fsync that can take
-/// hundreds of milliseconds on a busy disk; here it never stalls publishing or ack handling.
-/// Commits are coalesced: at most one per `COMMIT_EVERY`, and spaced by nine times the last
-/// commit's duration, so that a slow disk costs reading at most a tenth of its time. Returns
-/// the records committed.
-async fn read_and_commit(
-    mut consumer: Consumer,
-    batch: usize,
-    tx: mpsc::Sender<Batch>,
-    mut acked: watch::Receiver<Acked>,
-    status: Arc<SinkStatus>,
-    stop: CancellationToken,
-) -> Result<u64, OutboxError> {
-    let mut done = Acked::default();
-    let mut dirty = false;
-    let mut due = Instant::now();
-    let mut permit = None;
-    loop {
-        tokio::select! {
-            biased;
-            _ = stop.cancelled() => break,
-            r = acked.changed(), if !dirty => match r {
-                Ok(()) => dirty = true,
-                Err(_) => break,
-            },
-            _ = tokio::time::sleep_until(due), if dirty => {
-                dirty = false;
-                let want = *acked.borrow_and_update();
-                let t0 = Instant::now();
-                match commit_to(&mut consumer, &mut done, want, &status).await {
-                    Ok(()) => {}
-                    Err(OutboxError::Closed) => break,
-                    Err(e) => return Err(e),
-                }
-                due = Instant::now() + COMMIT_EVERY.max((Instant::now() - t0) * 9).min(COMMIT_MAX_SPACING);
-            }
-            p = tx.reserve(), if permit.is_none() => match p {
-                Ok(p) => permit = Some(p),
-                Err(_) => break,
-            },
-            b = consumer.next_batch(batch), if permit.is_some() => {
-                let p = permit.take().expect("guarded by the branch condition");
-                match b {
-                    Ok(records) => p.send(Ok(records)),
-                    // Dropping the sender tells the forwarder.
-                    Err(OutboxError::Closed) => break,
-                    Err(e) => {
-                        p.send(Err(e));
-                        break;
-                    }
-                }
-            }
-        }
-    }
-    drop(permit);
-    drop(tx);
-    let want = *acked.borrow();
-    match commit_to(&mut consumer, &mut done, want, &status).await {
-        Ok(()) => {}
-        Err(OutboxError::Closed) => {
-            // The outbox was shut down first: these acked records are sent again after a
-            // restart (duplicates, never a loss).
-            if want.count > done.count {
-                warn!(acknowledged = want.count - done.count, "outbox closed before the mqtt sink committed; acknowledged events will be re-sent");
-            }
-        }
-        Err(e) => return Err(e),
-    }
-    Ok(done.count)
-}
-
-async fn commit_to(consumer: &mut Consumer, done: &mut Acked, want: Acked, status: &SinkStatus) -> Result<(), OutboxError> {
-    let Some(through) = want.through else { return Ok(()) };
-    if done.through >= Some(through) {
-        return Ok(());
-    }
-    consumer.commit(through).await?;
-    status.committed(through);
-    status.delivered.fetch_add(want.count - done.count, Ordering::Relaxed);
-    *done = want;
-    Ok(())
-}
-
 struct Forwarder {
     cfg: MqttConfig,
     topics: Topics,
@@ -447,7 +353,7 @@ pub async fn run_observed(
     let (batches_tx, records) = mpsc::channel(1);
     let (acked_tx, acked_rx) = watch::channel(Acked::default());
     let reader_stop = CancellationToken::new();
-    let reader = tokio::spawn(read_and_commit(consumer, inflight, batches_tx, acked_rx, status.clone(), reader_stop.clone()));
+    let reader = tokio::spawn(read_and_commit(consumer, inflight, COMMIT_EVERY, batches_tx, acked_rx, status.clone(), reader_stop.clone()));
     let mut f = Forwarder {
         topics: Topics::new(&cfg.topic_prefix, &gateway),
         backoff: Backoff::new(Duration::from_millis(cfg.backoff_min_ms.max(1)), Duration::from_millis(cfg.backoff_max_ms.max(1))),
