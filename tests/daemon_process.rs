@@ -11,19 +11,10 @@ use common::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_camgate");
 
+/// The camera's secret from a file (as systemd credentials deliver it), both event types.
 fn write_config(dir: &std::path::Path, sim: &SimCamera) -> std::path::PathBuf {
-    let text = format!(
-        r#"
-[outbox]
-dir = "{dir}/outbox"
-[sinks.jsonl]
-path = "{dir}/events.jsonl"
-[health]
-file = "{dir}/health.json"
-interval_secs = 1
-[shutdown]
-grace_secs = 5
-[[cameras]]
+    let camera = format!(
+        r#"[[cameras]]
 name = "door-1"
 address = "{addr}"
 app_id = "{APP_ID}"
@@ -39,11 +30,8 @@ tls = {{ fingerprint_sha256 = "{fp}" }}
         fp = sim.fingerprint()
     );
     std::fs::write(dir.join("door-1.secret"), format!("{SECRET}\n")).unwrap();
-    let path = dir.join("camgate.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    write_run_config(dir, &camera)
 }
-
 
 fn spawn_run(cfg: &std::path::Path, quiet: bool) -> Daemon {
     let mut c = Command::new(BIN);

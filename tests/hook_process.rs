@@ -80,21 +80,10 @@ async fn status_shows_the_hook_receiver_and_its_counters() {
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("camgate.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"
-[outbox]
-dir = "{dir}/outbox"
-[sinks.jsonl]
-path = "{dir}/events.jsonl"
-[health]
-file = "{dir}/health.json"
-interval_secs = 1
-[shutdown]
-grace_secs = 5
-[hook]
+    let cfg = write_run_config(
+        dir.path(),
+        &format!(
+            r#"[hook]
 listen = "127.0.0.1:0"
 callback_url = "http://127.0.0.1:9/not-used-here"
 [[cameras]]
@@ -107,12 +96,10 @@ secret = "{SECRET}"
 events = ["dynamic_detect_event"]
 tls = {{ fingerprint_sha256 = "{fp}" }}
 "#,
-            dir = dir.path().display(),
             addr = api.addr,
             fp = api.fingerprint()
         ),
-    )
-    .unwrap();
+    );
     let ok = Command::new(BIN)
         .args(["check-config", "--config"])
         .arg(&cfg)

@@ -61,18 +61,8 @@ async fn in_process_sink_delivers_everything_once_to_tansu() {
 }
 
 fn write_config(dir: &std::path::Path, sim: &SimCamera, brokers: &str) -> std::path::PathBuf {
-    let text = format!(
-        r#"
-gateway_id = "gw-e2e"
-[outbox]
-dir = "{dir}/outbox"
-[sinks.jsonl]
-path = "{dir}/events.jsonl"
-[health]
-file = "{dir}/health.json"
-interval_secs = 1
-[shutdown]
-grace_secs = 5
+    let kafka = format!(
+        r#"gateway_id = "gw-e2e"
 [kafka]
 brokers = "{brokers}"
 topic = "{TOPIC}"
@@ -82,25 +72,11 @@ retry_backoff_max_ms = 1000
 lag_log_secs = 2
 producer_reset_ms = 5000
 options = {{ "message.timeout.ms" = 3000, "reconnect.backoff.max.ms" = 500 }}
-[[cameras]]
-name = "door-1"
-address = "{addr}"
-app_id = "{APP_ID}"
-secret = "{SECRET}"
-keep_alive = 5
-backoff_min = 1
-backoff_max = 2
-tls = {{ fingerprint_sha256 = "{fp}" }}
 "#,
-        dir = dir.display(),
-        addr = sim.addr,
-        fp = sim.fingerprint()
+        dir = dir.display()
     );
-    let path = dir.join("camgate.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    write_run_config(dir, &format!("{kafka}{}", channel_camera_toml(sim, "door-1")))
 }
-
 
 fn spawn_run(cfg: &std::path::Path, log: &std::path::Path) -> Daemon {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();

@@ -339,42 +339,9 @@ async fn unacknowledged_publishes_are_not_committed_and_are_sent_again() {
 }
 
 fn write_config(dir: &std::path::Path, sim: &SimCamera, mqtt_port: u16) -> std::path::PathBuf {
-    let text = format!(
-        r#"
-[outbox]
-dir = "{dir}/outbox"
-[sinks.jsonl]
-path = "{dir}/events.jsonl"
-[health]
-file = "{dir}/health.json"
-interval_secs = 1
-[shutdown]
-grace_secs = 5
-[mqtt]
-host = "127.0.0.1"
-port = {mqtt_port}
-gateway_id = "gw-proc"
-backoff_min_ms = 200
-backoff_max_ms = 1000
-[[cameras]]
-name = "door-1"
-address = "{addr}"
-app_id = "{APP_ID}"
-secret = "{SECRET}"
-keep_alive = 5
-backoff_min = 1
-backoff_max = 2
-tls = {{ fingerprint_sha256 = "{fp}" }}
-"#,
-        dir = dir.display(),
-        addr = sim.addr,
-        fp = sim.fingerprint()
-    );
-    let path = dir.join("camgate.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    let mqtt = format!("[mqtt]\nhost = \"127.0.0.1\"\nport = {mqtt_port}\ngateway_id = \"gw-proc\"\nbackoff_min_ms = 200\nbackoff_max_ms = 1000\n");
+    write_run_config(dir, &format!("{mqtt}{}", channel_camera_toml(sim, "door-1")))
 }
-
 
 fn spawn_run(cfg: &std::path::Path) -> Daemon {
     Daemon(Command::new(BIN).args(["run", "--config"]).arg(cfg).stdin(Stdio::null()).stdout(Stdio::null()).spawn().unwrap())

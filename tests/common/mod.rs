@@ -45,6 +45,29 @@ pub fn config_in(dir: &Path, cameras: Vec<CameraConfig>) -> Config {
     cfg
 }
 
+/// Writes `dir/camgate.toml` for a `camgate run` child: `sections` as written (top-level keys,
+/// sinks, `[hook]`, `[[cameras]]`), then the outbox, JSON-lines sink and health file in `dir`, a
+/// 1 s health interval and a 5 s shutdown grace. Returns its path.
+pub fn write_run_config(dir: &Path, sections: &str) -> std::path::PathBuf {
+    let text = format!(
+        "{sections}\n[outbox]\ndir = \"{d}/outbox\"\n[sinks.jsonl]\npath = \"{d}/events.jsonl\"\n[health]\nfile = \"{d}/health.json\"\ninterval_secs = 1\n[shutdown]\ngrace_secs = 5\n",
+        d = dir.display()
+    );
+    let path = dir.join("camgate.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `[[cameras]]` for a channel-mode `sim` named `name`, with the test secret inline and short
+/// keep-alive and backoff.
+pub fn channel_camera_toml(sim: &SimCamera, name: &str) -> String {
+    format!(
+        "[[cameras]]\nname = \"{name}\"\naddress = \"{}\"\napp_id = \"{APP_ID}\"\nsecret = \"{SECRET}\"\nkeep_alive = 5\nbackoff_min = 1\nbackoff_max = 2\ntls = {{ fingerprint_sha256 = \"{}\" }}\n",
+        sim.addr,
+        sim.fingerprint()
+    )
+}
+
 /// A `camgate run` child: killed if a test fails before stopping it, so no orphan outlives the test.
 pub struct Daemon(pub std::process::Child);
 
