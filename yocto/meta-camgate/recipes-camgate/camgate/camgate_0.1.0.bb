@@ -22,9 +22,16 @@ S = "${WORKDIR}/git"
 # (cargo >= 1.78): newer than kirkstone's and scarthgap's own Rust, so add a layer that provides
 # one (see yocto/README.md).
 inherit cargo systemd features_check
+
+# camgate's cargo features (Cargo.toml [features]). A gateway that forwards only by MQTT can drop
+# `kafka` (librdkafka + vendored OpenSSL, about 7 MB of the binary): e.g. in local.conf
+# CAMGATE_FEATURES:pn-camgate = "vision mqtt". A config with a [kafka] section is then refused
+# by `camgate check-config`, naming the missing feature.
+CAMGATE_FEATURES ??= "vision kafka mqtt"
+CARGO_BUILD_FLAGS:append = " --no-default-features --features ${@','.join(d.getVar('CAMGATE_FEATURES').split())}"
 # rdkafka builds librdkafka (C, with a C++ compiler check) through cmake and vendors OpenSSL
 # (openssl-src, needs perl): native tools only, no target libraries.
-DEPENDS += "cmake-native perl-native"
+DEPENDS += "${@bb.utils.contains('CAMGATE_FEATURES', 'kafka', 'cmake-native perl-native', '', d)}"
 # On scarthgap (and langdale+) OE-core also has cargo-update-recipe-crates, which provides
 # `bitbake -c update_crates camgate` to regenerate camgate-crates.inc; kirkstone lacks it.
 inherit ${@'cargo-update-recipe-crates' if bb.utils.which(d.getVar('BBPATH'), 'classes-recipe/cargo-update-recipe-crates.bbclass') else ''}
