@@ -18,7 +18,8 @@ use crate::sinks::SinkStatus;
 /// Longest spacing of commits however slow the disk (the re-sent duplicates after a crash).
 pub const COMMIT_MAX_SPACING: Duration = Duration::from_secs(2);
 
-/// The acknowledged prefix the cursor may move over, and how many records it holds in total.
+/// The acknowledged prefix the cursor may move over, and the broker-confirmed deliveries the sink
+/// has counted so far (added to `status.delivered` as they are committed).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Acked {
     pub through: Option<Offset>,
