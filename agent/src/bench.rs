@@ -307,6 +307,8 @@ fn tempdir() -> Result<PathBuf, BenchError> {
 /// Camera PUBLISH to broker, end to end.
 #[derive(Debug, Clone, Copy)]
 pub struct EndToEnd {
+    pub rate: f64,
+    pub seconds: u64,
     pub published: usize,
     pub received: usize,
     pub p50_ms: f64,
@@ -318,8 +320,8 @@ impl std::fmt::Display for EndToEnd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "camera PUBLISH -> consumer receipt: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} of {} events received)",
-            self.p50_ms, self.p99_ms, self.max_ms, self.received, self.published
+            "end to end, 1 camera at {:.0} events/s for {} s through `camgate run`: camera PUBLISH -> consumer receipt: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} of {} events received)",
+            self.rate, self.seconds, self.p50_ms, self.p99_ms, self.max_ms, self.received, self.published
         )
     }
 }
@@ -389,6 +391,8 @@ pub async fn camera_to_broker(
         .collect();
     lat_us.sort_unstable();
     Ok(EndToEnd {
+        rate,
+        seconds,
         published: sent.len(),
         received: first.len(),
         p50_ms: percentile(&lat_us, 0.5),

@@ -38,9 +38,9 @@ pub struct KafkaConfig {
     /// broker no longer knows (a broker that lost its log rejects the old producer id forever).
     /// Default 60000.
     pub producer_reset_ms: u64,
-    /// How often delivered progress is committed to the outbox cursor (two fsyncs each),
-    /// milliseconds. A crash loses at most this much progress, re-sent with the same keys.
-    /// Default 200.
+    /// Shortest spacing of outbox cursor commits (two fsyncs each) over delivered progress,
+    /// milliseconds; on a slow disk commits space out further, to at most 2 s. A crash re-sends
+    /// what was delivered since the last commit, with the same keys. Default 200.
     pub commit_interval_ms: u64,
     /// How often a non-zero lag is logged, seconds. Default 30.
     pub lag_log_secs: u64,
