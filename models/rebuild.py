@@ -159,6 +159,42 @@ def quantize_all():
         onnx.save(q, dst)
 
 
+def to_f16_weights(src, dst):
+    """Weight-only float16: every float32 initializer is stored as float16 and widened back by a Cast.
+
+    Compute stays float32 (both tract and onnxruntime fold the Casts into float32 constants when they load
+    the model), so the file is half the size and the only error is the rounding of each weight to 11
+    significant bits, with nothing for calibration data to get wrong.
+    """
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    m = onnx.load(src)
+    g = m.graph
+    casts, inits = [], []
+    for init in g.initializer:
+        if init.data_type != TensorProto.FLOAT:
+            inits.append(init)
+            continue
+        w = numpy_helper.to_array(init)
+        assert np.abs(w).max(initial=0) < 65504, f"{init.name} overflows float16"
+        half = init.name + "__f16"
+        inits.append(numpy_helper.from_array(w.astype(np.float16), half))
+        casts.append(helper.make_node("Cast", [half], [init.name], name=half + "_cast", to=TensorProto.FLOAT))
+    del g.initializer[:]
+    g.initializer.extend(inits)
+    nodes = casts + list(g.node)
+    del g.node[:]
+    g.node.extend(nodes)
+    onnx.checker.check_model(m)
+    onnx.save(m, dst)
+
+
+def f16_all():
+    for net in ("pnet", "rnet", "onet", "mobilefacenet"):
+        to_f16_weights(os.path.join(OUT, f"{net}.onnx"), os.path.join(OUT, f"{net}.f16.onnx"))
+
+
 def main():
     # tflite2onnx iterates over sets/dicts of names: pin Python's hash seed so its output is byte-stable.
     if os.environ.get("PYTHONHASHSEED") != "0":
@@ -173,12 +209,13 @@ def main():
     sources.update(fetch_mtcnn())
     sources.update(fetch_mobilefacenet())
     quantize_all()
+    f16_all()
 
     manifest_path = os.path.join(HERE, "manifest.json")
     manifest = json.load(open(manifest_path)) if os.path.exists(manifest_path) else {"models": {}}
     bad = []
     for net, (src, inner, pkg) in sources.items():
-        for variant, fname in (("float", f"{net}.onnx"), ("int8", f"{net}.int8.onnx")):
+        for variant, fname in (("float", f"{net}.onnx"), ("int8", f"{net}.int8.onnx"), ("f16", f"{net}.f16.onnx")):
             out = os.path.join(OUT, fname)
             entry = manifest["models"].setdefault(fname, {})
             digest = sha256(out)

@@ -6,7 +6,7 @@ its tests never need Python. Runs on the committed model files in models/ (byte-
 files, see manifest.json), single-threaded so that timings compare with camgate's single-thread figures.
 
     models/.venv/bin/python models/reference.py fixtures          # writes tests/fixtures/vision/*
-    models/.venv/bin/python models/reference.py bench --reps 3 IMG...   # JSON timings on stdout
+    models/.venv/bin/python models/reference.py bench --reps 3 [--variant f16] IMG...   # JSON timings
 """
 import argparse
 import json
@@ -149,7 +149,7 @@ def cmd_fixtures(args):
     faces = os.path.join(ROOT, "tests", "fixtures", "faces")
     out_dir = os.path.join(ROOT, "tests", "fixtures", "vision")
     os.makedirs(os.path.join(out_dir, "aligned"), exist_ok=True)
-    variants = {"float": "", "int8": ".int8"}
+    variants = {"float": "", "f16": ".f16", "int8": ".int8"}
     emb = {k: session(os.path.join(HERE, f"mobilefacenet{s}.onnx")) for k, s in variants.items()}
     dets = {k: detector(HERE, s) for k, s in variants.items()}
     result = {"generator": "models/reference.py fixtures",
@@ -189,7 +189,7 @@ def cmd_fixtures(args):
 
 def cmd_bench(args):
     """Per-stage timings of the reference, single thread; median over reps after one warm-up."""
-    suffix = ".int8" if args.int8 else ""
+    suffix = {"float": "", "f16": ".f16", "int8": ".int8"}[args.variant]
     det = detector(HERE, suffix)
     det.min_face_size = args.min_face
     emb = session(os.path.join(HERE, f"mobilefacenet{suffix}.onnx"))
@@ -207,8 +207,8 @@ def cmd_bench(args):
     det._MTCNN__stage1 = timed("pnet", det._MTCNN__stage1)
     det._MTCNN__stage2 = timed("rnet", det._MTCNN__stage2)
     det._MTCNN__stage3 = timed("onet", det._MTCNN__stage3)
-    report = {"engine": f"onnxruntime {ort.__version__} (Python, 1 thread)", "variant": "int8" if args.int8 else
-              "float", "images": {}}
+    report = {"engine": f"onnxruntime {ort.__version__} (Python, 1 thread)", "variant": args.variant,
+              "images": {}}
     for path in args.images:
         runs = []
         for rep in range(args.reps + 1):
@@ -247,7 +247,7 @@ def main():
     sub.add_parser("fixtures")
     b = sub.add_parser("bench")
     b.add_argument("--reps", type=int, default=3)
-    b.add_argument("--int8", action="store_true")
+    b.add_argument("--variant", choices=("float", "f16", "int8"), default="float")
     b.add_argument("--min-face", type=int, default=20, help="the package's min_face_size (its default: 20)")
     b.add_argument("--max-side", type=int, default=0, help="shrink longer side to this before detection (0: off)")
     b.add_argument("images", nargs="+")

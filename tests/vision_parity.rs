@@ -16,13 +16,14 @@ use serde_json::Value;
 /// decoders and resize rounding differ slightly between libjpeg/OpenCV and the Rust side).
 const BOX_TOL: f32 = 4.0;
 const LANDMARK_TOL: f32 = 4.0;
-/// int8: the goal is cosine >= 0.99 to onnxruntime running the same int8 models. NOT MET:
+/// The goal for a quantized variant, met by f16 (weights rounded to float16, float32 compute).
+const QUANTIZED_MIN_COS: f32 = 0.99;
+/// int8 does not meet that goal against onnxruntime running the same int8 models:
 /// tract's QLinearConv requantisation and onnxruntime's x86 int8 kernels drift apart (measured on
 /// 2026-11-23: embedder cosine 0.921–0.988 on the reference crops; faces >= 80 px: boxes within
 /// 13.5 px, end-to-end cosine 0.934–0.988; obama.jpg's 68-px background face drifts most: box 14.5 px,
 /// score 0.17, end-to-end cosine 0.64). These bounds are regression guards around what is measured
 /// now, not the goal: for faces below INT8_MIN_FACE only "found, IoU >= 0.5" is asserted.
-const INT8_GOAL_MIN_COS: f32 = 0.99;
 const INT8_MIN_FACE: f32 = 80.0;
 const INT8_BOX_TOL: f32 = 16.0;
 const INT8_MIN_COS: f32 = 0.90;
@@ -44,11 +45,18 @@ fn reference() -> &'static Value {
     })
 }
 
+/// One cache slot per model variant.
+fn slot(variant: ModelVariant) -> usize {
+    match variant {
+        ModelVariant::Float => 0,
+        ModelVariant::F16 => 1,
+        ModelVariant::Int8 => 2,
+    }
+}
+
 fn engine(variant: ModelVariant) -> &'static FaceEngine {
-    static F: OnceLock<FaceEngine> = OnceLock::new();
-    static Q: OnceLock<FaceEngine> = OnceLock::new();
-    let cell = if variant == ModelVariant::Float { &F } else { &Q };
-    cell.get_or_init(|| {
+    static E: [OnceLock<FaceEngine>; 3] = [const { OnceLock::new() }; 3];
+    E[slot(variant)].get_or_init(|| {
         let cfg = VisionConfig {
             models_dir: Some(root().join("models")),
             detector_variant: variant,
@@ -61,10 +69,8 @@ fn engine(variant: ModelVariant) -> &'static FaceEngine {
 
 /// Full-pipeline results per image, computed once per variant and shared by the tests below.
 fn results(variant: ModelVariant) -> &'static std::collections::BTreeMap<String, Vec<Face>> {
-    static F: OnceLock<std::collections::BTreeMap<String, Vec<Face>>> = OnceLock::new();
-    static Q: OnceLock<std::collections::BTreeMap<String, Vec<Face>>> = OnceLock::new();
-    let cell = if variant == ModelVariant::Float { &F } else { &Q };
-    cell.get_or_init(|| {
+    static R: [OnceLock<std::collections::BTreeMap<String, Vec<Face>>>; 3] = [const { OnceLock::new() }; 3];
+    R[slot(variant)].get_or_init(|| {
         images().into_iter().map(|(name, _)| {
             let faces = engine(variant).process(&image_bytes(&name), true).unwrap().0;
             (name, faces)
@@ -93,7 +99,7 @@ fn images() -> Vec<(String, &'static Value)> {
 
 /// Detections: same count, boxes and landmarks within a few pixels, scores close.
 fn check_detection(variant: ModelVariant, key: &str) {
-    let (box_tol, lm_tol) = if variant == ModelVariant::Float { (BOX_TOL, LANDMARK_TOL) } else { (INT8_BOX_TOL, INT8_BOX_TOL) };
+    let (box_tol, lm_tol) = if variant == ModelVariant::Int8 { (INT8_BOX_TOL, INT8_BOX_TOL) } else { (BOX_TOL, LANDMARK_TOL) };
     println!("\n{variant:?} detection vs reference (max |Δ| px):");
     for (name, entry) in images() {
         let faces = &results(variant)[&name];
@@ -117,7 +123,7 @@ fn check_detection(variant: ModelVariant, key: &str) {
             }
             assert!(db <= box_tol, "{name}: box {:?} vs reference {rb:?}", f.detection.bbox);
             assert!(dl <= lm_tol, "{name}: landmarks {:?} vs reference {rl:?}", f.detection.landmarks);
-            let score_tol = if variant == ModelVariant::Float { 0.05 } else { INT8_SCORE_TOL };
+            let score_tol = if variant == ModelVariant::Int8 { INT8_SCORE_TOL } else { 0.05 };
             assert!(ds <= score_tol, "{name}: score {} vs {}", f.detection.score, r["score"]);
         }
     }
@@ -126,6 +132,11 @@ fn check_detection(variant: ModelVariant, key: &str) {
 #[test]
 fn detection_matches_reference_float() {
     check_detection(ModelVariant::Float, "faces_float");
+}
+
+#[test]
+fn detection_matches_reference_f16() {
+    check_detection(ModelVariant::F16, "faces_f16");
 }
 
 #[test]
@@ -144,7 +155,7 @@ fn check_embedder(variant: ModelVariant, key: &str, min_cos: f32) {
             let e = eng.embed_aligned(&crop).unwrap();
             assert_eq!(e.len(), eng.embedding_dim());
             let c = cosine(&e, &f32s(&r[key]));
-            let goal = if c < INT8_GOAL_MIN_COS { "  (below the 0.99 int8 goal)" } else { "" };
+            let goal = if c < QUANTIZED_MIN_COS { "  (below the 0.99 quantized goal)" } else { "" };
             println!("  {name:<11} {rel:<24} cos {c:.6}{goal}");
             assert!(c >= min_cos, "{rel}: cosine {c} < {min_cos}");
         }
@@ -154,6 +165,12 @@ fn check_embedder(variant: ModelVariant, key: &str, min_cos: f32) {
 #[test]
 fn embedder_matches_reference_float() {
     check_embedder(ModelVariant::Float, "embedding_float", 0.995);
+}
+
+/// The quantized variant that meets the goal (cosine >= 0.99 to onnxruntime on the same file).
+#[test]
+fn embedder_matches_reference_f16() {
+    check_embedder(ModelVariant::F16, "embedding_f16", QUANTIZED_MIN_COS);
 }
 
 #[test]
@@ -192,7 +209,7 @@ fn check_end_to_end(variant: ModelVariant, key: &str, min_cos: f32) {
             let rb = f32s(&r["box"]);
             let f = faces.iter().max_by(|a, b| iou(&a.detection.bbox, &rb).total_cmp(&iou(&b.detection.bbox, &rb))).unwrap();
             let c = cosine(f.embedding.as_ref().unwrap(), &f32s(&r[key]));
-            let goal = if c < INT8_GOAL_MIN_COS { "  (below the 0.99 int8 goal)" } else { "" };
+            let goal = if c < QUANTIZED_MIN_COS { "  (below the 0.99 quantized goal)" } else { "" };
             println!("  {name:<11} box {rb:>6.1?} cos {c:.6}{goal}");
             if variant == ModelVariant::Int8 && face_size(&rb) < INT8_MIN_FACE {
                 continue; // measured, printed, not bounded (see INT8_MIN_FACE)
@@ -205,6 +222,11 @@ fn check_end_to_end(variant: ModelVariant, key: &str, min_cos: f32) {
 #[test]
 fn end_to_end_matches_reference_float() {
     check_end_to_end(ModelVariant::Float, "embedding_float", 0.995);
+}
+
+#[test]
+fn end_to_end_matches_reference_f16() {
+    check_end_to_end(ModelVariant::F16, "embedding_f16", QUANTIZED_MIN_COS);
 }
 
 #[test]
@@ -256,6 +278,11 @@ fn check_separation(variant: ModelVariant) {
 #[test]
 fn separation_float() {
     check_separation(ModelVariant::Float);
+}
+
+#[test]
+fn separation_f16() {
+    check_separation(ModelVariant::F16);
 }
 
 #[test]

@@ -20,7 +20,7 @@ pub struct EngineArgs {
     /// Directory with the ONNX models [default: $CAMGATE_MODELS or ./models].
     #[arg(long, value_name = "DIR")]
     pub models: Option<PathBuf>,
-    /// Model weights: float or int8 (both detector and embedder).
+    /// Model weights: float, f16 or int8 (both detector and embedder).
     #[arg(long, default_value = "float")]
     pub variant: ModelVariant,
     /// Smallest face to find, pixels.
@@ -210,8 +210,8 @@ pub struct VisionBenchArgs {
     /// Timed repetitions per image (after one untimed warm-up that builds the plans); medians are shown.
     #[arg(long, default_value_t = 3)]
     pub reps: usize,
-    /// Which weights to bench: float, int8 or both.
-    #[arg(long, default_value = "both")]
+    /// Which weights to bench: float, f16, int8, or a comma-separated list.
+    #[arg(long, default_value = "float,f16,int8")]
     pub variants: String,
     /// Python with onnxruntime for the reference half [default: models/.venv/bin/python, then python3].
     #[arg(long)]
@@ -265,9 +265,7 @@ fn run_reference(args: &VisionBenchArgs, models_dir: &Path, variant: ModelVarian
     });
     let mut cmd = std::process::Command::new(&python);
     cmd.arg(&script).arg("bench").arg("--reps").arg(args.reps.to_string());
-    if variant == ModelVariant::Int8 {
-        cmd.arg("--int8");
-    }
+    cmd.arg("--variant").arg(variant.to_string());
     // Same detector settings as camgate's half, so the comparison is like for like.
     if !args.reference_defaults {
         cmd.arg("--min-face").arg((args.engine.min_face.round() as i64).to_string());
@@ -294,10 +292,7 @@ pub fn bench(args: VisionBenchArgs) -> Result<(), VisionError> {
     if images.is_empty() {
         return Err(VisionError::Config("no images to bench".into()));
     }
-    let variants: Vec<ModelVariant> = match args.variants.as_str() {
-        "both" => vec![ModelVariant::Float, ModelVariant::Int8],
-        v => vec![v.parse()?],
-    };
+    let variants = args.variants.split(',').map(|v| v.trim().parse()).collect::<Result<Vec<ModelVariant>, _>>()?;
     let reps = args.reps.max(1);
     let mut out = std::io::stdout().lock();
     let mut summary = serde_json::Map::new();

@@ -138,33 +138,73 @@ fn area_taps(ssize: usize, dsize: usize, shrinking: bool) -> Vec<Taps> {
     out
 }
 
-/// Resizes an interleaved `channels`-channel f32 image with OpenCV `INTER_AREA` semantics.
+/// A source sample the area resampler reads: 8-bit pixels or float crops.
+pub trait Sample: Copy {
+    fn to_f32(self) -> f32;
+}
+
+impl Sample for u8 {
+    fn to_f32(self) -> f32 {
+        f32::from(self)
+    }
+}
+
+impl Sample for f32 {
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+/// Resizes an interleaved `channels`-channel image with OpenCV `INTER_AREA` semantics, to f32.
 ///
 /// Separable: a horizontal pass into a row buffer, then a vertical pass. Cost is linear in the source
 /// size, which is why the detector caps its working resolution before building the pyramid.
-pub fn resize_area(src: &[f32], sw: usize, sh: usize, channels: usize, dw: usize, dh: usize) -> Vec<f32> {
-    debug_assert_eq!(src.len(), sw * sh * channels);
+pub fn resize_area<S: Sample>(src: &[S], sw: usize, sh: usize, channels: usize, dw: usize, dh: usize) -> Vec<f32> {
+    match channels {
+        1 => resize_area_c::<1, S>(src, sw, sh, dw, dh),
+        3 => resize_area_c::<3, S>(src, sw, sh, dw, dh),
+        c => unimplemented!("resize_area with {c} channels"),
+    }
+}
+
+/// [`resize_area`] for a channel count known at compile time, so that the per-tap channel loop
+/// unrolls (the horizontal pass reads every source pixel once per pyramid level: it is the
+/// detector's biggest cost outside the networks).
+fn resize_area_c<const C: usize, S: Sample>(src: &[S], sw: usize, sh: usize, dw: usize, dh: usize) -> Vec<f32> {
+    debug_assert_eq!(src.len(), sw * sh * C);
     // OpenCV takes the pure area path only when neither axis is enlarged.
     let shrinking = sw >= dw && sh >= dh;
     let tx = area_taps(sw, dw, shrinking);
     let ty = area_taps(sh, dh, shrinking);
-    // Horizontal pass over every source row.
-    let mut tmp = vec![0f32; sh * dw * channels];
-    for y in 0..sh {
-        let row = &src[y * sw * channels..(y + 1) * sw * channels];
-        let out = &mut tmp[y * dw * channels..(y + 1) * dw * channels];
-        for (dx, taps) in tx.iter().enumerate() {
-            for c in 0..channels {
-                let mut acc = 0f32;
-                for &(sx, w) in taps {
-                    acc += row[sx * channels + c] * w;
+    // The horizontal taps flattened once: (first tap, tap count) per output column.
+    let mut spans = Vec::with_capacity(dw);
+    let mut flat: Vec<(usize, f32)> = Vec::new();
+    for taps in &tx {
+        spans.push((flat.len(), taps.len()));
+        flat.extend(taps.iter().map(|&(sx, w)| (sx * C, w)));
+    }
+    // Horizontal pass, only over the source rows some output row reads.
+    let mut tmp = vec![0f32; sh * dw * C];
+    let mut needed = vec![false; sh];
+    for &(sy, _) in ty.iter().flatten() {
+        needed[sy] = true;
+    }
+    for y in (0..sh).filter(|&y| needed[y]) {
+        let row = &src[y * sw * C..(y + 1) * sw * C];
+        let out = &mut tmp[y * dw * C..(y + 1) * dw * C];
+        for (o, &(first, n)) in out.chunks_exact_mut(C).zip(&spans) {
+            let mut acc = [0f32; C];
+            for &(base, w) in &flat[first..first + n] {
+                let px = &row[base..base + C];
+                for c in 0..C {
+                    acc[c] += px[c].to_f32() * w;
                 }
-                out[dx * channels + c] = acc;
             }
+            o.copy_from_slice(&acc);
         }
     }
-    let mut dst = vec![0f32; dh * dw * channels];
-    let stride = dw * channels;
+    let mut dst = vec![0f32; dh * dw * C];
+    let stride = dw * C;
     for (dy, taps) in ty.iter().enumerate() {
         let out = &mut dst[dy * stride..(dy + 1) * stride];
         for &(sy, w) in taps {
@@ -182,8 +222,7 @@ pub fn resize_area_u8(img: &RgbImage, dw: u32, dh: u32) -> Result<RgbImage, Visi
     if dw == 0 || dh == 0 {
         return Err(VisionError::Empty { width: dw, height: dh });
     }
-    let src: Vec<f32> = img.data.iter().map(|&v| f32::from(v)).collect();
-    let out = resize_area(&src, img.width as usize, img.height as usize, 3, dw as usize, dh as usize);
+    let out = resize_area(&img.data, img.width as usize, img.height as usize, 3, dw as usize, dh as usize);
     let data = out.iter().map(|v| v.round_ties_even().clamp(0.0, 255.0) as u8).collect();
     RgbImage::from_raw(dw, dh, data)
 }

@@ -11,6 +11,7 @@
 //! - [`align`]: Umeyama similarity transform onto the ArcFace 112×112 template and the warp.
 //! - [`embed`]: MobileFaceNet embeddings, L2-normalised; the dimension comes from the model.
 //! - [`quality`]: per-face measures for later gating (size, score, blur, pose).
+//! - [`tract_ops`]: one-pass PReLU and row softmax for tract, which expands them into slow passes.
 //! - [`pool`]: a bounded pool of blocking threads so inference never runs on the async runtime.
 //! - [`cli`]: `camgate face ...` and `camgate bench vision`.
 
@@ -22,6 +23,7 @@ pub mod models;
 pub mod mtcnn;
 pub mod pipeline;
 pub mod pool;
+pub mod tract_ops;
 pub mod quality;
 
 pub use self::image::{decode, RgbImage};
