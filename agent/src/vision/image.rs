@@ -155,22 +155,13 @@ impl Sample for f32 {
     }
 }
 
-/// Resizes an interleaved `channels`-channel image with OpenCV `INTER_AREA` semantics, to f32.
+/// Resizes an interleaved `C`-channel image with OpenCV `INTER_AREA` semantics, to f32.
 ///
-/// Separable: a horizontal pass into a row buffer, then a vertical pass. Cost is linear in the source
-/// size, which is why the detector caps its working resolution before building the pyramid.
-pub fn resize_area<S: Sample>(src: &[S], sw: usize, sh: usize, channels: usize, dw: usize, dh: usize) -> Vec<f32> {
-    match channels {
-        1 => resize_area_c::<1, S>(src, sw, sh, dw, dh),
-        3 => resize_area_c::<3, S>(src, sw, sh, dw, dh),
-        c => unimplemented!("resize_area with {c} channels"),
-    }
-}
-
-/// [`resize_area`] for a channel count known at compile time, so that the per-tap channel loop
-/// unrolls (the horizontal pass reads every source pixel once per pyramid level: it is the
-/// detector's biggest cost outside the networks).
-fn resize_area_c<const C: usize, S: Sample>(src: &[S], sw: usize, sh: usize, dw: usize, dh: usize) -> Vec<f32> {
+/// Separable, and linear in the source size, which is why the detector caps its working resolution
+/// before building the pyramid. The channel count is a constant so that the per-tap channel loop
+/// unrolls: this runs over the whole image once per pyramid level and over every R-Net and O-Net
+/// crop, the detector's biggest cost outside the networks.
+pub fn resize_area<const C: usize, S: Sample>(src: &[S], sw: usize, sh: usize, dw: usize, dh: usize) -> Vec<f32> {
     debug_assert_eq!(src.len(), sw * sh * C);
     // OpenCV takes the pure area path only when neither axis is enlarged.
     let shrinking = sw >= dw && sh >= dh;
@@ -183,28 +174,37 @@ fn resize_area_c<const C: usize, S: Sample>(src: &[S], sw: usize, sh: usize, dw:
         spans.push((flat.len(), taps.len()));
         flat.extend(taps.iter().map(|&(sx, w)| (sx * C, w)));
     }
-    // Horizontal pass, only over the source rows some output row reads.
-    let mut tmp = vec![0f32; sh * dw * C];
+    let stride = dw * C;
+    let mut dst = vec![0f32; dh * stride];
+    if shrinking {
+        // Vertical pass first: it reads every source pixel once, as a contiguous multiply-add over
+        // whole rows that the compiler vectorises; the horizontal gather then runs on `dh` rows
+        // only. The sums are those of OpenCV's horizontal-first order, added in another order, so a
+        // value can differ in the last bit (and an 8-bit result by 1 where it sits on .5).
+        let mut acc = vec![0f32; sw * C];
+        for (dy, taps) in ty.iter().enumerate() {
+            acc.iter_mut().for_each(|v| *v = 0.0);
+            for &(sy, w) in taps {
+                let row = &src[sy * sw * C..(sy + 1) * sw * C];
+                for (a, v) in acc.iter_mut().zip(row) {
+                    *a += v.to_f32() * w;
+                }
+            }
+            hpass::<C>(&acc, &spans, &flat, &mut dst[dy * stride..(dy + 1) * stride]);
+        }
+        return dst;
+    }
+    // Enlarging (small crops): horizontal pass over the source rows some output row reads, then
+    // the vertical pass, OpenCV's order.
+    let mut tmp = vec![0f32; sh * stride];
     let mut needed = vec![false; sh];
     for &(sy, _) in ty.iter().flatten() {
         needed[sy] = true;
     }
     for y in (0..sh).filter(|&y| needed[y]) {
-        let row = &src[y * sw * C..(y + 1) * sw * C];
-        let out = &mut tmp[y * dw * C..(y + 1) * dw * C];
-        for (o, &(first, n)) in out.chunks_exact_mut(C).zip(&spans) {
-            let mut acc = [0f32; C];
-            for &(base, w) in &flat[first..first + n] {
-                let px = &row[base..base + C];
-                for c in 0..C {
-                    acc[c] += px[c].to_f32() * w;
-                }
-            }
-            o.copy_from_slice(&acc);
-        }
+        let row: Vec<f32> = src[y * sw * C..(y + 1) * sw * C].iter().map(|v| v.to_f32()).collect();
+        hpass::<C>(&row, &spans, &flat, &mut tmp[y * stride..(y + 1) * stride]);
     }
-    let mut dst = vec![0f32; dh * dw * C];
-    let stride = dw * C;
     for (dy, taps) in ty.iter().enumerate() {
         let out = &mut dst[dy * stride..(dy + 1) * stride];
         for &(sy, w) in taps {
@@ -217,12 +217,26 @@ fn resize_area_c<const C: usize, S: Sample>(src: &[S], sw: usize, sh: usize, dw:
     dst
 }
 
+/// One row through the horizontal taps: `spans[dx]` = (first tap in `flat`, tap count).
+fn hpass<const C: usize>(row: &[f32], spans: &[(usize, usize)], flat: &[(usize, f32)], out: &mut [f32]) {
+    for (o, &(first, n)) in out.chunks_exact_mut(C).zip(spans) {
+        let mut acc = [0f32; C];
+        for &(base, w) in &flat[first..first + n] {
+            let px = &row[base..base + C];
+            for c in 0..C {
+                acc[c] += px[c] * w;
+            }
+        }
+        o.copy_from_slice(&acc);
+    }
+}
+
 /// `resize_area` for an 8-bit RGB image, rounded back to 8 bits as OpenCV does for `uint8` input.
 pub fn resize_area_u8(img: &RgbImage, dw: u32, dh: u32) -> Result<RgbImage, VisionError> {
     if dw == 0 || dh == 0 {
         return Err(VisionError::Empty { width: dw, height: dh });
     }
-    let out = resize_area(&img.data, img.width as usize, img.height as usize, 3, dw as usize, dh as usize);
+    let out = resize_area::<3, _>(&img.data, img.width as usize, img.height as usize, dw as usize, dh as usize);
     let data = out.iter().map(|v| v.round_ties_even().clamp(0.0, 255.0) as u8).collect();
     RgbImage::from_raw(dw, dh, data)
 }
@@ -278,7 +292,7 @@ mod tests {
     #[test]
     fn area_shrink_by_two_is_box_average() {
         let src: Vec<f32> = (0..16).map(|v| v as f32).collect();
-        let out = resize_area(&src, 4, 4, 1, 2, 2);
+        let out = resize_area::<1, f32>(&src, 4, 4, 2, 2);
         assert_eq!(out, vec![2.5, 4.5, 10.5, 12.5]);
     }
 

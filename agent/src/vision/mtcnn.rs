@@ -157,25 +157,23 @@ fn crop_into(img: &RgbImage, b: &[f64; 4], size: usize, out: &mut [f32]) -> bool
     let (tw, th) = (tw as usize, th as usize);
     let (x0, y0) = (b[0] as i64 - 1, b[1] as i64 - 1);
     let (iw, ih) = (img.width as i64, img.height as i64);
-    let mut tmp = vec![0f32; tw * th * 3];
+    let mut tmp = vec![0u8; tw * th * 3];
     for i in 0..th as i64 {
         let y = y0 + i;
         if y < 0 || y >= ih {
             continue;
         }
-        for j in 0..tw as i64 {
-            let x = x0 + j;
-            if x < 0 || x >= iw {
-                continue;
-            }
-            let s = ((y * iw + x) * 3) as usize;
-            let d = ((i * tw as i64 + j) * 3) as usize;
-            for c in 0..3 {
-                tmp[d + c] = f32::from(img.data[s + c]);
-            }
+        // The part of this crop row that lies inside the image; the rest stays zero.
+        let (j0, j1) = ((-x0).max(0), (iw - x0).min(tw as i64));
+        if j0 >= j1 {
+            continue;
         }
+        let s = ((y * iw + x0 + j0) * 3) as usize;
+        let d = ((i * tw as i64 + j0) * 3) as usize;
+        let n = ((j1 - j0) * 3) as usize;
+        tmp[d..d + n].copy_from_slice(&img.data[s..s + n]);
     }
-    let r = resize_area(&tmp, tw, th, 3, size, size);
+    let r = resize_area::<3, u8>(&tmp, tw, th, size, size);
     for y in 0..size {
         for x in 0..size {
             for c in 0..3 {
