@@ -1,11 +1,16 @@
-//! Two ONNX ops that tract runs slowly on MTCNN's shapes, replaced at parse time by one-pass ops
-//! with the same arithmetic. The ONNX files are unchanged; [`onnx`] is the parser that uses them.
+//! ONNX ops that tract runs slowly on MTCNN's shapes, replaced at parse time by one-pass ops with
+//! the same arithmetic. The ONNX files are unchanged; [`onnx`] is the parser that uses them.
+//! Measured per op on a full-resolution P-Net level (582×1322, x86_64, one thread):
 //!
 //! - `PRelu`: tract expands it into three full passes (`x·slope`, `x > 0`, select), each writing a
 //!   new tensor. MTCNN has a PReLU after every convolution; on a full-resolution P-Net level
 //!   (582×1322) those passes took 130 of 463 ms. [`ChannelPrelu`] does it in place in one pass.
 //! - `Softmax` over rows of 2 (P-Net's face/non-face map, R-Net's and O-Net's scores): tract's
 //!   kernel is built for long rows and spent 48–60 ms on P-Net's 190k rows. [`RowSoftmax`] loops.
+//! - `MaxPool` (2-D, float, one output, no dilation or ceil mode): tract's pooling spent 29–39 ms
+//!   on P-Net's first pool; [`MaxPool2d`] takes the maximum of whole rows first (vectorised), then
+//!   along each row. Padding is computed by tract's own `PaddingSpec`, so the output shapes are
+//!   tract's; any other MaxPool goes to tract's own op.
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::{
@@ -23,7 +28,169 @@ pub fn onnx() -> tract_onnx::Onnx {
     let mut onnx = tract_onnx::onnx();
     onnx.op_register.insert("PRelu", |_, _| Ok((expand(PreluExpansion), vec![])));
     onnx.op_register.insert("Softmax", softmax);
+    if let Some(original) = onnx.op_register.0.get("MaxPool") {
+        TRACT_MAX_POOL.get_or_init(|| *original);
+    }
+    onnx.op_register.insert("MaxPool", max_pool);
     onnx
+}
+
+type OpBuilder = fn(&ParsingContext, &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)>;
+
+/// tract's own `MaxPool` builder, for the cases [`MaxPool2d`] does not cover.
+static TRACT_MAX_POOL: std::sync::OnceLock<OpBuilder> = std::sync::OnceLock::new();
+
+/// ONNX `MaxPool`: the plain 2-D case becomes [`MaxPoolExpansion`], the rest tract's op.
+fn max_pool(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    use tract_onnx::tract_hir::ops::cnn::{HirMaxPool, PaddingSpec, PoolSpec};
+    let kernel: Option<TVec<usize>> = node.get_attr_opt_tvec("kernel_shape")?;
+    let dilations: Option<TVec<usize>> = node.get_attr_opt_tvec("dilations")?;
+    let pads: Option<TVec<isize>> = node.get_attr_opt_tvec("pads")?;
+    let ceil_mode = node.get_attr_opt::<i64>("ceil_mode")?.unwrap_or(0);
+    let padding = match node.get_attr_opt::<&str>("auto_pad")? {
+        Some("SAME_UPPER") => Some(PaddingSpec::SameUpper),
+        Some("SAME_LOWER") => Some(PaddingSpec::SameLower),
+        Some("VALID") => Some(PaddingSpec::Valid),
+        None | Some("NOTSET") if pads.is_none() => Some(PaddingSpec::ExplicitOnnxPool(tvec!(0, 0), tvec!(0, 0), false)),
+        _ => None,
+    };
+    match (kernel, padding) {
+        (Some(kernel), Some(padding))
+            if kernel.len() == 2
+                && node.output.len() == 1
+                && ceil_mode == 0
+                && dilations.is_none_or(|d| d.iter().all(|&x| x == 1)) =>
+        {
+            let strides: Option<TVec<usize>> = node.get_attr_opt_tvec("strides")?;
+            let spec = PoolSpec::new(tract_onnx::tract_hir::ops::nn::DataFormat::NCHW, kernel, padding, None, strides, 0, 0);
+            Ok((expand(MaxPoolExpansion(HirMaxPool::new(spec, None))), vec![]))
+        }
+        _ => match TRACT_MAX_POOL.get() {
+            Some(original) => original(ctx, node),
+            None => bail!("MaxPool: tract has no builder for it"),
+        },
+    }
+}
+
+/// tract's MaxPool for shape inference; wires [`MaxPool2d`] once the input shape is concrete.
+#[derive(Debug, Clone, Hash)]
+struct MaxPoolExpansion(tract_onnx::tract_hir::ops::cnn::HirMaxPool);
+
+impl Expansion for MaxPoolExpansion {
+    fn name(&self) -> StaticName {
+        "MaxPool".into()
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(
+        &'s self,
+        s: &mut Solver<'r>,
+        inputs: &'p [TensorProxy],
+        outputs: &'p [TensorProxy],
+    ) -> InferenceResult {
+        self.0.rules(s, inputs, outputs)
+    }
+
+    fn wire(&self, name: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
+        let fact = model.outlet_fact(inputs[0])?.clone();
+        let spec = &self.0.pool_spec;
+        if let (true, Some(shape)) = (fact.datum_type == f32::datum_type() && fact.rank() == 4, fact.shape.as_concrete()) {
+            let ones = [1usize, 1];
+            let strides = spec.strides.as_deref().unwrap_or(&ones);
+            let dims = spec.padding.compute(&shape[2..], &spec.kernel_shape, &ones, strides);
+            let op = MaxPool2d {
+                kernel: [spec.kernel_shape[0], spec.kernel_shape[1]],
+                stride: [strides[0], strides[1]],
+                pad_before: [dims[0].pad_before, dims[1].pad_before],
+                output: [dims[0].convoluted, dims[1].convoluted],
+            };
+            return model.wire_node(name, op, inputs);
+        }
+        self.0.wire(name, model, inputs)
+    }
+}
+
+/// Max over `kernel` windows of an NCHW float tensor; the padding (never part of a maximum) and
+/// the output size are fixed for the input shape the plan was made for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct MaxPool2d {
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    pad_before: [usize; 2],
+    output: [usize; 2],
+}
+
+impl MaxPool2d {
+    /// The input indices `[start, end)` window `o` reads along one axis, clipped to the input.
+    fn window(&self, axis: usize, o: usize, len: usize) -> (usize, usize) {
+        let start = (o * self.stride[axis]) as isize - self.pad_before[axis] as isize;
+        let end = (start + self.kernel[axis] as isize).clamp(0, len as isize) as usize;
+        (start.clamp(0, len as isize) as usize, end)
+    }
+}
+
+impl Op for MaxPool2d {
+    fn name(&self) -> StaticName {
+        "MaxPool2d".into()
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for MaxPool2d {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let x = args_1!(inputs);
+        let shape = x.shape().to_vec();
+        let (h, w) = (shape[2], shape[3]);
+        let (oh, ow) = (self.output[0], self.output[1]);
+        let input = x.to_plain_array_view::<f32>()?;
+        let input = input.as_slice().ok_or_else(|| format_err!("MaxPool2d: input not contiguous"))?;
+        let mut y = Tensor::zero::<f32>(&[shape[0], shape[1], oh, ow])?;
+        {
+            let mut view = y.try_as_plain_ram_mut()?;
+            let out = view.as_slice_mut::<f32>()?;
+            let cols: Vec<(usize, usize)> = (0..ow).map(|o| self.window(1, o, w)).collect();
+            // 2-wide windows that all lie inside the row (MTCNN's P-Net and O-Net): pairwise maxima.
+            let pairs = self.kernel[1] == 2 && cols.iter().enumerate().all(|(o, &(x0, x1))| x0 == o * self.stride[1] && x1 == x0 + 2);
+            let mut rowmax = vec![0f32; w];
+            for (plane, dst) in input.chunks_exact(h * w).zip(out.chunks_exact_mut(oh * ow)) {
+                for (oy, drow) in dst.chunks_exact_mut(ow).enumerate() {
+                    let (y0, y1) = self.window(0, oy, h);
+                    if y0 >= y1 {
+                        drow.fill(f32::NEG_INFINITY);
+                        continue;
+                    }
+                    // Maximum of the window's rows, element by element (contiguous: vectorises).
+                    rowmax.copy_from_slice(&plane[y0 * w..(y0 + 1) * w]);
+                    for y in y0 + 1..y1 {
+                        for (m, v) in rowmax.iter_mut().zip(&plane[y * w..(y + 1) * w]) {
+                            *m = m.max(*v);
+                        }
+                    }
+                    if pairs && self.stride[1] == 2 {
+                        for (d, p) in drow.iter_mut().zip(rowmax.chunks_exact(2)) {
+                            *d = p[0].max(p[1]);
+                        }
+                    } else {
+                        for (d, &(x0, x1)) in drow.iter_mut().zip(&cols) {
+                            *d = rowmax[x0..x1].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(tvec!(y.into_tvalue()))
+    }
+}
+
+impl TypedOp for MaxPool2d {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let s = &inputs[0].shape;
+        Ok(tvec!(f32::fact([s[0].clone(), s[1].clone(), self.output[0].to_dim(), self.output[1].to_dim()])))
+    }
+
+    as_op!();
 }
 
 /// ONNX `Softmax`. Before opset 13 the input is flattened to 2-D at `axis` (default 1), so each
@@ -275,6 +442,31 @@ mod tests {
         let want = [0.5, 0.5, 1.0 - p, p, 1.0, 0.0];
         for (g, w) in got.iter().zip(want) {
             assert!((g - w).abs() < 1e-6, "{got:?} vs {want:?}");
+        }
+    }
+
+    /// MaxPool2d against tract's own MaxPool, for the pools MTCNN has and an odd-sized input.
+    #[test]
+    fn max_pool_matches_tracts() {
+        use tract_onnx::tract_hir::ops::cnn::{HirMaxPool, PaddingSpec, PoolSpec};
+        use tract_onnx::tract_hir::ops::nn::DataFormat;
+        let shape = [2usize, 3, 11, 14];
+        let input: Vec<f32> = (0..shape.iter().product::<usize>()).map(|i| ((i * 7919) % 97) as f32 - 48.0).collect();
+        let run = |wire: &dyn Fn(&mut TypedModel, OutletId) -> TVec<OutletId>| -> (Vec<usize>, Vec<f32>) {
+            let mut model = TypedModel::default();
+            let x = model.add_source("x", f32::fact(shape)).unwrap();
+            let y = wire(&mut model, x);
+            model.select_output_outlets(&y).unwrap();
+            let out = model.into_runnable().unwrap().run(tvec!(Tensor::from_shape(&shape, &input).unwrap().into_tvalue())).unwrap();
+            let v = out[0].to_plain_array_view::<f32>().unwrap();
+            (v.shape().to_vec(), v.iter().copied().collect())
+        };
+        for (k, st, pad) in [(2, 2, PaddingSpec::SameUpper), (3, 2, PaddingSpec::SameUpper), (3, 2, PaddingSpec::Valid), (3, 1, PaddingSpec::SameLower)] {
+            let spec = PoolSpec::new(DataFormat::NCHW, tvec!(k, k), pad.clone(), None, Some(tvec!(st, st)), 0, 0);
+            let hir = HirMaxPool::new(spec, None);
+            let ours = run(&|m, x| MaxPoolExpansion(hir.clone()).wire("p", m, &[x]).unwrap());
+            let theirs = run(&|m, x| hir.wire("p", m, &[x]).unwrap());
+            assert_eq!(ours, theirs, "kernel {k} stride {st} {pad:?}");
         }
     }
 }
