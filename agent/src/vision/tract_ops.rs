@@ -11,6 +11,10 @@
 //!   on P-Net's first pool; [`MaxPool2d`] takes the maximum of whole rows first (vectorised), then
 //!   along each row. Padding is computed by tract's own `PaddingSpec`, so the output shapes are
 //!   tract's; any other MaxPool goes to tract's own op.
+//! - `Conv` 1×1 with at most [`SMALL_CONV_OUTPUTS`] outputs (P-Net's two heads, 32 → 4 and
+//!   32 → 2): tract repacks the whole 32-channel map for them (24–47 ms); [`Conv1x1`] runs them
+//!   as multiply-adds over contiguous channel planes, tile by tile (summing in another order than
+//!   a matrix product, so results differ in the last bits). Other convolutions are tract's.
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::{
@@ -32,7 +36,162 @@ pub fn onnx() -> tract_onnx::Onnx {
         TRACT_MAX_POOL.get_or_init(|| *original);
     }
     onnx.op_register.insert("MaxPool", max_pool);
+    if let Some(original) = onnx.op_register.0.get("Conv") {
+        TRACT_CONV.get_or_init(|| *original);
+    }
+    onnx.op_register.insert("Conv", conv);
     onnx
+}
+
+/// tract's own `Conv` builder, for every convolution but the small 1×1 ones.
+static TRACT_CONV: std::sync::OnceLock<OpBuilder> = std::sync::OnceLock::new();
+
+/// Output channels up to which a 1×1 convolution runs as [`Conv1x1`]; wider ones are matrix
+/// products that tract's kernels do better.
+pub const SMALL_CONV_OUTPUTS: i64 = 8;
+
+fn conv(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    if is_small_pointwise_conv(ctx, node)? {
+        let bias = node.input.len() == 3 && !node.input[2].is_empty();
+        return Ok((expand(Conv1x1Expansion { bias }), vec![]));
+    }
+    match TRACT_CONV.get() {
+        Some(original) => original(ctx, node),
+        None => bail!("Conv: tract has no builder for it"),
+    }
+}
+
+/// A plain convolution (stride 1, no padding or dilation, one group) whose weights are a
+/// `[O, K, 1, 1]` initializer, or a Cast of one (the f16 files), with `O <= SMALL_CONV_OUTPUTS`.
+fn is_small_pointwise_conv(ctx: &ParsingContext, node: &NodeProto) -> TractResult<bool> {
+    let all = |name: &str, v: isize| -> TractResult<bool> {
+        Ok(node.get_attr_opt_tvec::<isize>(name)?.is_none_or(|xs| xs.iter().all(|&x| x == v)))
+    };
+    let plain = all("strides", 1)?
+        && all("dilations", 1)?
+        && all("pads", 0)?
+        && matches!(node.get_attr_opt::<&str>("auto_pad")?, None | Some("NOTSET" | "VALID"))
+        && node.get_attr_opt::<i64>("group")?.unwrap_or(1) == 1;
+    let (Some(graph), Some(mut weights)) = (ctx.model.graph.as_ref(), node.input.get(1)) else {
+        return Ok(false);
+    };
+    if !plain {
+        return Ok(false);
+    }
+    if let Some(cast) = graph.node.iter().find(|n| n.op_type == "Cast" && n.output.first() == Some(weights)) {
+        weights = &cast.input[0];
+    }
+    Ok(graph
+        .initializer
+        .iter()
+        .find(|t| &t.name == weights)
+        .is_some_and(|t| matches!(t.dims.as_slice(), [o, _, 1, 1] if *o <= SMALL_CONV_OUTPUTS)))
+}
+
+/// Shape inference for [`Conv1x1`]: `[N, K, H, W]` and `[O, K, 1, 1]` give `[N, O, H, W]`.
+#[derive(Debug, Clone, Hash)]
+struct Conv1x1Expansion {
+    bias: bool,
+}
+
+impl Expansion for Conv1x1Expansion {
+    fn name(&self) -> StaticName {
+        "Conv1x1".into()
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(
+        &'s self,
+        s: &mut Solver<'r>,
+        inputs: &'p [TensorProxy],
+        outputs: &'p [TensorProxy],
+    ) -> InferenceResult {
+        check_input_arity(inputs, 2 + usize::from(self.bias))?;
+        check_output_arity(outputs, 1)?;
+        s.equals(&inputs[0].datum_type, &outputs[0].datum_type)?;
+        s.equals(&inputs[0].rank, 4)?;
+        s.equals(&outputs[0].rank, 4)?;
+        s.equals(&outputs[0].shape[0], &inputs[0].shape[0])?;
+        s.equals(&outputs[0].shape[1], &inputs[1].shape[0])?;
+        s.equals(&outputs[0].shape[2], &inputs[0].shape[2])?;
+        s.equals(&outputs[0].shape[3], &inputs[0].shape[3])?;
+        Ok(())
+    }
+
+    fn wire(&self, name: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
+        for i in inputs {
+            if model.outlet_fact(*i)?.datum_type != f32::datum_type() {
+                bail!("{name}: 1x1 Conv supported on float32 only");
+            }
+        }
+        model.wire_node(name, Conv1x1, inputs)
+    }
+}
+
+/// `y[n, o] = b[o] + Σ_k w[o, k] · x[n, k]` over NCHW planes; inputs x, weights, optional bias.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Conv1x1;
+
+impl Op for Conv1x1 {
+    fn name(&self) -> StaticName {
+        "Conv1x1".into()
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for Conv1x1 {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let shape = inputs[0].shape().to_vec();
+        let (n, k, plane) = (shape[0], shape[1], shape[2] * shape[3]);
+        let x = inputs[0].to_plain_array_view::<f32>()?;
+        let x = x.as_slice().ok_or_else(|| format_err!("Conv1x1: input not contiguous"))?;
+        let w: Vec<f32> = inputs[1].to_plain_array_view::<f32>()?.iter().copied().collect();
+        let o = inputs[1].shape()[0];
+        if w.len() != o * k {
+            bail!("Conv1x1: weights {:?} for {k} input channels", inputs[1].shape());
+        }
+        let bias: Vec<f32> = match inputs.get(2) {
+            Some(b) => b.to_plain_array_view::<f32>()?.iter().copied().collect(),
+            None => vec![0.0; o],
+        };
+        if bias.len() != o {
+            bail!("Conv1x1: {} biases for {o} outputs", bias.len());
+        }
+        let mut y = Tensor::zero::<f32>(&[n, o, shape[2], shape[3]])?;
+        {
+            let mut view = y.try_as_plain_ram_mut()?;
+            let out = view.as_slice_mut::<f32>()?;
+            // Tiles of pixels keep the K input rows of a tile in cache while every output uses them.
+            const TILE: usize = 1024;
+            for (xs, ys) in x.chunks_exact(k * plane).zip(out.chunks_exact_mut(o * plane)) {
+                for t0 in (0..plane).step_by(TILE) {
+                    let t1 = (t0 + TILE).min(plane);
+                    for oi in 0..o {
+                        let dst = &mut ys[oi * plane + t0..oi * plane + t1];
+                        dst.fill(bias[oi]);
+                        for ki in 0..k {
+                            let a = w[oi * k + ki];
+                            for (d, v) in dst.iter_mut().zip(&xs[ki * plane + t0..ki * plane + t1]) {
+                                *d += a * v;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(tvec!(y.into_tvalue()))
+    }
+}
+
+impl TypedOp for Conv1x1 {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let (x, w) = (&inputs[0].shape, &inputs[1].shape);
+        Ok(tvec!(f32::fact([x[0].clone(), w[0].clone(), x[2].clone(), x[3].clone()])))
+    }
+
+    as_op!();
 }
 
 type OpBuilder = fn(&ParsingContext, &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)>;
@@ -467,6 +626,33 @@ mod tests {
             let ours = run(&|m, x| MaxPoolExpansion(hir.clone()).wire("p", m, &[x]).unwrap());
             let theirs = run(&|m, x| hir.wire("p", m, &[x]).unwrap());
             assert_eq!(ours, theirs, "kernel {k} stride {st} {pad:?}");
+        }
+    }
+
+    #[test]
+    fn conv1x1_is_a_per_pixel_matrix_product() {
+        let (n, k, o, h, w) = (2usize, 3usize, 2usize, 3usize, 5usize);
+        let x: Vec<f32> = (0..n * k * h * w).map(|i| ((i * 31) % 17) as f32 - 8.0).collect();
+        let wt = [0.5f32, -1.0, 2.0, 0.25, 0.0, -3.0];
+        let b = [1.0f32, -2.0];
+        let mut model = TypedModel::default();
+        let xi = model.add_source("x", f32::fact([n, k, h, w])).unwrap();
+        let wi = model.add_const("w", Tensor::from_shape(&[o, k, 1, 1], &wt).unwrap()).unwrap();
+        let bi = model.add_const("b", Tensor::from_shape(&[o], &b).unwrap()).unwrap();
+        let y = Conv1x1Expansion { bias: true }.wire("c", &mut model, &[xi, wi, bi]).unwrap();
+        model.select_output_outlets(&y).unwrap();
+        let out = model.into_runnable().unwrap().run(tvec!(Tensor::from_shape(&[n, k, h, w], &x).unwrap().into_tvalue())).unwrap();
+        let got = out[0].to_plain_array_view::<f32>().unwrap();
+        assert_eq!(got.shape(), &[n, o, h, w]);
+        let plane = h * w;
+        for ni in 0..n {
+            for oi in 0..o {
+                for p in 0..plane {
+                    let want = b[oi] + (0..k).map(|ki| wt[oi * k + ki] * x[(ni * k + ki) * plane + p]).sum::<f32>();
+                    let g = got.as_slice().unwrap()[(ni * o + oi) * plane + p];
+                    assert!((g - want).abs() < 1e-5, "n{ni} o{oi} p{p}: {g} vs {want}");
+                }
+            }
         }
     }
 }
