@@ -3,8 +3,8 @@
 //! Measured per op on a full-resolution P-Net level (582×1322, x86_64, one thread):
 //!
 //! - `PRelu`: tract expands it into three full passes (`x·slope`, `x > 0`, select), each writing a
-//!   new tensor. MTCNN has a PReLU after every convolution; on a full-resolution P-Net level
-//!   (582×1322) those passes took 130 of 463 ms. [`ChannelPrelu`] does it in place in one pass.
+//!   new tensor. MTCNN has a PReLU after every convolution; on that P-Net level those passes
+//!   took 130 of 463 ms. [`ChannelPrelu`] does it in place in one pass.
 //! - `Softmax` over rows of 2 (P-Net's face/non-face map, R-Net's and O-Net's scores): tract's
 //!   kernel is built for long rows and spent 48–60 ms on P-Net's 190k rows. [`RowSoftmax`] loops.
 //! - `MaxPool` (2-D, float, one output, no dilation or ceil mode): tract's pooling spent 29–39 ms
@@ -27,7 +27,7 @@ use tract_onnx::tract_hir::internal::{
     TensorProxy,
 };
 
-/// The ONNX parser with camgate's `PRelu` and `Softmax`.
+/// tract's ONNX parser with the four builders above swapped in.
 pub fn onnx() -> tract_onnx::Onnx {
     let mut onnx = tract_onnx::onnx();
     onnx.op_register.insert("PRelu", |_, _| Ok((expand(PreluExpansion), vec![])));
