@@ -160,6 +160,13 @@ impl EvalOp for Conv1x1 {
             bail!("Conv1x1: {} biases for {o} outputs", bias.len());
         }
         let mut y = Tensor::zero::<f32>(&[n, o, shape[2], shape[3]])?;
+        if k == 0 {
+            bail!("Conv1x1: input has no channels");
+        }
+        if plane == 0 || o == 0 {
+            // Empty output (chunks of zero elements would panic).
+            return Ok(tvec!(y.into_tvalue()));
+        }
         {
             let mut view = y.try_as_plain_ram_mut()?;
             let out = view.as_slice_mut::<f32>()?;
@@ -306,6 +313,10 @@ impl EvalOp for MaxPool2d {
         let input = x.to_plain_array_view::<f32>()?;
         let input = input.as_slice().ok_or_else(|| format_err!("MaxPool2d: input not contiguous"))?;
         let mut y = Tensor::zero::<f32>(&[shape[0], shape[1], oh, ow])?;
+        if h * w == 0 || oh * ow == 0 {
+            // Nothing to pool (chunks of zero elements would panic).
+            return Ok(tvec!(y.into_tvalue()));
+        }
         {
             let mut view = y.try_as_plain_ram_mut()?;
             let out = view.as_slice_mut::<f32>()?;
