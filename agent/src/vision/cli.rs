@@ -413,11 +413,11 @@ pub fn bench(args: VisionBenchArgs) -> Result<(), VisionError> {
                     r["engine"].as_str().unwrap_or("onnxruntime"),
                     if args.reference_defaults { "reference at its defaults" } else { "same detector settings" }
                 );
-                summary.insert(format!("{variant:?}").to_lowercase(), serde_json::json!({ "images": rows, "camgate_total_ms": tot.0, "reference_total_ms": tot.1, "ratio": ratio, "camgate_cpu_ms": tot.2, "reference_cpu_ms": tot.3, "cpu_ratio": cpu_ratio, "load_ms": load_ms }));
+                summary.insert(variant.to_string(), serde_json::json!({ "images": rows, "camgate_total_ms": tot.0, "reference_total_ms": tot.1, "ratio": ratio, "camgate_cpu_ms": tot.2, "reference_cpu_ms": tot.3, "cpu_ratio": cpu_ratio, "load_ms": load_ms }));
             }
             Err(e) => {
                 let _ = writeln!(out, "TOTAL camgate {:.1} ms; reference not run: {e}", tot.0);
-                summary.insert(format!("{variant:?}").to_lowercase(), serde_json::json!({ "images": rows, "camgate_total_ms": tot.0, "reference": e.to_string(), "load_ms": load_ms }));
+                summary.insert(variant.to_string(), serde_json::json!({ "images": rows, "camgate_total_ms": tot.0, "reference": e.to_string(), "load_ms": load_ms }));
             }
         }
     }

@@ -201,8 +201,11 @@ pub fn resize_area<const C: usize, S: Sample>(src: &[S], sw: usize, sh: usize, d
     for &(sy, _) in ty.iter().flatten() {
         needed[sy] = true;
     }
+    let mut row = vec![0f32; sw * C];
     for y in (0..sh).filter(|&y| needed[y]) {
-        let row: Vec<f32> = src[y * sw * C..(y + 1) * sw * C].iter().map(|v| v.to_f32()).collect();
+        for (r, v) in row.iter_mut().zip(&src[y * sw * C..(y + 1) * sw * C]) {
+            *r = v.to_f32();
+        }
         hpass::<C>(&row, &spans, &flat, &mut tmp[y * stride..(y + 1) * stride]);
     }
     for (dy, taps) in ty.iter().enumerate() {

@@ -26,7 +26,7 @@ pub enum ModelVariant {
     /// `*.f16.onnx`: weights stored as float16 and widened at load, compute in float32. Half the
     /// file size at float speed; embeddings within cosine 0.9999 of float (see the vision tests).
     F16,
-    /// `*.int8.onnx`: static int8 calibration (see `models/rebuild.py`). tract runs it ~10x slower
+    /// `*.int8.onnx`: static int8 calibration (see `models/rebuild.py`). tract runs it 4–7x slower
     /// than float and drifts from onnxruntime's int8 (cosine 0.92–0.99); kept for measurement.
     Int8,
 }

@@ -32,15 +32,21 @@ pub fn onnx() -> tract_onnx::Onnx {
     let mut onnx = tract_onnx::onnx();
     onnx.op_register.insert("PRelu", |_, _| Ok((expand(PreluExpansion), vec![])));
     onnx.op_register.insert("Softmax", softmax);
-    if let Some(original) = onnx.op_register.0.get("MaxPool") {
-        TRACT_MAX_POOL.get_or_init(|| *original);
+    for (op, ours, slot) in [("MaxPool", max_pool as OpBuilder, &TRACT_MAX_POOL), ("Conv", conv, &TRACT_CONV)] {
+        if let Some(original) = onnx.op_register.0.get(op) {
+            slot.get_or_init(|| *original);
+        }
+        onnx.op_register.0.insert(op.to_string(), ours);
     }
-    onnx.op_register.insert("MaxPool", max_pool);
-    if let Some(original) = onnx.op_register.0.get("Conv") {
-        TRACT_CONV.get_or_init(|| *original);
-    }
-    onnx.op_register.insert("Conv", conv);
     onnx
+}
+
+/// Parses `node` with tract's own builder kept in `slot` (the cases our op does not cover).
+fn tracts_own(slot: &std::sync::OnceLock<OpBuilder>, ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    match slot.get() {
+        Some(original) => original(ctx, node),
+        None => bail!("{}: tract has no builder for it", node.op_type),
+    }
 }
 
 /// tract's own `Conv` builder, for every convolution but the small 1×1 ones.
@@ -55,10 +61,7 @@ fn conv(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn Inferenc
         let bias = node.input.len() == 3 && !node.input[2].is_empty();
         return Ok((expand(Conv1x1Expansion { bias }), vec![]));
     }
-    match TRACT_CONV.get() {
-        Some(original) => original(ctx, node),
-        None => bail!("Conv: tract has no builder for it"),
-    }
+    tracts_own(&TRACT_CONV, ctx, node)
 }
 
 /// A plain convolution (stride 1, no padding or dilation, one group) whose weights are a
@@ -231,10 +234,7 @@ fn max_pool(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn Infe
             let spec = PoolSpec::new(tract_onnx::tract_hir::ops::nn::DataFormat::NCHW, kernel, padding, None, strides, 0, 0);
             Ok((expand(MaxPoolExpansion(HirMaxPool::new(spec, None))), vec![]))
         }
-        _ => match TRACT_MAX_POOL.get() {
-            Some(original) => original(ctx, node),
-            None => bail!("MaxPool: tract has no builder for it"),
-        },
+        _ => tracts_own(&TRACT_MAX_POOL, ctx, node),
     }
 }
 
@@ -321,8 +321,8 @@ impl EvalOp for MaxPool2d {
             let mut view = y.try_as_plain_ram_mut()?;
             let out = view.as_slice_mut::<f32>()?;
             let cols: Vec<(usize, usize)> = (0..ow).map(|o| self.window(1, o, w)).collect();
-            // 2-wide windows that all lie inside the row (MTCNN's P-Net and O-Net): pairwise maxima.
-            let pairs = self.kernel[1] == 2 && cols.iter().enumerate().all(|(o, &(x0, x1))| x0 == o * self.stride[1] && x1 == x0 + 2);
+            // 2-wide, stride-2 windows all inside the row (P-Net, O-Net): pairwise maxima.
+            let pairs = cols.iter().enumerate().all(|(o, &(x0, x1))| x0 == 2 * o && x1 == x0 + 2);
             let mut rowmax = vec![0f32; w];
             for (plane, dst) in input.chunks_exact(h * w).zip(out.chunks_exact_mut(oh * ow)) {
                 for (oy, drow) in dst.chunks_exact_mut(ow).enumerate() {
@@ -338,7 +338,7 @@ impl EvalOp for MaxPool2d {
                             *m = m.max(*v);
                         }
                     }
-                    if pairs && self.stride[1] == 2 {
+                    if pairs {
                         for (d, p) in drow.iter_mut().zip(rowmax.chunks_exact(2)) {
                             *d = p[0].max(p[1]);
                         }
