@@ -7,6 +7,7 @@ files, see manifest.json), single-threaded so that timings compare with camgate'
 
     models/.venv/bin/python models/reference.py fixtures          # writes tests/fixtures/vision/*
     models/.venv/bin/python models/reference.py bench --reps 3 [--variant f16] IMG...   # JSON timings
+    models/.venv/bin/python models/reference.py bench --serve [--variant f16]   # paths on stdin (camgate bench)
 """
 import argparse
 import json
@@ -187,8 +188,12 @@ def cmd_fixtures(args):
         f.write("\n")
 
 
-def cmd_bench(args):
-    """Per-stage timings of the reference, single thread; median over reps after one warm-up."""
+STAGES = ("decode", "pnet", "rnet", "onet", "align", "embed", "total", "cpu")
+
+
+def bench_runner(args):
+    """Loads the reference for `args.variant` and returns `run(path) -> {stage: ms, ..., "faces": n}`,
+    one timed pass of the whole pipeline over one image, single thread."""
     suffix = {"float": "", "f16": ".f16", "int8": ".int8"}[args.variant]
     det = detector(HERE, suffix)
     det.min_face_size = args.min_face
@@ -207,38 +212,60 @@ def cmd_bench(args):
     det._MTCNN__stage1 = timed("pnet", det._MTCNN__stage1)
     det._MTCNN__stage2 = timed("rnet", det._MTCNN__stage2)
     det._MTCNN__stage3 = timed("onet", det._MTCNN__stage3)
-    report = {"engine": f"onnxruntime {ort.__version__} (Python, 1 thread)", "variant": args.variant,
-              "images": {}}
+
+    def run(path):
+        timers.clear()
+        t0, c0 = time.perf_counter(), time.process_time()
+        img = timed("decode", load_rgb)(path)
+        work, f = img, 1.0
+        det.min_face_size = args.min_face
+        if args.max_side and max(img.shape[:2]) > args.max_side:
+            # Same working-resolution cap as camgate's detector: shrink once, detect, scale back.
+            def shrink():
+                f = args.max_side / max(img.shape[:2])
+                size = (round(img.shape[1] * f), round(img.shape[0] * f))
+                return cv2.resize(img, size, interpolation=cv2.INTER_AREA), f
+            work, f = timed("pnet", shrink)()
+            det.min_face_size = max(4, int(args.min_face * f))
+        faces = detect(det, work)
+        for fc in faces:
+            fc["landmarks"] = [[x / f, y / f] for x, y in fc["landmarks"]]
+        crops = timed("align", lambda: [align(img, fc["landmarks"]) for fc in faces])()
+        if crops:
+            timed("embed", embed)(emb, crops)
+        timers["total"] = (time.perf_counter() - t0) * 1e3
+        # Process CPU time (every thread): unlike wall time, it does not grow while another
+        # process holds the CPU, so the ratio holds on a loaded machine.
+        timers["cpu"] = (time.process_time() - c0) * 1e3
+        out = {k: timers.get(k, 0.0) for k in STAGES}
+        out["faces"] = len(faces)
+        return out
+
+    return run
+
+
+def cmd_bench(args):
+    """Per-stage timings of the reference, single thread.
+
+    Default: median over --reps after one warm-up per image, one JSON object on stdout.
+    --serve: camgate's `bench vision` drives it: one image path per stdin line, one timed pass, one
+    JSON line back. camgate interleaves these passes with its own, so both sides see the same
+    machine speed (this VM's speed drifts by 1.5x within a minute)."""
+    run = bench_runner(args)
+    engine = f"onnxruntime {ort.__version__} (Python, 1 thread)"
+    if args.serve:
+        print(json.dumps({"engine": engine, "variant": args.variant}), flush=True)
+        for line in sys.stdin:
+            path = line.rstrip("\n")
+            if path:
+                print(json.dumps(run(path)), flush=True)
+        return
+    report = {"engine": engine, "variant": args.variant, "images": {}}
     for path in args.images:
-        runs = []
-        for rep in range(args.reps + 1):
-            timers.clear()
-            t0, c0 = time.perf_counter(), time.process_time()
-            img = timed("decode", load_rgb)(path)
-            work, f = img, 1.0
-            if args.max_side and max(img.shape[:2]) > args.max_side:
-                # Same working-resolution cap as camgate's detector: shrink once, detect, scale back.
-                def shrink():
-                    f = args.max_side / max(img.shape[:2])
-                    size = (round(img.shape[1] * f), round(img.shape[0] * f))
-                    return cv2.resize(img, size, interpolation=cv2.INTER_AREA), f
-                work, f = timed("pnet", shrink)()
-                det.min_face_size = max(4, int(args.min_face * f))
-            faces = detect(det, work)
-            for fc in faces:
-                fc["landmarks"] = [[x / f, y / f] for x, y in fc["landmarks"]]
-            crops = timed("align", lambda: [align(img, f["landmarks"]) for f in faces])()
-            if crops:
-                timed("embed", embed)(emb, crops)
-            timers["total"] = (time.perf_counter() - t0) * 1e3
-            # Process CPU time (every thread): unlike wall time, it does not grow while another
-            # process holds the CPU, so the ratio holds on a loaded machine.
-            timers["cpu"] = (time.process_time() - c0) * 1e3
-            if rep > 0:
-                runs.append(dict(timers))
-        med = {k: float(np.median([r.get(k, 0.0) for r in runs])) for k in
-               ("decode", "pnet", "rnet", "onet", "align", "embed", "total", "cpu")}
-        med["faces"] = len(faces)
+        run(path)  # warm-up
+        runs = [run(path) for _ in range(args.reps)]
+        med = {k: float(np.median([r[k] for r in runs])) for k in STAGES}
+        med["faces"] = runs[-1]["faces"]
         report["images"][os.path.basename(path)] = med
     json.dump(report, sys.stdout)
     print()
@@ -253,7 +280,8 @@ def main():
     b.add_argument("--variant", choices=("float", "f16", "int8"), default="float")
     b.add_argument("--min-face", type=int, default=20, help="the package's min_face_size (its default: 20)")
     b.add_argument("--max-side", type=int, default=0, help="shrink longer side to this before detection (0: off)")
-    b.add_argument("images", nargs="+")
+    b.add_argument("--serve", action="store_true", help="read image paths from stdin, one timed pass each")
+    b.add_argument("images", nargs="*")
     args = ap.parse_args()
     {"fixtures": cmd_fixtures, "bench": cmd_bench}[args.cmd](args)
 

@@ -144,7 +144,7 @@ enum BenchCmd {
     Mqtt(camgate::sinks::mqtt::bench::MqttBenchArgs),
     /// The face pipeline per stage, next to the onnxruntime reference (Python) when available.
     #[cfg(feature = "vision")]
-    Vision(camgate::vision::cli::VisionBenchArgs),
+    Vision(camgate::vision::bench::VisionBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -248,7 +248,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         #[cfg(feature = "vision")]
         Cmd::Bench { cmd: BenchCmd::Vision(args) } => {
             logging::init("warn", true);
-            camgate::vision::cli::bench(args)?;
+            camgate::vision::bench::run(args)?;
             Ok(ExitCode::SUCCESS)
         }
         #[cfg(feature = "mqtt")]

@@ -11,13 +11,18 @@
 //! - [`align`]: Umeyama similarity transform onto the ArcFace 112×112 template and the warp.
 //! - [`embed`]: MobileFaceNet embeddings, L2-normalised; the dimension comes from the model.
 //! - [`quality`]: per-face measures for later gating (size, score, blur, pose).
-//! - [`tract_ops`]: one-pass PReLU and row softmax for tract, which expands them into slow passes.
+//! - [`graph_rewrite`]: ONNX patterns that spell a known op the long way (MobileFaceNet's PReLU),
+//!   rewritten before tract parses the file.
+//! - [`tract_ops`]: the ONNX ops tract runs slowly here (PReLU, row softmax, 2-D max pool, small 1×1
+//!   convs), replaced at parse time by one-pass kernels.
 //! - [`pool`]: a bounded pool of blocking threads so inference never runs on the async runtime.
-//! - [`cli`]: `camgate face ...` and `camgate bench vision`.
+//! - [`cli`]: `camgate face ...`; [`bench`]: `camgate bench vision` (camgate and the reference, interleaved).
 
 pub mod align;
+pub mod bench;
 pub mod cli;
 pub mod embed;
+pub mod graph_rewrite;
 pub mod image;
 pub mod models;
 pub mod mtcnn;

@@ -113,8 +113,7 @@ impl Net {
             path: path.to_owned(),
             reason: format!("{e} (set --models DIR or CAMGATE_MODELS)"),
         })?;
-        let model = super::tract_ops::onnx()
-            .model_for_read(&mut bytes.as_slice())
+        let model = super::graph_rewrite::parse(&bytes)
             .map_err(|e| VisionError::Model { path: path.to_owned(), reason: format!("{e:#}") })?;
         Ok(Net { name, path: path.to_owned(), model, plans: Mutex::new(HashMap::new()) })
     }
