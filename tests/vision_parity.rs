@@ -68,13 +68,27 @@ fn engine(variant: ModelVariant) -> &'static FaceEngine {
 }
 
 /// Full-pipeline results per image, computed once per variant and shared by the tests below.
+/// The images run on every core: the other tests wait on this cache, and under qemu (CI's aarch64
+/// step) it is most of this file's time.
 fn results(variant: ModelVariant) -> &'static std::collections::BTreeMap<String, Vec<Face>> {
     static R: [OnceLock<std::collections::BTreeMap<String, Vec<Face>>>; 3] = [const { OnceLock::new() }; 3];
     R[slot(variant)].get_or_init(|| {
-        images().into_iter().map(|(name, _)| {
-            let faces = engine(variant).process(&image_bytes(&name), true).unwrap().0;
-            (name, faces)
-        }).collect()
+        let names: Vec<String> = images().into_iter().map(|(name, _)| name).collect();
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let done = std::sync::Mutex::new(std::collections::BTreeMap::new());
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(names.len());
+        // A panic in a worker fails the scope, and so the test.
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| {
+                    while let Some(name) = names.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
+                        let faces = engine(variant).process(&image_bytes(name), true).unwrap().0;
+                        done.lock().unwrap().insert(name.clone(), faces);
+                    }
+                });
+            }
+        });
+        done.into_inner().unwrap()
     })
 }
 
