@@ -27,7 +27,8 @@ pub enum ModelVariant {
     /// file size at float speed; embeddings within cosine 0.9999 of float (see the vision tests).
     F16,
     /// `*.int8.onnx`: static int8 calibration (see `models/rebuild.py`). tract runs it 4–7x slower
-    /// than float and drifts from onnxruntime's int8 (cosine 0.92–0.99); kept for measurement.
+    /// than float on one x86_64 host and 35x on another (AVX2 only), and drifts from onnxruntime's
+    /// int8 (cosine 0.92–0.99); kept for measurement.
     Int8,
 }
 
