@@ -166,6 +166,13 @@ impl Drop for ReferencePeer {
     }
 }
 
+/// One reference pass over `path`. The first failure replaces the peer by its error, which the
+/// summary reports; the camgate side carries on.
+fn reference_pass(peer: &mut Result<ReferencePeer, VisionError>, path: &Path) -> Option<(Row, usize)> {
+    let result = peer.as_mut().ok()?.pass(path);
+    result.map_err(|e| *peer = Err(e)).ok()
+}
+
 /// Per image: the timed rows of one side and the faces it found.
 #[derive(Default)]
 struct Side {
@@ -221,11 +228,7 @@ pub fn run(args: VisionBenchArgs) -> Result<(), VisionError> {
             let t = Instant::now();
             ours_pass(bytes)?;
             let _ = writeln!(out, "   {name}: first run (plans built) {:.0} ms", t.elapsed().as_secs_f64() * 1e3);
-            if let Ok(p) = &mut peer {
-                if let Err(e) = p.pass(path) {
-                    peer = Err(e);
-                }
-            }
+            reference_pass(&mut peer, path);
         }
         let mut ours: BTreeMap<&str, Side> = BTreeMap::new();
         let mut theirs: BTreeMap<&str, Side> = BTreeMap::new();
@@ -234,21 +237,11 @@ pub fn run(args: VisionBenchArgs) -> Result<(), VisionError> {
         for round in 0..reps {
             let mut sums = [0.0; 4];
             for (name, path, bytes) in &files {
-                let mut ref_pass = || -> Option<(Row, usize)> {
-                    let p = peer.as_mut().ok()?;
-                    match p.pass(path) {
-                        Ok(r) => Some(r),
-                        Err(e) => {
-                            peer = Err(e);
-                            None
-                        }
-                    }
-                };
                 let (a, b) = if round % 2 == 0 {
                     let a = ours_pass(bytes)?;
-                    (a, ref_pass())
+                    (a, reference_pass(&mut peer, path))
                 } else {
-                    let b = ref_pass();
+                    let b = reference_pass(&mut peer, path);
                     (ours_pass(bytes)?, b)
                 };
                 sums[0] += a.0[TOTAL];

@@ -162,10 +162,10 @@ impl EvalOp for Conv1x1 {
         if bias.len() != o {
             bail!("Conv1x1: {} biases for {o} outputs", bias.len());
         }
-        let mut y = Tensor::zero::<f32>(&[n, o, shape[2], shape[3]])?;
         if k == 0 {
             bail!("Conv1x1: input has no channels");
         }
+        let mut y = Tensor::zero::<f32>(&[n, o, shape[2], shape[3]])?;
         if plane == 0 || o == 0 {
             // Empty output (chunks of zero elements would panic).
             return Ok(tvec!(y.into_tvalue()));
