@@ -152,10 +152,27 @@ fn main() -> ExitCode {
     match real_main(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("camgate: {e:#}");
+            eprintln!("camgate: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// `context: cause: cause`, like anyhow's `{:#}`, but a cause is left out when the message so far
+/// already ends with it: the library's errors (`#[error("{path}: {source}")]`) print their source
+/// themselves and also hand it on as `source()`, which `{:#}` would print a second time.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.is_empty() {
+            out = text;
+        } else if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+    }
+    out
 }
 
 fn real_main(cli: Cli) -> Result<ExitCode> {
@@ -330,4 +347,28 @@ async fn sim_camera(a: SimArgs) -> Result<()> {
     let t = cam.totals();
     println!("published {} acked {} unacked {} connects {}", t.published, t.acked, t.unacked, t.connects);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_chain;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{path}: {source}")]
+    struct ReadError {
+        path: String,
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn error_chain_prints_each_cause_once() {
+        let io = || std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory");
+        // A library error that prints its source and also returns it from source().
+        let e = anyhow::Error::new(ReadError { path: "/x.toml".into(), source: io() }).context("configuration /x.toml");
+        assert_eq!(format!("{e:#}"), "configuration /x.toml: /x.toml: No such file or directory: No such file or directory");
+        assert_eq!(error_chain(&e), "configuration /x.toml: /x.toml: No such file or directory");
+        // Causes that do not repeat are all kept, in order.
+        let e = anyhow::Error::new(io()).context("reading /y").context("loading");
+        assert_eq!(error_chain(&e), "loading: reading /y: No such file or directory");
+    }
 }

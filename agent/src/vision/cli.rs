@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use super::embed::cosine;
 use super::models::ModelVariant;
-use super::pipeline::{Face, FaceEngine, VisionConfig};
+use super::pipeline::{Face, FaceEngine, StageTimes, VisionConfig};
 use super::VisionError;
 
 /// Decision threshold on cosine similarity for `face compare`. On the test photos same-person pairs
@@ -91,7 +91,10 @@ pub(super) fn read(path: &Path) -> Result<Vec<u8>, VisionError> {
     std::fs::read(path).map_err(|source| VisionError::Io { path: path.to_owned(), source })
 }
 
-fn print_json(v: &serde_json::Value) -> Result<(), VisionError> {
+/// Serialises `v` straight to stdout. Typed (not through `serde_json::Value`, which widens f32 to
+/// f64) so that an f32 prints as its shortest decimal: a threshold of 0.45 prints `0.45`, not
+/// `0.44999998807907104`.
+fn print_json(v: &impl serde::Serialize) -> Result<(), VisionError> {
     let mut out = std::io::stdout().lock();
     // A closed stdout (e.g. `| head`) is not worth a panic.
     let _ = serde_json::to_writer(&mut out, v).and_then(|_| writeln!(out).map_err(serde_json::Error::io));
@@ -107,26 +110,46 @@ fn embed_image(engine: &FaceEngine, path: &Path) -> Result<Vec<Face>, VisionErro
     Ok(engine.process(&read(path)?, true)?.0)
 }
 
-fn b64(bytes: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut s = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for c in bytes.chunks(3) {
-        let n = (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
-        for k in 0..4 {
-            if k <= c.len() {
-                s.push(T[(n >> (18 - 6 * k)) as usize & 63] as char);
-            } else {
-                s.push('=');
-            }
-        }
-    }
-    s
-}
-
 /// Base64 of the embedding as little-endian float32.
 pub fn embedding_base64(e: &[f32]) -> String {
+    use base64::Engine as _;
     let bytes: Vec<u8> = e.iter().flat_map(|v| v.to_le_bytes()).collect();
-    b64(&bytes)
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// One image of `face detect`: its faces and stage timings, or why it could not be read.
+#[derive(serde::Serialize)]
+struct DetectEntry<'a> {
+    image: &'a Path,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    faces: Option<Vec<Face>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timings_ms: Option<StageTimes>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+#[derive(serde::Serialize)]
+struct EmbedOutput<'a> {
+    image: &'a Path,
+    faces: Vec<EmbedFace<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct EmbedFace<'a> {
+    bbox: &'a [f32; 4],
+    score: f32,
+    dim: usize,
+    embedding: &'a [f32],
+}
+
+#[derive(serde::Serialize)]
+struct CompareOutput<'a> {
+    a: &'a Path,
+    b: &'a Path,
+    similarity: f32,
+    threshold: f32,
+    same_person: bool,
 }
 
 /// Runs one `camgate face` command, printing JSON to stdout.
@@ -137,15 +160,12 @@ pub fn run(cmd: FaceCommand) -> Result<(), VisionError> {
             let mut results = Vec::new();
             for path in &images {
                 // One bad file is reported in its entry; the others still run.
-                let entry = match read(path).and_then(|b| engine.process(&b, false)) {
-                    Ok((faces, times)) => serde_json::json!({
-                        "image": path, "faces": faces, "timings_ms": times,
-                    }),
-                    Err(e) => serde_json::json!({ "image": path, "error": e.to_string() }),
-                };
-                results.push(entry);
+                results.push(match read(path).and_then(|b| engine.process(&b, false)) {
+                    Ok((faces, times)) => DetectEntry { image: path, faces: Some(faces), timings_ms: Some(times), error: None },
+                    Err(e) => DetectEntry { image: path, faces: None, timings_ms: None, error: Some(e.to_string()) },
+                });
             }
-            print_json(&serde_json::Value::Array(results))
+            print_json(&results)
         }
         FaceCommand::Embed { engine, image, format, all } => {
             let engine = engine.engine()?;
@@ -167,16 +187,16 @@ pub fn run(cmd: FaceCommand) -> Result<(), VisionError> {
                     Ok(())
                 }
                 EmbedFormat::Json => {
-                    let v: Vec<_> = chosen
+                    let faces = chosen
                         .iter()
-                        .map(|f| {
-                            serde_json::json!({
-                                "bbox": f.detection.bbox, "score": f.detection.score,
-                                "dim": engine.embedding_dim(), "embedding": f.embedding,
-                            })
+                        .map(|f| EmbedFace {
+                            bbox: &f.detection.bbox,
+                            score: f.detection.score,
+                            dim: engine.embedding_dim(),
+                            embedding: f.embedding.as_deref().unwrap_or(&[]),
                         })
                         .collect();
-                    print_json(&serde_json::json!({ "image": image, "faces": v }))
+                    print_json(&EmbedOutput { image: &image, faces })
                 }
             }
         }
@@ -191,9 +211,7 @@ pub fn run(cmd: FaceCommand) -> Result<(), VisionError> {
                 return Err(VisionError::NoFace(format!("{}: no face found", which.display())));
             };
             let sim = cosine(&ea, &eb);
-            print_json(&serde_json::json!({
-                "a": a, "b": b, "similarity": sim, "threshold": threshold, "same_person": sim >= threshold,
-            }))
+            print_json(&CompareOutput { a: &a, b: &b, similarity: sim, threshold, same_person: sim >= threshold })
         }
     }
 }
@@ -203,11 +221,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn base64_matches_known_vectors() {
-        assert_eq!(b64(b""), "");
-        assert_eq!(b64(b"f"), "Zg==");
-        assert_eq!(b64(b"fo"), "Zm8=");
-        assert_eq!(b64(b"foo"), "Zm9v");
-        assert_eq!(b64(b"foobar"), "Zm9vYmFy");
+    fn embedding_base64_is_little_endian_f32() {
+        // 1.0f32 = 00 00 80 3F, -2.0f32 = 00 00 00 C0.
+        assert_eq!(embedding_base64(&[1.0, -2.0]), "AACAPwAAAMA=");
+        assert_eq!(embedding_base64(&[]), "");
     }
 }
