@@ -2,6 +2,7 @@
 //! and photos, JSON on stdout, one clear line on stderr when an input is bad.
 #![cfg(feature = "vision")]
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
@@ -45,10 +46,13 @@ fn detect_reports_faces_per_image_and_a_bad_file_in_its_own_entry() {
     let missing = dir.path().join("missing.jpg");
     let truncated = dir.path().join("truncated.jpg");
     std::fs::write(&truncated, &std::fs::read(photo("obama2.jpg")).unwrap()[..600]).unwrap();
-    let out = face(&["detect"], &[photo("obama.jpg"), missing.clone(), truncated.clone(), photo("group3.jpg")]);
-    let v = stdout_json(&out);
+    // A Latin-1 name, not valid UTF-8: still one entry of valid JSON, not cut-short output.
+    let latin1 = dir.path().join(std::ffi::OsStr::from_bytes(b"caf\xe9.jpg"));
+    std::fs::write(&latin1, b"not an image").unwrap();
+    let files = [photo("obama.jpg"), missing, truncated, photo("group3.jpg"), latin1];
+    let v = stdout_json(&face(&["detect"], &files));
     let entries = v.as_array().unwrap();
-    assert_eq!(entries.len(), 4, "{v}");
+    assert_eq!(entries.len(), 5, "{v}");
 
     // Face counts as in tests/fixtures/vision/reference.json (the onnxruntime reference).
     for (entry, name, n) in [(&entries[0], "obama.jpg", 2), (&entries[3], "group3.jpg", 3)] {
@@ -70,6 +74,8 @@ fn detect_reports_faces_per_image_and_a_bad_file_in_its_own_entry() {
     assert!(entries[1].get("faces").is_none());
     let err = entries[2]["error"].as_str().unwrap();
     assert!(!err.is_empty() && entries[2].get("faces").is_none(), "{}", entries[2]);
+    assert!(entries[4]["image"].as_str().unwrap().contains("caf"), "{}", entries[4]);
+    assert!(entries[4]["error"].as_str().unwrap().contains("decode"), "{}", entries[4]);
 }
 
 #[test]

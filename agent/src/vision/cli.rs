@@ -117,10 +117,16 @@ pub fn embedding_base64(e: &[f32]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
+/// A path as text for the JSON output. `Display`, not serde's `Path` impl: that one fails on a
+/// non-UTF-8 name, and the output would then be cut short.
+fn shown(path: &Path) -> String {
+    path.display().to_string()
+}
+
 /// One image of `face detect`: its faces and stage timings, or why it could not be read.
 #[derive(serde::Serialize)]
-struct DetectEntry<'a> {
-    image: &'a Path,
+struct DetectEntry {
+    image: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     faces: Option<Vec<Face>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -131,7 +137,7 @@ struct DetectEntry<'a> {
 
 #[derive(serde::Serialize)]
 struct EmbedOutput<'a> {
-    image: &'a Path,
+    image: String,
     faces: Vec<EmbedFace<'a>>,
 }
 
@@ -144,9 +150,9 @@ struct EmbedFace<'a> {
 }
 
 #[derive(serde::Serialize)]
-struct CompareOutput<'a> {
-    a: &'a Path,
-    b: &'a Path,
+struct CompareOutput {
+    a: String,
+    b: String,
     similarity: f32,
     threshold: f32,
     same_person: bool,
@@ -161,8 +167,8 @@ pub fn run(cmd: FaceCommand) -> Result<(), VisionError> {
             for path in &images {
                 // One bad file is reported in its entry; the others still run.
                 results.push(match read(path).and_then(|b| engine.process(&b, false)) {
-                    Ok((faces, times)) => DetectEntry { image: path, faces: Some(faces), timings_ms: Some(times), error: None },
-                    Err(e) => DetectEntry { image: path, faces: None, timings_ms: None, error: Some(e.to_string()) },
+                    Ok((faces, times)) => DetectEntry { image: shown(path), faces: Some(faces), timings_ms: Some(times), error: None },
+                    Err(e) => DetectEntry { image: shown(path), faces: None, timings_ms: None, error: Some(e.to_string()) },
                 });
             }
             print_json(&results)
@@ -196,7 +202,7 @@ pub fn run(cmd: FaceCommand) -> Result<(), VisionError> {
                             embedding: f.embedding.as_deref().unwrap_or(&[]),
                         })
                         .collect();
-                    print_json(&EmbedOutput { image: &image, faces })
+                    print_json(&EmbedOutput { image: shown(&image), faces })
                 }
             }
         }
@@ -211,7 +217,7 @@ pub fn run(cmd: FaceCommand) -> Result<(), VisionError> {
                 return Err(VisionError::NoFace(format!("{}: no face found", which.display())));
             };
             let sim = cosine(&ea, &eb);
-            print_json(&CompareOutput { a: &a, b: &b, similarity: sim, threshold, same_person: sim >= threshold })
+            print_json(&CompareOutput { a: shown(&a), b: shown(&b), similarity: sim, threshold, same_person: sim >= threshold })
         }
     }
 }
