@@ -157,5 +157,13 @@ fn demo_runs_and_proves_nothing_acknowledged_was_lost() {
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("stored+acked"), "{stdout}");
     assert!(stdout.contains("OK: every acknowledged event is in the outbox"), "{stdout}");
+    // The default faults (a bad CRC now and then) happened and were survived, not absent.
+    let survived: u64 = stdout
+        .split("protocol errors survived: ")
+        .nth(1)
+        .and_then(|s| s.split(';').next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no protocol-error count in {stdout}"));
+    assert!(survived > 0, "{stdout}");
     assert!(dir.path().join("events.jsonl").exists());
 }

@@ -88,7 +88,7 @@ pub async fn run(opts: DemoOptions, stop: CancellationToken) -> Result<DemoSumma
         sc.serial = format!("FS101D8BS{:05}", 100 + i);
         sc.rate_per_sec = opts.rate_per_sec;
         if opts.faults && i + 1 == opts.cameras.max(1) {
-            sc.faults = Faults { bad_crc_every: Some(25), ..Faults::default() };
+            sc.faults = Faults { bad_crc_every: Some(10), ..Faults::default() };
         }
         let sim = SimCamera::start(sc).await?;
         let tls = TlsConfig { fingerprint_sha256: Some(sim.fingerprint()), ..TlsConfig::default() };
