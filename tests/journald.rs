@@ -28,17 +28,33 @@ impl Drop for Journald {
 }
 
 fn ensure_journald() -> Journald {
-    if Path::new(SOCKET).exists() && Command::new("journalctl").args(["-n", "1", "--no-pager"]).output().is_ok_and(|o| o.status.success()) {
+    if Path::new(SOCKET).exists()
+        && Command::new("journalctl")
+            .args(["-n", "1", "--no-pager"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    {
         return Journald(None);
     }
-    let bin = ["/lib/systemd/systemd-journald", "/usr/lib/systemd/systemd-journald"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .expect("systemd-journald not installed: run .ci/setup (Debian package systemd)");
-    let child = Command::new(bin).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start systemd-journald");
+    let bin = [
+        "/lib/systemd/systemd-journald",
+        "/usr/lib/systemd/systemd-journald",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists())
+    .expect("systemd-journald not installed: run .ci/setup (Debian package systemd)");
+    let child = Command::new(bin)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start systemd-journald");
     let t0 = Instant::now();
     while !Path::new(SOCKET).exists() {
-        assert!(t0.elapsed() < Duration::from_secs(10), "journald did not create {SOCKET}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "journald did not create {SOCKET}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     Journald(Some(child))
@@ -54,19 +70,34 @@ async fn camera_logs_carry_structured_fields() {
     cfg.cameras[0].secret = Some("wrong-secret".into()); // produces a warning with fields
     let path = dir.path().join("camgate.toml");
     std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
-    let mut child = Command::new(BIN).args(["run", "--config"]).arg(&path).stdin(Stdio::null()).spawn().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&path)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
     assert!(eventually(Duration::from_secs(20), || sim.totals().sign_rejected >= 1).await);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     assert!(child.wait().unwrap().success());
 
     let found = eventually(Duration::from_secs(10), || {
-        let out = Command::new("journalctl").args(["-o", "json", "--no-pager", "SYSLOG_IDENTIFIER=camgate"]).output().unwrap();
+        let out = Command::new("journalctl")
+            .args(["-o", "json", "--no-pager", "SYSLOG_IDENTIFIER=camgate"])
+            .output()
+            .unwrap();
         String::from_utf8_lossy(&out.stdout).lines().any(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
             v["CAMERA"] == name.as_str() && v["KIND"] == "refused" && v["PRIORITY"] == "4"
         })
     })
     .await;
-    assert!(found, "no journal entry with CAMERA={name} KIND=refused at warning priority");
+    assert!(
+        found,
+        "no journal entry with CAMERA={name} KIND=refused at warning priority"
+    );
 }

@@ -27,10 +27,18 @@ async fn in_process_sink_delivers_everything_once_to_tansu() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Tansu::start(dir.path());
     broker.create_topic(TOPIC, 3);
-    let outbox = Outbox::open(&OutboxConfig { dir: dir.path().join("outbox"), ..OutboxConfig::default() }).await.unwrap();
+    let outbox = Outbox::open(&OutboxConfig {
+        dir: dir.path().join("outbox"),
+        ..OutboxConfig::default()
+    })
+    .await
+    .unwrap();
     let reader = Reader::start(&broker.bootstrap(), TOPIC, 3);
     for i in 1..=200 {
-        outbox.append(envelope(&format!("cam-{}", i % 2), "SNT", i, 100)).await.unwrap();
+        outbox
+            .append(envelope(&format!("cam-{}", i % 2), "SNT", i, 100))
+            .await
+            .unwrap();
     }
     let status = Arc::new(SinkStatus::default());
     let stop = CancellationToken::new();
@@ -41,20 +49,43 @@ async fn in_process_sink_delivers_everything_once_to_tansu() {
         commit_interval_ms: 50,
         ..KafkaConfig::default()
     };
-    let task = tokio::spawn(KafkaSink { cfg, gateway_id: "gw-tansu".into(), status: status.clone(), observer: None }.run(outbox.clone(), stop.clone()));
+    let task = tokio::spawn(
+        KafkaSink {
+            cfg,
+            gateway_id: "gw-tansu".into(),
+            status: status.clone(),
+            observer: None,
+        }
+        .run(outbox.clone(), stop.clone()),
+    );
     let t0 = Instant::now();
     while status.snapshot(&outbox.stats(), 0).lag_events > 0 {
-        assert!(t0.elapsed() < Duration::from_secs(60), "not delivered to tansu: {:?}", status.snapshot(&outbox.stats(), 0));
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "not delivered to tansu: {:?}",
+            status.snapshot(&outbox.stats(), 0)
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let seen = tokio::task::spawn_blocking(move || reader.wait_for(200, Duration::from_secs(30))).await.unwrap();
+    let seen = tokio::task::spawn_blocking(move || reader.wait_for(200, Duration::from_secs(30)))
+        .await
+        .unwrap();
     let (distinct, total, dup) = tally(&seen);
     println!("tansu in-process: sent 200, delivered {distinct} distinct, {total} messages, {dup} duplicated keys");
     assert_eq!((distinct, total, dup), (200, 200, 0));
     for s in &seen {
-        assert_eq!(s.headers.get("gateway_id").map(String::as_str), Some("gw-tansu"));
-        assert_eq!(s.headers.get("event_type").map(String::as_str), Some("face_recog_event"));
-        assert!(s.headers.get("camera").is_some_and(|c| c.starts_with("cam-")));
+        assert_eq!(
+            s.headers.get("gateway_id").map(String::as_str),
+            Some("gw-tansu")
+        );
+        assert_eq!(
+            s.headers.get("event_type").map(String::as_str),
+            Some("face_recog_event")
+        );
+        assert!(s
+            .headers
+            .get("camera")
+            .is_some_and(|c| c.starts_with("cam-")));
     }
     stop.cancel();
     assert_eq!(task.await.unwrap().unwrap(), 200);
@@ -75,11 +106,18 @@ options = {{ "message.timeout.ms" = 3000, "reconnect.backoff.max.ms" = 500 }}
 "#,
         dir = dir.display()
     );
-    write_run_config(dir, &format!("{kafka}{}", channel_camera_toml(sim, "door-1")))
+    write_run_config(
+        dir,
+        &format!("{kafka}{}", channel_camera_toml(sim, "door-1")),
+    )
 }
 
 fn spawn_run(cfg: &std::path::Path, log: &std::path::Path) -> Daemon {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
     let child = Command::new(BIN)
         .args(["run", "--config"])
         .arg(cfg)
@@ -135,15 +173,27 @@ async fn camgate_run_survives_a_broker_crash_and_its_own_kill_9() {
     let serial = sc.serial.clone();
     let sim = SimCamera::start(sc).await.unwrap();
     let cfg = write_config(dir.path(), &sim, &broker.bootstrap());
-    let ok = Command::new(BIN).args(["check-config", "--config"]).arg(&cfg).output().unwrap();
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let ok = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     let log = dir.path().join("camgate.log");
     let mut lives: Vec<Vec<Seen>> = Vec::new();
     let mut reader = Reader::start(&broker.bootstrap(), TOPIC, 2);
     let mut d = spawn_run(&cfg, &log);
 
     // 1. Flowing.
-    assert!(wait_seen(&lives, &reader, 100, Duration::from_secs(30)).await, "first 100 events did not reach tansu; log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+    assert!(
+        wait_seen(&lives, &reader, 100, Duration::from_secs(30)).await,
+        "first 100 events did not reach tansu; log:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
 
     // 2. The broker crashes while events flow. Memory storage loses what it held, so the reader
     // must have read everything the broker acknowledged before it dies: camgate is frozen for a
@@ -163,7 +213,10 @@ async fn camgate_run_survives_a_broker_crash_and_its_own_kill_9() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     let during = kafka_health(dir.path());
     println!("during the broker outage: {during}");
-    assert!(during["lag_events"].as_u64().unwrap_or(0) > 0, "events wait in the outbox during the outage: {during}");
+    assert!(
+        during["lag_events"].as_u64().unwrap_or(0) > 0,
+        "events wait in the outbox during the outage: {during}"
+    );
     assert_eq!(during["connected"], false, "{during}");
     broker.restart();
     broker.create_topic(TOPIC, 2);
@@ -171,7 +224,13 @@ async fn camgate_run_survives_a_broker_crash_and_its_own_kill_9() {
 
     // 3. camgate is killed -9 mid-forwarding and restarted.
     assert!(
-        wait_seen(&lives, &reader, before_outage + 100, Duration::from_secs(60)).await,
+        wait_seen(
+            &lives,
+            &reader,
+            before_outage + 100,
+            Duration::from_secs(60)
+        )
+        .await,
         "no recovery after the broker restart; log:\n{}",
         std::fs::read_to_string(&log).unwrap_or_default()
     );
@@ -196,7 +255,11 @@ async fn camgate_run_survives_a_broker_crash_and_its_own_kill_9() {
         "tansu e2e (broker crash + camgate kill -9): camera published {published}, delivered {distinct} distinct, {total} messages, {dup} duplicated keys ({} extra copies)",
         total - distinct
     );
-    assert!(all_there, "not every event reached tansu: {distinct} of {EVENTS}; log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+    assert!(
+        all_there,
+        "not every event reached tansu: {distinct} of {EVENTS}; log:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
     // None lost: every event the camera generated is there, under its own key.
     let mut by_key: BTreeMap<String, Vec<&Seen>> = BTreeMap::new();
     for s in &seen {
@@ -204,13 +267,18 @@ async fn camgate_run_survives_a_broker_crash_and_its_own_kill_9() {
     }
     for id in 1..=EVENTS {
         let key = format!("{serial}/{id}");
-        let copies = by_key.get(&key).unwrap_or_else(|| panic!("event {key} lost"));
+        let copies = by_key
+            .get(&key)
+            .unwrap_or_else(|| panic!("event {key} lost"));
         // A duplicate is only ever the same event again (same key, same event).
         for c in copies {
             let env: serde_json::Value = serde_json::from_slice(&c.payload).unwrap();
             assert_eq!(env["event_id"], id, "{key}");
             assert_eq!(env["sn"], serial.as_str());
-            assert_eq!(c.headers.get("gateway_id").map(String::as_str), Some("gw-e2e"));
+            assert_eq!(
+                c.headers.get("gateway_id").map(String::as_str),
+                Some("gw-e2e")
+            );
             assert_eq!(c.headers.get("camera").map(String::as_str), Some("door-1"));
         }
     }

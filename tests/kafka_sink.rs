@@ -39,7 +39,12 @@ fn kafka_cfg(brokers: &str, dir: &std::path::Path) -> KafkaConfig {
 }
 
 async fn open_outbox(dir: &std::path::Path) -> Outbox {
-    Outbox::open(&OutboxConfig { dir: dir.join("outbox"), ..OutboxConfig::default() }).await.unwrap()
+    Outbox::open(&OutboxConfig {
+        dir: dir.join("outbox"),
+        ..OutboxConfig::default()
+    })
+    .await
+    .unwrap()
 }
 
 struct Running {
@@ -52,14 +57,23 @@ impl Running {
     fn start(outbox: &Outbox, cfg: KafkaConfig) -> Running {
         let status = Arc::new(SinkStatus::default());
         let stop = CancellationToken::new();
-        let sink = KafkaSink { cfg, gateway_id: "gw-test".into(), status: status.clone(), observer: None };
+        let sink = KafkaSink {
+            cfg,
+            gateway_id: "gw-test".into(),
+            status: status.clone(),
+            observer: None,
+        };
         let task = tokio::spawn(sink.run(outbox.clone(), stop.clone()));
         Running { stop, task, status }
     }
 
     async fn stop(self) -> u64 {
         self.stop.cancel();
-        tokio::time::timeout(Duration::from_secs(10), self.task).await.expect("sink stops in time").unwrap().unwrap()
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("sink stops in time")
+            .unwrap()
+            .unwrap()
     }
 
     fn lag(&self, outbox: &Outbox) -> u64 {
@@ -81,7 +95,11 @@ async fn until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
 fn committed(outbox_dir: &std::path::Path) -> Option<u64> {
     std::fs::read_to_string(outbox_dir.join("outbox").join("kafka.consumer"))
         .ok()
-        .and_then(|t| t.trim().strip_prefix("committed ").and_then(|v| v.parse().ok()))
+        .and_then(|t| {
+            t.trim()
+                .strip_prefix("committed ")
+                .and_then(|v| v.parse().ok())
+        })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,17 +115,43 @@ async fn every_event_arrives_once_with_key_and_headers() {
         sent.push(data);
     }
     let sink = Running::start(&outbox, kafka_cfg(&m.bootstrap_servers(), dir.path()));
-    assert!(until(Duration::from_secs(30), || sink.lag(&outbox) == 0).await, "{:?}", sink.status.snapshot(&outbox.stats(), 0));
-    let seen = tokio::task::spawn_blocking(move || reader.wait_for(300, Duration::from_secs(30))).await.unwrap();
+    assert!(
+        until(Duration::from_secs(30), || sink.lag(&outbox) == 0).await,
+        "{:?}",
+        sink.status.snapshot(&outbox.stats(), 0)
+    );
+    let seen = tokio::task::spawn_blocking(move || reader.wait_for(300, Duration::from_secs(30)))
+        .await
+        .unwrap();
     let (distinct, total, dup) = tally(&seen);
-    println!("mock: sent 300, delivered {distinct} distinct, {total} messages, {dup} duplicated keys");
+    println!(
+        "mock: sent 300, delivered {distinct} distinct, {total} messages, {dup} duplicated keys"
+    );
     assert_eq!((distinct, total, dup), (300, 300, 0), "exactly once");
     for s in &seen {
-        let id: i64 = s.key.strip_prefix("SN1/").expect("key is <sn>/<event_id>").parse().unwrap();
-        assert_eq!(s.payload, sent[(id - 1) as usize], "value is the stored envelope, byte for byte");
-        assert_eq!(s.headers.get("camera").map(String::as_str), Some(format!("cam-{}", id % 3).as_str()));
-        assert_eq!(s.headers.get("event_type").map(String::as_str), Some("face_recog_event"));
-        assert_eq!(s.headers.get("gateway_id").map(String::as_str), Some("gw-test"));
+        let id: i64 = s
+            .key
+            .strip_prefix("SN1/")
+            .expect("key is <sn>/<event_id>")
+            .parse()
+            .unwrap();
+        assert_eq!(
+            s.payload,
+            sent[(id - 1) as usize],
+            "value is the stored envelope, byte for byte"
+        );
+        assert_eq!(
+            s.headers.get("camera").map(String::as_str),
+            Some(format!("cam-{}", id % 3).as_str())
+        );
+        assert_eq!(
+            s.headers.get("event_type").map(String::as_str),
+            Some("face_recog_event")
+        );
+        assert_eq!(
+            s.headers.get("gateway_id").map(String::as_str),
+            Some("gw-test")
+        );
     }
     let snap = sink.status.snapshot(&outbox.stats(), 0);
     assert_eq!((snap.delivered, snap.dead_lettered), (300, 0));
@@ -125,30 +169,48 @@ async fn nothing_is_committed_while_the_broker_is_down_and_all_arrive_after() {
     let mut cfg = kafka_cfg(&m.bootstrap_servers(), dir.path());
     // Short librdkafka timeout: messages time out (MsgTimedOut) during the outage and must be
     // produced again, not dropped.
-    cfg.options.insert("message.timeout.ms".into(), OptionValue::Int(1500));
+    cfg.options
+        .insert("message.timeout.ms".into(), OptionValue::Int(1500));
     cfg.max_in_flight = 40;
     // Connected first, so the outage hits an established producer.
     for i in 1..=10 {
         outbox.append(envelope("door", "SN2", i, 10)).await.unwrap();
     }
     let sink = Running::start(&outbox, cfg);
-    assert!(until(Duration::from_secs(20), || sink.lag(&outbox) == 0).await, "first 10 delivered");
+    assert!(
+        until(Duration::from_secs(20), || sink.lag(&outbox) == 0).await,
+        "first 10 delivered"
+    );
     m.broker_down(1).unwrap();
     for i in 11..=110 {
         outbox.append(envelope("door", "SN2", i, 10)).await.unwrap();
     }
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let snap = sink.status.snapshot(&outbox.stats(), camgate::sign::unix_now_ms());
+    let snap = sink
+        .status
+        .snapshot(&outbox.stats(), camgate::sign::unix_now_ms());
     println!("during outage: {snap:?}");
     assert_eq!(snap.delivered, 10, "nothing delivered while down");
-    assert_eq!(snap.lag_events, 100, "nothing committed while down: the events wait in the outbox");
+    assert_eq!(
+        snap.lag_events, 100,
+        "nothing committed while down: the events wait in the outbox"
+    );
     assert_eq!(committed(dir.path()), Some(9));
     assert!(snap.retries > 0, "timed-out messages were retried");
     assert!(!snap.connected);
-    assert!(snap.oldest_pending_age_ms >= 4000, "the oldest waiting event ages: {snap:?}");
+    assert!(
+        snap.oldest_pending_age_ms >= 4000,
+        "the oldest waiting event ages: {snap:?}"
+    );
     m.broker_up(1).unwrap();
-    assert!(until(Duration::from_secs(60), || sink.lag(&outbox) == 0).await, "{:?}", sink.status.snapshot(&outbox.stats(), 0));
-    let seen = tokio::task::spawn_blocking(move || reader.wait_for(110, Duration::from_secs(30))).await.unwrap();
+    assert!(
+        until(Duration::from_secs(60), || sink.lag(&outbox) == 0).await,
+        "{:?}",
+        sink.status.snapshot(&outbox.stats(), 0)
+    );
+    let seen = tokio::task::spawn_blocking(move || reader.wait_for(110, Duration::from_secs(30)))
+        .await
+        .unwrap();
     let (distinct, total, dup) = tally(&seen);
     println!("mock outage: sent 110, delivered {distinct} distinct, {total} messages, {dup} duplicated keys, retries {}", sink.status.snapshot(&outbox.stats(), 0).retries);
     assert_eq!(distinct, 110, "every event delivered after the outage");
@@ -164,27 +226,46 @@ async fn message_too_large_is_dead_lettered_and_the_rest_flows() {
     let reader = Reader::start(&m.bootstrap_servers(), TOPIC, 1);
     let mut cfg = kafka_cfg(&m.bootstrap_servers(), dir.path());
     // librdkafka refuses records over message.max.bytes before sending them.
-    cfg.options.insert("message.max.bytes".into(), OptionValue::Int(20_000));
+    cfg.options
+        .insert("message.max.bytes".into(), OptionValue::Int(20_000));
     let sink = Running::start(&outbox, cfg);
     for i in 1..=20 {
         outbox.append(envelope("door", "SN3", i, 10)).await.unwrap();
     }
-    outbox.append(envelope("door", "SN3", 21, 50_000)).await.unwrap();
+    outbox
+        .append(envelope("door", "SN3", 21, 50_000))
+        .await
+        .unwrap();
     for i in 22..=40 {
         outbox.append(envelope("door", "SN3", i, 10)).await.unwrap();
     }
-    assert!(until(Duration::from_secs(30), || sink.lag(&outbox) == 0).await, "{:?}", sink.status.snapshot(&outbox.stats(), 0));
+    assert!(
+        until(Duration::from_secs(30), || sink.lag(&outbox) == 0).await,
+        "{:?}",
+        sink.status.snapshot(&outbox.stats(), 0)
+    );
     // The broker refuses one for size (error injected on the next Produce request).
     m.request_errors(
         rdkafka::types::RDKafkaApiKey::Produce,
         &[rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
     );
-    outbox.append(envelope("door", "SN3", 41, 10)).await.unwrap();
-    assert!(until(Duration::from_secs(30), || sink.lag(&outbox) == 0).await, "{:?}", sink.status.snapshot(&outbox.stats(), 0));
+    outbox
+        .append(envelope("door", "SN3", 41, 10))
+        .await
+        .unwrap();
+    assert!(
+        until(Duration::from_secs(30), || sink.lag(&outbox) == 0).await,
+        "{:?}",
+        sink.status.snapshot(&outbox.stats(), 0)
+    );
     for i in 42..=60 {
         outbox.append(envelope("door", "SN3", i, 10)).await.unwrap();
     }
-    assert!(until(Duration::from_secs(30), || sink.lag(&outbox) == 0).await, "{:?}", sink.status.snapshot(&outbox.stats(), 0));
+    assert!(
+        until(Duration::from_secs(30), || sink.lag(&outbox) == 0).await,
+        "{:?}",
+        sink.status.snapshot(&outbox.stats(), 0)
+    );
     let snap = sink.status.snapshot(&outbox.stats(), 0);
     assert_eq!(snap.dead_lettered, 2, "{snap:?}");
     assert_eq!(snap.delivered, 58);
@@ -200,9 +281,14 @@ async fn message_too_large_is_dead_lettered_and_the_rest_flows() {
     for l in &lines {
         let reason = l["reason"].as_str().unwrap();
         assert!(reason.contains("MessageSizeTooLarge"), "{reason}");
-        assert_eq!(l["record"]["sn"], "SN3", "the whole stored envelope is kept");
+        assert_eq!(
+            l["record"]["sn"], "SN3",
+            "the whole stored envelope is kept"
+        );
     }
-    let seen = tokio::task::spawn_blocking(move || reader.wait_for(58, Duration::from_secs(30))).await.unwrap();
+    let seen = tokio::task::spawn_blocking(move || reader.wait_for(58, Duration::from_secs(30)))
+        .await
+        .unwrap();
     let (distinct, total, dup) = tally(&seen);
     println!("mock too-large: sent 60, dead-lettered 2, delivered {distinct} distinct, {total} messages, {dup} duplicated keys");
     assert_eq!((distinct, total), (58, 58));
@@ -230,7 +316,9 @@ async fn a_restarted_sink_resumes_after_its_last_commit() {
     let sink = Running::start(&outbox, kafka_cfg(&m.bootstrap_servers(), dir.path()));
     assert!(until(Duration::from_secs(30), || sink.lag(&outbox) == 0).await);
     assert_eq!(sink.stop().await, 30, "only the new events");
-    let seen = tokio::task::spawn_blocking(move || reader.wait_for(80, Duration::from_secs(30))).await.unwrap();
+    let seen = tokio::task::spawn_blocking(move || reader.wait_for(80, Duration::from_secs(30)))
+        .await
+        .unwrap();
     assert_eq!(tally(&seen), (80, 80, 0));
 }
 
@@ -246,21 +334,37 @@ async fn a_full_producer_queue_backs_off_and_loses_nothing() {
     let mut cfg = kafka_cfg(&m.bootstrap_servers(), dir.path());
     // librdkafka's queue far smaller than the sink's window: most enqueues are refused with
     // QueueFull until deliveries drain it.
-    cfg.options.insert("queue.buffering.max.messages".into(), OptionValue::Int(8));
+    cfg.options
+        .insert("queue.buffering.max.messages".into(), OptionValue::Int(8));
     cfg.options.insert("linger.ms".into(), OptionValue::Int(20));
     cfg.max_in_flight = 1000;
     let sink = Running::start(&outbox, cfg);
-    assert!(until(Duration::from_secs(60), || sink.lag(&outbox) == 0).await, "{:?}", sink.status.snapshot(&outbox.stats(), 0));
+    assert!(
+        until(Duration::from_secs(60), || sink.lag(&outbox) == 0).await,
+        "{:?}",
+        sink.status.snapshot(&outbox.stats(), 0)
+    );
     let snap = sink.status.snapshot(&outbox.stats(), 0);
     assert_eq!((snap.delivered, snap.dead_lettered), (400, 0), "{snap:?}");
-    assert!(snap.queue_full > 0, "librdkafka's queue of 8 must have refused some of 400: {snap:?}");
-    assert_eq!(snap.retries, 0, "a full local queue is not a broker failure: {snap:?}");
-    let seen = tokio::task::spawn_blocking(move || reader.wait_for(400, Duration::from_secs(30))).await.unwrap();
+    assert!(
+        snap.queue_full > 0,
+        "librdkafka's queue of 8 must have refused some of 400: {snap:?}"
+    );
+    assert_eq!(
+        snap.retries, 0,
+        "a full local queue is not a broker failure: {snap:?}"
+    );
+    let seen = tokio::task::spawn_blocking(move || reader.wait_for(400, Duration::from_secs(30)))
+        .await
+        .unwrap();
     let (distinct, total, dup) = tally(&seen);
     println!("mock queue full: sent 400, delivered {distinct} distinct, {total} messages, {dup} duplicated keys");
     assert_eq!((distinct, total, dup), (400, 400, 0));
     // In offset order per key prefix: the retries kept the outbox order.
-    let mut ids: Vec<i64> = seen.iter().map(|s| s.key.strip_prefix("SN5/").unwrap().parse().unwrap()).collect();
+    let mut ids: Vec<i64> = seen
+        .iter()
+        .map(|s| s.key.strip_prefix("SN5/").unwrap().parse().unwrap())
+        .collect();
     ids.sort_unstable();
     assert!(ids.iter().copied().eq(1..=400));
     sink.stop().await;
@@ -273,7 +377,8 @@ async fn an_unwritable_dead_letter_file_holds_the_cursor_until_it_can_be_written
     let dir = tempfile::tempdir().unwrap();
     let outbox = open_outbox(dir.path()).await;
     let mut cfg = kafka_cfg(&m.bootstrap_servers(), dir.path());
-    cfg.options.insert("message.max.bytes".into(), OptionValue::Int(20_000));
+    cfg.options
+        .insert("message.max.bytes".into(), OptionValue::Int(20_000));
     // The dead-letter file's directory is a plain file: not creatable, not even by root.
     let blocker = dir.path().join("blocked");
     std::fs::write(&blocker, b"not a directory").unwrap();
@@ -282,12 +387,20 @@ async fn an_unwritable_dead_letter_file_holds_the_cursor_until_it_can_be_written
     for i in 1..=10 {
         outbox.append(envelope("door", "SN6", i, 10)).await.unwrap();
     }
-    outbox.append(envelope("door", "SN6", 11, 50_000)).await.unwrap();
+    outbox
+        .append(envelope("door", "SN6", 11, 50_000))
+        .await
+        .unwrap();
     for i in 12..=20 {
         outbox.append(envelope("door", "SN6", i, 10)).await.unwrap();
     }
     assert!(
-        until(Duration::from_secs(30), || sink.status.snapshot(&outbox.stats(), 0).last_error.is_some_and(|e| e.contains("not writable"))).await,
+        until(Duration::from_secs(30), || sink
+            .status
+            .snapshot(&outbox.stats(), 0)
+            .last_error
+            .is_some_and(|e| e.contains("not writable")))
+        .await,
         "{:?}",
         sink.status.snapshot(&outbox.stats(), 0)
     );
@@ -297,13 +410,22 @@ async fn an_unwritable_dead_letter_file_holds_the_cursor_until_it_can_be_written
     let snap = sink.status.snapshot(&outbox.stats(), 0);
     assert_eq!(snap.lag_events, 10, "{snap:?}");
     assert_eq!(snap.dead_lettered, 0);
-    assert!(committed(dir.path()).is_some_and(|c| c <= 9), "{:?}", committed(dir.path()));
+    assert!(
+        committed(dir.path()).is_some_and(|c| c <= 9),
+        "{:?}",
+        committed(dir.path())
+    );
     // The operator fixes the disk: the record is set aside and everything flows.
     std::fs::remove_file(&blocker).unwrap();
-    assert!(until(Duration::from_secs(30), || sink.lag(&outbox) == 0).await, "{:?}", sink.status.snapshot(&outbox.stats(), 0));
+    assert!(
+        until(Duration::from_secs(30), || sink.lag(&outbox) == 0).await,
+        "{:?}",
+        sink.status.snapshot(&outbox.stats(), 0)
+    );
     let snap = sink.status.snapshot(&outbox.stats(), 0);
     assert_eq!((snap.delivered, snap.dead_lettered), (19, 1), "{snap:?}");
-    let dead = std::fs::read_to_string(blocker.join("dead.jsonl")).expect("dead-letter written once writable");
+    let dead = std::fs::read_to_string(blocker.join("dead.jsonl"))
+        .expect("dead-letter written once writable");
     assert_eq!(dead.lines().count(), 1);
     assert!(dead.contains("\"key\":\"SN6/11\""), "{dead}");
     sink.stop().await;

@@ -47,14 +47,20 @@ impl Drop for Subscriber {
 static IDS: AtomicU64 = AtomicU64::new(0);
 
 fn client_id(tag: &str) -> String {
-    format!("t-{tag}-{}-{}", std::process::id(), IDS.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "t-{tag}-{}-{}",
+        std::process::id(),
+        IDS.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// `persistent`: clean_session = false, so messages published while it is away (broker
 /// restart) are queued for it by the broker.
 async fn subscribe(port: u16, filter: &str, persistent: bool) -> Subscriber {
     let mut o = MqttOptions::new(client_id("sub"), "127.0.0.1", port);
-    o.set_clean_session(!persistent).set_keep_alive(Duration::from_secs(5)).set_max_packet_size(1 << 20, 1 << 20);
+    o.set_clean_session(!persistent)
+        .set_keep_alive(Duration::from_secs(5))
+        .set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut el) = AsyncClient::new(o, 16);
     let got = Arc::new(Mutex::new(Vec::new()));
     let subscribed = Arc::new(AtomicBool::new(false));
@@ -64,20 +70,37 @@ async fn subscribe(port: u16, filter: &str, persistent: bool) -> Subscriber {
             match el.poll().await {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     if !ack.session_present {
-                        client.subscribe(filter.clone(), QoS::AtLeastOnce).await.unwrap();
+                        client
+                            .subscribe(filter.clone(), QoS::AtLeastOnce)
+                            .await
+                            .unwrap();
                     }
                 }
                 Ok(Event::Incoming(Packet::SubAck(_))) => s.store(true, Ordering::Relaxed),
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    g.lock().unwrap().push(Msg { topic: p.topic.clone(), payload: p.payload.to_vec(), qos: p.qos });
+                    g.lock().unwrap().push(Msg {
+                        topic: p.topic.clone(),
+                        payload: p.payload.to_vec(),
+                        qos: p.qos,
+                    });
                 }
                 Ok(_) => {}
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         }
     });
-    let sub = Subscriber { got, subscribed, task };
-    assert!(eventually(Duration::from_secs(10), || sub.subscribed.load(Ordering::Relaxed)).await, "subscriber got no SUBACK");
+    let sub = Subscriber {
+        got,
+        subscribed,
+        task,
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || sub
+            .subscribed
+            .load(Ordering::Relaxed))
+        .await,
+        "subscriber got no SUBACK"
+    );
     sub
 }
 
@@ -90,7 +113,8 @@ impl Subscriber {
     fn counts(&self) -> BTreeMap<(String, i64), u32> {
         let mut m = BTreeMap::new();
         for msg in self.messages() {
-            let e: StoredEnvelope = serde_json::from_slice(&msg.payload).expect("payload is the stored envelope");
+            let e: StoredEnvelope =
+                serde_json::from_slice(&msg.payload).expect("payload is the stored envelope");
             *m.entry((e.sn.into_owned(), e.event_id.0)).or_insert(0) += 1;
         }
         m
@@ -106,7 +130,9 @@ async fn retained(port: u16, topic: &str) -> Option<String> {
     let found = tokio::time::timeout(Duration::from_secs(3), async {
         loop {
             match el.poll().await {
-                Ok(Event::Incoming(Packet::Publish(p))) if p.retain => return Some(String::from_utf8_lossy(&p.payload).into_owned()),
+                Ok(Event::Incoming(Packet::Publish(p))) if p.retain => {
+                    return Some(String::from_utf8_lossy(&p.payload).into_owned())
+                }
                 Ok(_) => {}
                 Err(_) => return None,
             }
@@ -133,11 +159,21 @@ async fn eventually_retained(port: u16, topic: &str, want: &str, limit: Duration
 }
 
 async fn open_outbox(dir: &std::path::Path) -> Outbox {
-    Outbox::open(&OutboxConfig { dir: dir.join("outbox"), ..OutboxConfig::default() }).await.unwrap()
+    Outbox::open(&OutboxConfig {
+        dir: dir.join("outbox"),
+        ..OutboxConfig::default()
+    })
+    .await
+    .unwrap()
 }
 
 fn sink_config(port: u16, gateway: &str) -> MqttConfig {
-    MqttConfig { backoff_min_ms: 200, backoff_max_ms: 1000, connect_timeout_secs: 2, ..MqttConfig::new("127.0.0.1", port, gateway) }
+    MqttConfig {
+        backoff_min_ms: 200,
+        backoff_max_ms: 1000,
+        connect_timeout_secs: 2,
+        ..MqttConfig::new("127.0.0.1", port, gateway)
+    }
 }
 
 /// Offset + 1 of the sink's last commit, from its status (the sink is the only consumer, so
@@ -155,7 +191,10 @@ async fn settled_commit(outbox: &Outbox, status: &SinkStatus) -> u64 {
     let t0 = Instant::now();
     let (mut last, mut since) = (committed_next(outbox, status), Instant::now());
     while since.elapsed() < QUIET {
-        assert!(t0.elapsed() < Duration::from_secs(30), "the committed position kept moving for 30 s");
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the committed position kept moving for 30 s"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
         let now = committed_next(outbox, status);
         if now != last {
@@ -174,13 +213,30 @@ async fn events_arrive_on_their_topics_with_qos1_and_availability_is_retained() 
     let cameras = ["door-1", "door/2+#", ""];
     let n = 30;
     for i in 0..n {
-        outbox.append(Bytes::from(sample_envelope(cameras[i % 3], 1 + i as i64, 1_000))).await.unwrap();
+        outbox
+            .append(Bytes::from(sample_envelope(
+                cameras[i % 3],
+                1 + i as i64,
+                1_000,
+            )))
+            .await
+            .unwrap();
     }
     let status = Arc::new(SinkStatus::default());
     let stop = CancellationToken::new();
-    let task = tokio::spawn(mqtt::run(outbox.clone(), sink_config(broker.port, "gw-test"), "gw-test".into(), status.clone(), stop.clone()));
+    let task = tokio::spawn(mqtt::run(
+        outbox.clone(),
+        sink_config(broker.port, "gw-test"),
+        "gw-test".into(),
+        status.clone(),
+        stop.clone(),
+    ));
 
-    assert!(eventually(Duration::from_secs(20), || sub.messages().len() >= n).await, "{} of {n} arrived", sub.messages().len());
+    assert!(
+        eventually(Duration::from_secs(20), || sub.messages().len() >= n).await,
+        "{} of {n} arrived",
+        sub.messages().len()
+    );
     let msgs = sub.messages();
     assert_eq!(msgs.len(), n, "no duplicates on a healthy connection");
     let expected = [
@@ -190,15 +246,28 @@ async fn events_arrive_on_their_topics_with_qos1_and_availability_is_retained() 
     ];
     for m in &msgs {
         let e: StoredEnvelope = serde_json::from_slice(&m.payload).unwrap();
-        let idx = cameras.iter().position(|c| *c == e.camera).expect("camera name kept verbatim in the payload");
+        let idx = cameras
+            .iter()
+            .position(|c| *c == e.camera)
+            .expect("camera name kept verbatim in the payload");
         assert_eq!(m.topic, expected[idx]);
-        assert_eq!(m.qos, QoS::AtLeastOnce, "subscribed with QoS 1, published with QoS 1");
+        assert_eq!(
+            m.qos,
+            QoS::AtLeastOnce,
+            "subscribed with QoS 1, published with QoS 1"
+        );
         assert_eq!(e.event_type, "face_recog_event");
     }
     let ids: Vec<i64> = sub.counts().keys().map(|k| k.1).collect();
     assert_eq!(ids, (1..=n as i64).collect::<Vec<_>>());
 
-    eventually_retained(broker.port, "camgate/gw-test/status", "online", Duration::from_secs(5)).await;
+    eventually_retained(
+        broker.port,
+        "camgate/gw-test/status",
+        "online",
+        Duration::from_secs(5),
+    )
+    .await;
     // Commits are spaced out when the disk is slow (at most 2 s apart).
     assert!(
         eventually(Duration::from_secs(15), || {
@@ -211,7 +280,13 @@ async fn events_arrive_on_their_topics_with_qos1_and_availability_is_retained() 
     );
     stop.cancel();
     assert_eq!(task.await.unwrap().unwrap(), n as u64);
-    eventually_retained(broker.port, "camgate/gw-test/status", "offline", Duration::from_secs(5)).await;
+    eventually_retained(
+        broker.port,
+        "camgate/gw-test/status",
+        "offline",
+        Duration::from_secs(5),
+    )
+    .await;
     assert_eq!(committed_next(&outbox, &status), n as u64);
     drop(broker);
 }
@@ -222,12 +297,30 @@ async fn an_aborted_sink_leaves_offline_through_its_last_will() {
     let broker = Mosquitto::start(&dir.path().join("broker"));
     let outbox = open_outbox(dir.path()).await;
     let status = Arc::new(SinkStatus::default());
-    let task = tokio::spawn(mqtt::run(outbox.clone(), sink_config(broker.port, "gw-will"), "gw-will".into(), status.clone(), CancellationToken::new()));
-    eventually_retained(broker.port, "camgate/gw-will/status", "online", Duration::from_secs(10)).await;
+    let task = tokio::spawn(mqtt::run(
+        outbox.clone(),
+        sink_config(broker.port, "gw-will"),
+        "gw-will".into(),
+        status.clone(),
+        CancellationToken::new(),
+    ));
+    eventually_retained(
+        broker.port,
+        "camgate/gw-will/status",
+        "online",
+        Duration::from_secs(10),
+    )
+    .await;
     // No DISCONNECT, no offline publish: only the broker's will can say it.
     task.abort();
     let _ = task.await;
-    eventually_retained(broker.port, "camgate/gw-will/status", "offline", Duration::from_secs(5)).await;
+    eventually_retained(
+        broker.port,
+        "camgate/gw-will/status",
+        "offline",
+        Duration::from_secs(5),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,7 +331,13 @@ async fn broker_outage_loses_nothing_and_commits_nothing_while_down() {
     let outbox = open_outbox(dir.path()).await;
     let status = Arc::new(SinkStatus::default());
     let stop = CancellationToken::new();
-    let task = tokio::spawn(mqtt::run(outbox.clone(), sink_config(broker.port, "gw-out"), "gw-out".into(), status.clone(), stop.clone()));
+    let task = tokio::spawn(mqtt::run(
+        outbox.clone(),
+        sink_config(broker.port, "gw-out"),
+        "gw-out".into(),
+        status.clone(),
+        stop.clone(),
+    ));
 
     // 12 s of events at 100/s: they keep coming all through the outage below.
     let n: i64 = 1200;
@@ -247,24 +346,51 @@ async fn broker_outage_loses_nothing_and_commits_nothing_while_down() {
         let mut tick = tokio::time::interval(Duration::from_millis(10));
         for id in 1..=n {
             tick.tick().await;
-            ob.append(Bytes::from(sample_envelope("door-1", id, camgate::sign::unix_now_ms()))).await.unwrap();
+            ob.append(Bytes::from(sample_envelope(
+                "door-1",
+                id,
+                camgate::sign::unix_now_ms(),
+            )))
+            .await
+            .unwrap();
         }
     });
-    assert!(eventually(Duration::from_secs(20), || sub.messages().len() >= 100).await, "forwarding did not start");
+    assert!(
+        eventually(Duration::from_secs(20), || sub.messages().len() >= 100).await,
+        "forwarding did not start"
+    );
 
     tokio::task::block_in_place(|| broker.stop());
-    assert!(eventually(Duration::from_secs(5), || !status.snapshot(&outbox.stats(), 0).connected).await);
+    assert!(
+        eventually(Duration::from_secs(5), || !status
+            .snapshot(&outbox.stats(), 0)
+            .connected)
+        .await
+    );
     let committed_at_stop = settled_commit(&outbox, &status).await;
     let delivered_at_stop = status.delivered.load(Ordering::Relaxed);
     let appended_at_stop = outbox.stats().next_offset;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let appended_while_down = outbox.stats().next_offset - appended_at_stop;
-    assert!(appended_while_down > 100, "events kept arriving while the broker was down: {appended_while_down}");
-    assert_eq!(committed_next(&outbox, &status), committed_at_stop, "nothing may be committed while the broker is down");
+    assert!(
+        appended_while_down > 100,
+        "events kept arriving while the broker was down: {appended_while_down}"
+    );
+    assert_eq!(
+        committed_next(&outbox, &status),
+        committed_at_stop,
+        "nothing may be committed while the broker is down"
+    );
     assert_eq!(status.delivered.load(Ordering::Relaxed), delivered_at_stop);
     let snap = status.snapshot(&outbox.stats(), camgate::sign::unix_now_ms());
-    assert!(snap.retries >= 1 && snap.lag_events >= appended_while_down, "{snap:?}");
-    assert!(snap.lag_bytes > snap.lag_events * 100, "lag in bytes covers the stored events: {snap:?}");
+    assert!(
+        snap.retries >= 1 && snap.lag_events >= appended_while_down,
+        "{snap:?}"
+    );
+    assert!(
+        snap.lag_bytes > snap.lag_events * 100,
+        "lag in bytes covers the stored events: {snap:?}"
+    );
     assert!(snap.last_error.is_some());
 
     tokio::task::block_in_place(|| broker.restart());
@@ -281,8 +407,17 @@ async fn broker_outage_loses_nothing_and_commits_nothing_while_down() {
     let received: u32 = counts.values().sum();
     let duplicated = counts.values().filter(|c| **c > 1).count();
     println!("broker outage: sent {n}, delivered {} distinct ({received} messages), duplicated {duplicated}, committed before the stop {committed_at_stop}", counts.len());
-    assert!(counts.keys().map(|k| k.1).eq(1..=n), "every event id arrived");
-    assert!(eventually(Duration::from_secs(15), || status.snapshot(&outbox.stats(), 0).lag_events == 0).await);
+    assert!(
+        counts.keys().map(|k| k.1).eq(1..=n),
+        "every event id arrived"
+    );
+    assert!(
+        eventually(Duration::from_secs(15), || status
+            .snapshot(&outbox.stats(), 0)
+            .lag_events
+            == 0)
+        .await
+    );
     stop.cancel();
     task.await.unwrap().unwrap();
     assert_eq!(committed_next(&outbox, &status), n as u64);
@@ -301,26 +436,57 @@ async fn unacknowledged_publishes_are_not_committed_and_are_sent_again() {
     let outbox = open_outbox(dir.path()).await;
     let status = Arc::new(SinkStatus::default());
     let stop = CancellationToken::new();
-    let cfg = MqttConfig { keep_alive_secs: 2, ..sink_config(broker.port, "gw-frz") };
-    let task = tokio::spawn(mqtt::run(outbox.clone(), cfg, "gw-frz".into(), status.clone(), stop.clone()));
+    let cfg = MqttConfig {
+        keep_alive_secs: 2,
+        ..sink_config(broker.port, "gw-frz")
+    };
+    let task = tokio::spawn(mqtt::run(
+        outbox.clone(),
+        cfg,
+        "gw-frz".into(),
+        status.clone(),
+        stop.clone(),
+    ));
     let n: i64 = 800;
     let ob = outbox.clone();
     let feeder = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(5));
         for id in 1..=n {
             tick.tick().await;
-            ob.append(Bytes::from(sample_envelope("door-1", id, camgate::sign::unix_now_ms()))).await.unwrap();
+            ob.append(Bytes::from(sample_envelope(
+                "door-1",
+                id,
+                camgate::sign::unix_now_ms(),
+            )))
+            .await
+            .unwrap();
         }
     });
-    assert!(eventually(Duration::from_secs(20), || sub.messages().len() >= 100).await, "forwarding did not start");
+    assert!(
+        eventually(Duration::from_secs(20), || sub.messages().len() >= 100).await,
+        "forwarding did not start"
+    );
     broker.freeze();
     let frozen_at = settled_commit(&outbox, &status).await;
     let snap = status.snapshot(&outbox.stats(), camgate::sign::unix_now_ms());
-    assert!(snap.oldest_pending_age_ms > 1000, "publishes are out and unacknowledged: {snap:?}");
+    assert!(
+        snap.oldest_pending_age_ms > 1000,
+        "publishes are out and unacknowledged: {snap:?}"
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(committed_next(&outbox, &status), frozen_at, "nothing unacknowledged may be committed");
+    assert_eq!(
+        committed_next(&outbox, &status),
+        frozen_at,
+        "nothing unacknowledged may be committed"
+    );
     // The sink gives the frozen connection up (keep-alive 2 s) before the broker comes back.
-    assert!(eventually(Duration::from_secs(20), || !status.snapshot(&outbox.stats(), 0).connected).await, "the sink did not notice");
+    assert!(
+        eventually(Duration::from_secs(20), || !status
+            .snapshot(&outbox.stats(), 0)
+            .connected)
+        .await,
+        "the sink did not notice"
+    );
     broker.thaw();
     feeder.await.unwrap();
     assert!(
@@ -333,18 +499,35 @@ async fn unacknowledged_publishes_are_not_committed_and_are_sent_again() {
     let duplicated = counts.values().filter(|c| **c > 1).count();
     println!("frozen then thawed broker: sent {n}, delivered {} distinct ({received} messages), duplicated {duplicated}, committed at the freeze {frozen_at}", counts.len());
     assert!(status.retries.load(Ordering::Relaxed) >= 1);
-    assert!(eventually(Duration::from_secs(15), || status.snapshot(&outbox.stats(), 0).lag_events == 0).await);
+    assert!(
+        eventually(Duration::from_secs(15), || status
+            .snapshot(&outbox.stats(), 0)
+            .lag_events
+            == 0)
+        .await
+    );
     stop.cancel();
     task.await.unwrap().unwrap();
 }
 
 fn write_config(dir: &std::path::Path, sim: &SimCamera, mqtt_port: u16) -> std::path::PathBuf {
     let mqtt = format!("[mqtt]\nhost = \"127.0.0.1\"\nport = {mqtt_port}\ngateway_id = \"gw-proc\"\nbackoff_min_ms = 200\nbackoff_max_ms = 1000\n");
-    write_run_config(dir, &format!("{mqtt}{}", channel_camera_toml(sim, "door-1")))
+    write_run_config(
+        dir,
+        &format!("{mqtt}{}", channel_camera_toml(sim, "door-1")),
+    )
 }
 
 fn spawn_run(cfg: &std::path::Path) -> Daemon {
-    Daemon(Command::new(BIN).args(["run", "--config"]).arg(cfg).stdin(Stdio::null()).stdout(Stdio::null()).spawn().unwrap())
+    Daemon(
+        Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(cfg)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -354,42 +537,92 @@ async fn kill_9_of_camgate_mid_forwarding_then_restart_delivers_everything() {
     let sub = subscribe(broker.port, "camgate/gw-proc/events/#", true).await;
     let sim = SimCamera::start(sim_config(100.0)).await.unwrap();
     let cfg = write_config(dir.path(), &sim, broker.port);
-    let check = Command::new(BIN).args(["check-config", "--config"]).arg(&cfg).output().unwrap();
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    let check = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
 
     let mut d = spawn_run(&cfg);
-    assert!(eventually(Duration::from_secs(30), || sub.messages().len() >= 100).await, "forwarding did not start: {}", sub.messages().len());
+    assert!(
+        eventually(Duration::from_secs(30), || sub.messages().len() >= 100).await,
+        "forwarding did not start: {}",
+        sub.messages().len()
+    );
     d.0.kill().unwrap(); // SIGKILL
     d.0.wait().unwrap();
-    eventually_retained(broker.port, "camgate/gw-proc/status", "offline", Duration::from_secs(5)).await;
+    eventually_retained(
+        broker.port,
+        "camgate/gw-proc/status",
+        "offline",
+        Duration::from_secs(5),
+    )
+    .await;
     let at_kill = sub.counts().len();
     // The camera keeps publishing into the void, then re-sends what was not acknowledged.
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let mut d = spawn_run(&cfg);
-    eventually_retained(broker.port, "camgate/gw-proc/status", "online", Duration::from_secs(20)).await;
-    assert!(eventually(Duration::from_secs(20), || sub.counts().len() > at_kill + 100).await, "forwarding did not resume");
+    eventually_retained(
+        broker.port,
+        "camgate/gw-proc/status",
+        "online",
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(
+        eventually(Duration::from_secs(20), || sub.counts().len()
+            > at_kill + 100)
+        .await,
+        "forwarding did not resume"
+    );
     sim.set_paused(true);
     let outbox_dir = dir.path().join("outbox");
     let all_delivered = || {
         let got = sub.counts();
-        stored_events(&outbox_dir).iter().all(|k| got.contains_key(k))
+        stored_events(&outbox_dir)
+            .iter()
+            .all(|k| got.contains_key(k))
     };
-    assert!(eventually(Duration::from_secs(30), all_delivered).await, "stored events missing at the subscriber");
+    assert!(
+        eventually(Duration::from_secs(30), all_delivered).await,
+        "stored events missing at the subscriber"
+    );
 
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(d.0.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(d.0.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     let t0 = Instant::now();
     while d.0.try_wait().unwrap().is_none() {
-        assert!(t0.elapsed() < Duration::from_secs(10), "camgate did not stop");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "camgate did not stop"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    eventually_retained(broker.port, "camgate/gw-proc/status", "offline", Duration::from_secs(5)).await;
+    eventually_retained(
+        broker.port,
+        "camgate/gw-proc/status",
+        "offline",
+        Duration::from_secs(5),
+    )
+    .await;
 
     let stored = stored_events(&outbox_dir);
     assert_acked_are_stored(&sim, "FS101D8BS00106", &outbox_dir);
     let counts = sub.counts();
     let missing: Vec<_> = stored.iter().filter(|k| !counts.contains_key(*k)).collect();
-    assert!(missing.is_empty(), "stored but never delivered: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "stored but never delivered: {missing:?}"
+    );
     let received: u32 = counts.values().sum();
     let duplicated = counts.values().filter(|c| **c > 1).count();
     println!(
@@ -398,5 +631,8 @@ async fn kill_9_of_camgate_mid_forwarding_then_restart_delivers_everything() {
         stored.len(),
         counts.len()
     );
-    assert!(stored.len() > at_kill, "events were stored after the restart too");
+    assert!(
+        stored.len() > at_kill,
+        "events were stored after the restart too"
+    );
 }

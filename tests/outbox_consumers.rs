@@ -8,7 +8,12 @@ use bytes::Bytes;
 use camgate::outbox::{Consumer, Offset, Outbox, OutboxConfig, OutboxError, Record};
 
 fn cfg(dir: &Path, max_bytes: u64, segment_bytes: u64) -> OutboxConfig {
-    OutboxConfig { dir: dir.to_owned(), max_bytes, segment_bytes, ..OutboxConfig::default() }
+    OutboxConfig {
+        dir: dir.to_owned(),
+        max_bytes,
+        segment_bytes,
+        ..OutboxConfig::default()
+    }
 }
 
 fn event(i: u64) -> Bytes {
@@ -18,7 +23,9 @@ fn event(i: u64) -> Bytes {
 async fn read_n(c: &mut Consumer, n: usize) -> Vec<Record> {
     let mut out = Vec::new();
     while out.len() < n {
-        let batch = tokio::time::timeout(Duration::from_secs(10), c.next_batch(n - out.len())).await.expect("next_batch hung");
+        let batch = tokio::time::timeout(Duration::from_secs(10), c.next_batch(n - out.len()))
+            .await
+            .expect("next_batch hung");
         out.extend(batch.unwrap());
     }
     out
@@ -45,7 +52,10 @@ async fn full_refuses_without_dropping_and_recovers_after_commit() {
     let first_full = loop {
         match outbox.append(event(i)).await {
             Ok(off) => acked.push((off, event(i))),
-            Err(OutboxError::Full { stored_bytes, max_bytes }) => break (stored_bytes, max_bytes),
+            Err(OutboxError::Full {
+                stored_bytes,
+                max_bytes,
+            }) => break (stored_bytes, max_bytes),
             Err(e) => panic!("{e}"),
         }
         i += 1;
@@ -53,21 +63,39 @@ async fn full_refuses_without_dropping_and_recovers_after_commit() {
     };
     assert_eq!(first_full.1, 16 * 1024);
     for _ in 0..5 {
-        assert!(matches!(outbox.append(event(i)).await, Err(OutboxError::Full { .. })), "full must persist");
+        assert!(
+            matches!(outbox.append(event(i)).await, Err(OutboxError::Full { .. })),
+            "full must persist"
+        );
     }
     let s = outbox.stats();
     assert_eq!(s.refused_full, 6);
     assert!(s.stored_bytes <= cfg.max_bytes);
-    assert_eq!(s.next_offset, acked.len() as u64, "a refused append must not take an offset");
+    assert_eq!(
+        s.next_offset,
+        acked.len() as u64,
+        "a refused append must not take an offset"
+    );
 
     // Every acknowledged record is still there, and a late consumer gets them all.
     let mut c = outbox.consumer("late").unwrap();
-    let got: Vec<(Offset, Bytes)> = read_n(&mut c, acked.len()).await.into_iter().map(|r| (r.offset, r.data)).collect();
+    let got: Vec<(Offset, Bytes)> = read_n(&mut c, acked.len())
+        .await
+        .into_iter()
+        .map(|r| (r.offset, r.data))
+        .collect();
     assert_eq!(got, acked);
     // Still full until something is committed.
-    assert!(matches!(outbox.append(event(i)).await, Err(OutboxError::Full { .. })));
+    assert!(matches!(
+        outbox.append(event(i)).await,
+        Err(OutboxError::Full { .. })
+    ));
     c.commit(acked.last().unwrap().0).await.unwrap();
-    assert!(outbox.stats().stored_bytes < cfg.max_bytes / 4, "{:?}", outbox.stats());
+    assert!(
+        outbox.stats().stored_bytes < cfg.max_bytes / 4,
+        "{:?}",
+        outbox.stats()
+    );
     let off = outbox.append(event(i)).await.unwrap();
     assert_eq!(off, acked.len() as u64);
     assert_eq!(read_n(&mut c, 1).await[0].data, event(i));
@@ -81,18 +109,36 @@ async fn two_consumers_have_independent_cursors_that_survive_restart() {
     let outbox = Outbox::open(&cfg).await.unwrap();
     let mut a = outbox.consumer("kafka").unwrap();
     let mut b = outbox.consumer("mqtt").unwrap();
-    assert!(matches!(outbox.consumer("kafka"), Err(OutboxError::ConsumerBusy(_))));
-    assert!(matches!(outbox.consumer("../x"), Err(OutboxError::BadConsumerName(_))));
+    assert!(matches!(
+        outbox.consumer("kafka"),
+        Err(OutboxError::ConsumerBusy(_))
+    ));
+    assert!(matches!(
+        outbox.consumer("../x"),
+        Err(OutboxError::BadConsumerName(_))
+    ));
     for i in 0..100 {
         outbox.append(event(i)).await.unwrap();
     }
     let ra = read_n(&mut a, 60).await;
     let rb = read_n(&mut b, 25).await;
-    assert_eq!(ra.iter().map(|r| r.offset).collect::<Vec<_>>(), (0..60).collect::<Vec<_>>());
-    assert_eq!(rb.iter().map(|r| r.offset).collect::<Vec<_>>(), (0..25).collect::<Vec<_>>());
+    assert_eq!(
+        ra.iter().map(|r| r.offset).collect::<Vec<_>>(),
+        (0..60).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        rb.iter().map(|r| r.offset).collect::<Vec<_>>(),
+        (0..25).collect::<Vec<_>>()
+    );
     a.commit(59).await.unwrap();
     b.commit(19).await.unwrap();
-    assert!(matches!(b.commit(100).await, Err(OutboxError::CommitBeyondEnd { through: 100, next_offset: 100 })));
+    assert!(matches!(
+        b.commit(100).await,
+        Err(OutboxError::CommitBeyondEnd {
+            through: 100,
+            next_offset: 100
+        })
+    ));
     // Commits are monotonic.
     b.commit(10).await.unwrap();
     assert_eq!(b.committed(), Some(19));
@@ -127,7 +173,11 @@ async fn retention_holds_for_the_slowest_consumer() {
     assert!(segs_before.len() > 5, "{segs_before:?}");
     read_n(&mut fast, 200).await;
     fast.commit(199).await.unwrap();
-    assert_eq!(seg_files(tmp.path()), segs_before, "released although 'slow' has not committed");
+    assert_eq!(
+        seg_files(tmp.path()),
+        segs_before,
+        "released although 'slow' has not committed"
+    );
     assert_eq!(Outbox::dump(tmp.path()).unwrap().len(), 200);
     drop(_slow);
     outbox.shutdown().await.unwrap();
@@ -139,9 +189,15 @@ async fn retention_holds_for_the_slowest_consumer() {
     let r = read_n(&mut slow, 120).await;
     slow.commit(r.last().unwrap().offset).await.unwrap();
     let segs_after = seg_files(tmp.path());
-    assert!(segs_after.len() < segs_before.len(), "nothing released after both committed");
+    assert!(
+        segs_after.len() < segs_before.len(),
+        "nothing released after both committed"
+    );
     let first_kept: u64 = segs_after[0].trim_end_matches(".seg").parse().unwrap();
-    assert!(first_kept <= 120, "released a record 'slow' has not committed: {segs_after:?}");
+    assert!(
+        first_kept <= 120,
+        "released a record 'slow' has not committed: {segs_after:?}"
+    );
     let dumped = Outbox::dump(tmp.path()).unwrap();
     assert_eq!(dumped.first().unwrap().offset, first_kept);
     assert_eq!(dumped.last().unwrap().offset, 199);
@@ -164,16 +220,27 @@ async fn shutdown_drains_and_wakes_waiting_consumers() {
             }
         }
     });
-    let appends: Vec<_> = (0..20).map(|i| { let o = outbox.clone(); tokio::spawn(async move { o.append(event(i)).await }) }).collect();
+    let appends: Vec<_> = (0..20)
+        .map(|i| {
+            let o = outbox.clone();
+            tokio::spawn(async move { o.append(event(i)).await })
+        })
+        .collect();
     for a in appends {
         a.await.unwrap().unwrap();
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
     outbox.shutdown().await.unwrap();
-    let (n, err) = tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("consumer not woken").unwrap();
+    let (n, err) = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("consumer not woken")
+        .unwrap();
     assert_eq!(n, 20);
     assert!(matches!(err, OutboxError::Closed), "{err:?}");
-    assert!(matches!(outbox.append(event(99)).await, Err(OutboxError::Closed)));
+    assert!(matches!(
+        outbox.append(event(99)).await,
+        Err(OutboxError::Closed)
+    ));
     // Shut down means the directory is free again.
     let again = Outbox::open(&cfg).await.unwrap();
     assert_eq!(again.stats().next_offset, 20);
@@ -185,13 +252,19 @@ async fn directory_is_locked_while_open_and_dump_reads_alongside() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = cfg(tmp.path(), 1024 * 1024, 1024);
     let outbox = Outbox::open(&cfg).await.unwrap();
-    assert!(matches!(Outbox::open(&cfg).await, Err(OutboxError::Locked(_))));
+    assert!(matches!(
+        Outbox::open(&cfg).await,
+        Err(OutboxError::Locked(_))
+    ));
     for i in 0..30 {
         outbox.append(event(i)).await.unwrap();
     }
     let dumped = Outbox::dump(tmp.path()).unwrap();
     assert_eq!(dumped.len(), 30);
-    assert!(dumped.iter().enumerate().all(|(i, r)| r.offset == i as u64 && r.data == event(i as u64)));
+    assert!(dumped
+        .iter()
+        .enumerate()
+        .all(|(i, r)| r.offset == i as u64 && r.data == event(i as u64)));
     outbox.shutdown().await.unwrap();
 }
 
@@ -214,7 +287,11 @@ async fn torn_tail_is_truncated_at_open() {
     let mut bytes = std::fs::read(&seg).unwrap();
     bytes.extend_from_slice(&torn);
     std::fs::write(&seg, &bytes).unwrap();
-    assert_eq!(Outbox::dump(tmp.path()).unwrap().len(), 10, "dump must tolerate a torn tail");
+    assert_eq!(
+        Outbox::dump(tmp.path()).unwrap().len(),
+        10,
+        "dump must tolerate a torn tail"
+    );
 
     let outbox = Outbox::open(&cfg).await.unwrap();
     let s = outbox.stats();
@@ -224,7 +301,10 @@ async fn torn_tail_is_truncated_at_open() {
     assert_eq!(outbox.append(event(10)).await.unwrap(), 10);
     let mut c = outbox.consumer("c").unwrap();
     let all = read_n(&mut c, 11).await;
-    assert!(all.iter().enumerate().all(|(i, r)| r.data == event(i as u64)));
+    assert!(all
+        .iter()
+        .enumerate()
+        .all(|(i, r)| r.data == event(i as u64)));
     drop(c);
     outbox.shutdown().await.unwrap();
 }
@@ -250,18 +330,29 @@ async fn corrupt_record_in_sealed_segment_is_skipped_and_counted() {
     std::fs::write(&victim, &bytes).unwrap();
 
     let dumped = Outbox::dump(tmp.path()).unwrap();
-    assert!(dumped.iter().all(|r| r.data == event(r.offset)), "dump returned a corrupt record");
+    assert!(
+        dumped.iter().all(|r| r.data == event(r.offset)),
+        "dump returned a corrupt record"
+    );
     assert!(!dumped.iter().any(|r| r.offset == base + 1));
 
     let outbox = Outbox::open(&cfg).await.unwrap();
     let mut c = outbox.consumer("c").unwrap();
     let mut got = Vec::new();
     while got.last().is_none_or(|r: &Record| r.offset < 59) {
-        got.extend(tokio::time::timeout(Duration::from_secs(5), c.next_batch(100)).await.unwrap().unwrap());
+        got.extend(
+            tokio::time::timeout(Duration::from_secs(5), c.next_batch(100))
+                .await
+                .unwrap()
+                .unwrap(),
+        );
     }
     let offsets: Vec<u64> = got.iter().map(|r| r.offset).collect();
     let expected: Vec<u64> = (0..60).filter(|o| *o <= base || *o >= next_base).collect();
-    assert_eq!(offsets, expected, "records before the corruption are delivered, the rest of that segment skipped");
+    assert_eq!(
+        offsets, expected,
+        "records before the corruption are delivered, the rest of that segment skipped"
+    );
     assert!(got.iter().all(|r| r.data == event(r.offset)));
     assert_eq!(outbox.stats().corrupt_records, next_base - base - 1);
     drop(c);
@@ -274,7 +365,11 @@ async fn garbage_files_do_not_panic_open_or_dump() {
     let cfg = cfg(tmp.path(), 1024 * 1024, 1024);
     std::fs::create_dir_all(tmp.path()).unwrap();
     // A segment that is only garbage, and an unparsable cursor.
-    std::fs::write(tmp.path().join(format!("{:020}.seg", 0)), b"not a segment at all, clearly").unwrap();
+    std::fs::write(
+        tmp.path().join(format!("{:020}.seg", 0)),
+        b"not a segment at all, clearly",
+    )
+    .unwrap();
     std::fs::write(tmp.path().join("sink.consumer"), b"garbage").unwrap();
     assert!(Outbox::dump(tmp.path()).unwrap().is_empty());
     let outbox = Outbox::open(&cfg).await.unwrap();
@@ -310,7 +405,11 @@ async fn shutdown_writes_what_was_queued() {
     }
     assert!(!ok.is_empty());
     ok.sort();
-    let dumped: Vec<(Offset, Bytes)> = Outbox::dump(tmp.path()).unwrap().into_iter().map(|r| (r.offset, r.data)).collect();
+    let dumped: Vec<(Offset, Bytes)> = Outbox::dump(tmp.path())
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.offset, r.data))
+        .collect();
     assert_eq!(dumped, ok, "acknowledged exactly what is stored");
 }
 
@@ -324,8 +423,18 @@ async fn segment_rolls_exactly_at_its_size() {
         outbox.append(Bytes::from(vec![i; 10])).await.unwrap();
     }
     let names = seg_files(tmp.path());
-    assert_eq!(names, [format!("{:020}.seg", 0), format!("{:020}.seg", 2), format!("{:020}.seg", 4)]);
-    assert_eq!(std::fs::metadata(tmp.path().join(&names[0])).unwrap().len(), 56);
+    assert_eq!(
+        names,
+        [
+            format!("{:020}.seg", 0),
+            format!("{:020}.seg", 2),
+            format!("{:020}.seg", 4)
+        ]
+    );
+    assert_eq!(
+        std::fs::metadata(tmp.path().join(&names[0])).unwrap().len(),
+        56
+    );
     assert_eq!(outbox.stats().stored_bytes, 56 + 56 + 38);
     outbox.shutdown().await.unwrap();
 }

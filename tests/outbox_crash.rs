@@ -37,8 +37,14 @@ fn payload(task: u64, seq: u64) -> Vec<u8> {
 
 #[test]
 fn crash_child() {
-    let Some(dir) = std::env::var_os(CHILD_ENV) else { return };
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let Some(dir) = std::env::var_os(CHILD_ENV) else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async move {
         let outbox = Outbox::open(&config(Path::new(&dir))).await.unwrap();
         let mut tasks = tokio::task::JoinSet::new();
@@ -103,7 +109,8 @@ fn run_child_and_kill(dir: &Path, kill_after_acks: usize) -> RoundResult {
         let parts: Vec<&str> = line.split_whitespace().collect();
         match parts.as_slice() {
             ["ACK", off, hash] => {
-                let prev = acked.insert(off.parse().unwrap(), u32::from_str_radix(hash, 16).unwrap());
+                let prev =
+                    acked.insert(off.parse().unwrap(), u32::from_str_radix(hash, 16).unwrap());
                 assert!(prev.is_none(), "offset {off} acknowledged twice");
             }
             ["COMMIT", off] => committed = Some(off.parse::<Offset>().unwrap()),
@@ -115,9 +122,17 @@ fn run_child_and_kill(dir: &Path, kill_after_acks: usize) -> RoundResult {
         }
     }
     let status = child.wait().unwrap();
-    assert!(killed, "child ended by itself after {} acks: {status}", acked.len());
+    assert!(
+        killed,
+        "child ended by itself after {} acks: {status}",
+        acked.len()
+    );
     use std::os::unix::process::ExitStatusExt;
-    assert_eq!(status.signal(), Some(9), "child was not killed by SIGKILL: {status}");
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "child was not killed by SIGKILL: {status}"
+    );
     RoundResult { acked, committed }
 }
 
@@ -134,39 +149,67 @@ fn acknowledged_records_survive_kill_9() {
         let r = run_child_and_kill(&dir, kill_after);
         assert!(r.acked.len() >= kill_after, "round {round}");
         for (off, hash) in r.acked {
-            assert!(all_acked.insert(off, hash).is_none(), "round {round}: offset {off} reused after a crash");
+            assert!(
+                all_acked.insert(off, hash).is_none(),
+                "round {round}: offset {off} reused after a crash"
+            );
         }
         if r.committed.is_some() {
             last_commit = r.committed;
         }
 
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async {
             let outbox = Outbox::open(&config(&dir)).await.unwrap();
             let stats = outbox.stats();
             eprintln!("round {round}: recovered {stats:?}");
             let max_acked = *all_acked.keys().last().unwrap();
-            assert!(stats.next_offset > max_acked, "round {round}: log ends before an acknowledged record");
+            assert!(
+                stats.next_offset > max_acked,
+                "round {round}: log ends before an acknowledged record"
+            );
 
             // The read-only dump sees a contiguous log whose records are intact.
             let dumped = Outbox::dump(&dir).unwrap();
             let first = dumped.first().map_or(stats.next_offset, |r| r.offset);
             for (i, rec) in dumped.iter().enumerate() {
-                assert_eq!(rec.offset, first + i as u64, "round {round}: gap in the log");
+                assert_eq!(
+                    rec.offset,
+                    first + i as u64,
+                    "round {round}: gap in the log"
+                );
             }
-            assert_eq!(first + dumped.len() as u64, stats.next_offset, "round {round}");
-            let by_offset: BTreeMap<Offset, &Bytes> = dumped.iter().map(|r| (r.offset, &r.data)).collect();
+            assert_eq!(
+                first + dumped.len() as u64,
+                stats.next_offset,
+                "round {round}"
+            );
+            let by_offset: BTreeMap<Offset, &Bytes> =
+                dumped.iter().map(|r| (r.offset, &r.data)).collect();
 
             // The consumer's committed offset survived, and released only what it had committed.
             let mut consumer = outbox.consumer("sink").unwrap();
-            assert!(consumer.committed() >= last_commit, "round {round}: committed offset went back");
+            assert!(
+                consumer.committed() >= last_commit,
+                "round {round}: committed offset went back"
+            );
             let committed = consumer.committed();
-            assert!(first <= committed.map_or(0, |c| c + 1), "round {round}: released uncommitted records");
+            assert!(
+                first <= committed.map_or(0, |c| c + 1),
+                "round {round}: released uncommitted records"
+            );
 
             for (&off, &hash) in &all_acked {
                 match by_offset.get(&off) {
                     Some(data) => {
-                        assert_eq!(crc32fast::hash(data), hash, "round {round}: record {off} corrupted");
+                        assert_eq!(
+                            crc32fast::hash(data),
+                            hash,
+                            "round {round}: record {off} corrupted"
+                        );
                     }
                     None => assert!(
                         committed.is_some_and(|c| off <= c),
@@ -178,7 +221,11 @@ fn acknowledged_records_survive_kill_9() {
             // Every stored record is one of ours (a well-formed payload), acknowledged or not.
             for rec in &dumped {
                 let text = String::from_utf8_lossy(&rec.data);
-                assert!(text.starts_with("task="), "round {round}: foreign record at {}", rec.offset);
+                assert!(
+                    text.starts_with("task="),
+                    "round {round}: foreign record at {}",
+                    rec.offset
+                );
             }
 
             // The consumer reads the same bytes from where it stopped.
@@ -192,7 +239,10 @@ fn acknowledged_records_survive_kill_9() {
             }
 
             // The recovered log takes new appends right after the recovered end.
-            let off = outbox.append(Bytes::from_static(b"task=parent after recovery")).await.unwrap();
+            let off = outbox
+                .append(Bytes::from_static(b"task=parent after recovery"))
+                .await
+                .unwrap();
             assert_eq!(off, stats.next_offset);
             drop(consumer);
             outbox.shutdown().await.unwrap();

@@ -15,12 +15,27 @@ const CHILD_ENV: &str = "CAMGATE_OUTBOX_EFBIG_CHILD_DIR";
 const FILE_LIMIT: u64 = 96 * 1024;
 
 fn set_file_size_limit(soft: u64) {
-    let mut cur = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut cur = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: plain libc calls with valid pointers.
     unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_FSIZE, &mut cur), 0, "getrlimit failed");
-        let new = libc::rlimit { rlim_cur: soft as libc::rlim_t, rlim_max: cur.rlim_max };
-        assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &new), 0, "setrlimit(RLIMIT_FSIZE) failed: {}", std::io::Error::last_os_error());
+        assert_eq!(
+            libc::getrlimit(libc::RLIMIT_FSIZE, &mut cur),
+            0,
+            "getrlimit failed"
+        );
+        let new = libc::rlimit {
+            rlim_cur: soft as libc::rlim_t,
+            rlim_max: cur.rlim_max,
+        };
+        assert_eq!(
+            libc::setrlimit(libc::RLIMIT_FSIZE, &new),
+            0,
+            "setrlimit(RLIMIT_FSIZE) failed: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 
@@ -32,10 +47,16 @@ fn record(i: u64) -> Vec<u8> {
 
 #[test]
 fn efbig_child() {
-    let Some(dir) = std::env::var_os(CHILD_ENV) else { return };
+    let Some(dir) = std::env::var_os(CHILD_ENV) else {
+        return;
+    };
     // SAFETY: ignoring a signal; no handler code involved.
     unsafe {
-        assert_ne!(libc::signal(libc::SIGXFSZ, libc::SIG_IGN), libc::SIG_ERR, "cannot ignore SIGXFSZ");
+        assert_ne!(
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN),
+            libc::SIG_ERR,
+            "cannot ignore SIGXFSZ"
+        );
     }
     set_file_size_limit(FILE_LIMIT);
     let dir = Path::new(&dir).to_owned();
@@ -46,7 +67,11 @@ fn efbig_child() {
         segment_bytes: 1024 * 1024,
         ..OutboxConfig::default()
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async move {
         let outbox = Outbox::open(&cfg).await.unwrap();
         let mut acked: Vec<(Offset, Vec<u8>)> = Vec::new();
@@ -64,13 +89,20 @@ fn efbig_child() {
                 match r.unwrap() {
                     (Ok(off), data) => acked.push((off, data)),
                     (Err(OutboxError::Io { source, .. }), _) => {
-                        assert_eq!(source.raw_os_error(), Some(libc::EFBIG), "unexpected error {source}");
+                        assert_eq!(
+                            source.raw_os_error(),
+                            Some(libc::EFBIG),
+                            "unexpected error {source}"
+                        );
                         failed += 1;
                     }
                     (Err(e), _) => panic!("unexpected error {e}"),
                 }
             }
-            assert!(i < 10_000, "writes never failed: is RLIMIT_FSIZE in effect?");
+            assert!(
+                i < 10_000,
+                "writes never failed: is RLIMIT_FSIZE in effect?"
+            );
         }
         let stats = outbox.stats();
         assert!(stats.io_errors > 0);
@@ -78,7 +110,12 @@ fn efbig_child() {
         // Failed writes stopped partway, at the limit: those bytes must have been truncated away.
         assert_eq!(stats.segments, 1);
         let seg = dir.join(format!("{:020}.seg", 0));
-        assert_eq!(std::fs::metadata(&seg).unwrap().len(), stats.stored_bytes, "partial write left in {}", seg.display());
+        assert_eq!(
+            std::fs::metadata(&seg).unwrap().len(),
+            stats.stored_bytes,
+            "partial write left in {}",
+            seg.display()
+        );
         // The disk has room again: the same outbox goes on, with the offset right after the acked ones.
         set_file_size_limit(libc::RLIM_INFINITY);
         let data = record(99_999);
@@ -86,14 +123,21 @@ fn efbig_child() {
         acked.push((off, data));
         acked.sort();
         for (n, (off, _)) in acked.iter().enumerate() {
-            assert_eq!(*off, n as u64, "acknowledged offsets must be contiguous: failed appends leave no hole");
+            assert_eq!(
+                *off, n as u64,
+                "acknowledged offsets must be contiguous: failed appends leave no hole"
+            );
         }
         outbox.shutdown().await.unwrap();
 
         // Nothing of the failed writes is left for recovery to find: no torn tail to cut, and
         // above all no complete-looking record that was never acknowledged.
         let dump = |dir: &Path| -> Vec<(Offset, Vec<u8>)> {
-            Outbox::dump(dir).unwrap().into_iter().map(|r| (r.offset, r.data.to_vec())).collect()
+            Outbox::dump(dir)
+                .unwrap()
+                .into_iter()
+                .map(|r| (r.offset, r.data.to_vec()))
+                .collect()
         };
         assert_eq!(dump(&dir), acked);
         let outbox = Outbox::open(&cfg).await.unwrap();
@@ -111,7 +155,13 @@ fn efbig_child() {
         let mut c = outbox.consumer("check").unwrap();
         let mut read = Vec::new();
         while read.len() < acked.len() {
-            read.extend(c.next_batch(1000).await.unwrap().into_iter().map(|r| (r.offset, r.data.to_vec())));
+            read.extend(
+                c.next_batch(1000)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|r| (r.offset, r.data.to_vec())),
+            );
         }
         assert_eq!(read, acked);
         drop(c);
@@ -139,5 +189,11 @@ fn write_errors_are_returned_and_outbox_recovers() {
         "child failed ({}):\n{stdout}\n{stderr}",
         out.status
     );
-    eprintln!("{}", stdout.lines().find(|l| l.contains("EFBIG-CHILD-OK")).unwrap());
+    eprintln!(
+        "{}",
+        stdout
+            .lines()
+            .find(|l| l.contains("EFBIG-CHILD-OK"))
+            .unwrap()
+    );
 }

@@ -14,7 +14,10 @@ fn root() -> PathBuf {
 fn engine() -> &'static Arc<FaceEngine> {
     static E: OnceLock<Arc<FaceEngine>> = OnceLock::new();
     E.get_or_init(|| {
-        let cfg = VisionConfig { models_dir: Some(root().join("models")), ..VisionConfig::default() };
+        let cfg = VisionConfig {
+            models_dir: Some(root().join("models")),
+            ..VisionConfig::default()
+        };
         Arc::new(FaceEngine::new(cfg).unwrap())
     })
 }
@@ -43,19 +46,31 @@ fn png_header_only(w: u32, h: u32) -> Vec<u8> {
     v
 }
 
-fn encode_png<P: image::PixelWithColorType>(img: &image::ImageBuffer<P, Vec<P::Subpixel>>) -> Vec<u8>
+fn encode_png<P: image::PixelWithColorType>(
+    img: &image::ImageBuffer<P, Vec<P::Subpixel>>,
+) -> Vec<u8>
 where
     [P::Subpixel]: image::EncodableLayout,
 {
     let mut out = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png).unwrap();
+    img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+        .unwrap();
     out
 }
 
 #[test]
 fn not_an_image() {
-    for bytes in [&b""[..], b"hello world", b"\xff\xd8\xff", b"GIF89a....", &[0u8; 1024]] {
-        assert!(matches!(engine().process(bytes, true), Err(VisionError::Decode(_))), "{bytes:?}");
+    for bytes in [
+        &b""[..],
+        b"hello world",
+        b"\xff\xd8\xff",
+        b"GIF89a....",
+        &[0u8; 1024],
+    ] {
+        assert!(
+            matches!(engine().process(bytes, true), Err(VisionError::Decode(_))),
+            "{bytes:?}"
+        );
     }
 }
 
@@ -82,15 +97,37 @@ fn corrupted_bytes_never_panic() {
 #[test]
 fn zero_sized_png() {
     let r = decode(&png_header_only(0, 0));
-    assert!(matches!(r, Err(VisionError::Empty { .. }) | Err(VisionError::Decode(_))), "{r:?}");
+    assert!(
+        matches!(
+            r,
+            Err(VisionError::Empty { .. }) | Err(VisionError::Decode(_))
+        ),
+        "{r:?}"
+    );
 }
 
 #[test]
 fn huge_png_is_refused_before_allocating() {
     let r = decode(&png_header_only(20_000, 20_000));
-    assert!(matches!(r, Err(VisionError::TooLarge { width: 20_000, height: 20_000, .. })), "{r:?}");
+    assert!(
+        matches!(
+            r,
+            Err(VisionError::TooLarge {
+                width: 20_000,
+                height: 20_000,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
     // Within the side limit but above the pixel budget.
-    let r = decode_with_limits(&png_header_only(8000, 8000), DecodeLimits { max_side: 8192, max_pixels: 10_000_000 });
+    let r = decode_with_limits(
+        &png_header_only(8000, 8000),
+        DecodeLimits {
+            max_side: 8192,
+            max_pixels: 10_000_000,
+        },
+    );
     assert!(matches!(r, Err(VisionError::TooLarge { .. })), "{r:?}");
 }
 
@@ -98,7 +135,10 @@ fn huge_png_is_refused_before_allocating() {
 fn rgba_png_finds_the_face() {
     let (faces, _) = engine().process(&fixture("32bit.png"), true).unwrap();
     assert_eq!(faces.len(), 1);
-    assert_eq!(faces[0].embedding.as_ref().unwrap().len(), engine().embedding_dim());
+    assert_eq!(
+        faces[0].embedding.as_ref().unwrap().len(),
+        engine().embedding_dim()
+    );
 }
 
 #[test]
@@ -127,23 +167,39 @@ fn tiny_and_flat_images_have_no_faces() {
 
 #[test]
 fn bad_config_is_reported_whole() {
-    let mut cfg = VisionConfig { models_dir: Some(root().join("models")), workers: 0, ..VisionConfig::default() };
+    let mut cfg = VisionConfig {
+        models_dir: Some(root().join("models")),
+        workers: 0,
+        ..VisionConfig::default()
+    };
     cfg.detector.min_face_size = 0.0;
     match FaceEngine::new(cfg) {
-        Err(VisionError::Config(msg)) => assert!(msg.contains("workers") && msg.contains("min_face_size"), "{msg}"),
+        Err(VisionError::Config(msg)) => assert!(
+            msg.contains("workers") && msg.contains("min_face_size"),
+            "{msg}"
+        ),
         other => panic!("{other:?}"),
     }
 }
 
 #[test]
 fn missing_models_dir_is_a_model_error() {
-    let cfg = VisionConfig { models_dir: Some(root().join("no-such-dir")), ..VisionConfig::default() };
-    assert!(matches!(FaceEngine::new(cfg), Err(VisionError::Model { .. })));
+    let cfg = VisionConfig {
+        models_dir: Some(root().join("no-such-dir")),
+        ..VisionConfig::default()
+    };
+    assert!(matches!(
+        FaceEngine::new(cfg),
+        Err(VisionError::Model { .. })
+    ));
 }
 
 #[test]
 fn pool_runs_off_the_runtime_and_bounds_concurrency() {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let pool = VisionPool::new(engine().clone());
     rt.block_on(async {
         let a = pool.process(fixture("biden.jpg"), true);

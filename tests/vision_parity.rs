@@ -40,7 +40,8 @@ fn root() -> PathBuf {
 fn reference() -> &'static Value {
     static R: OnceLock<Value> = OnceLock::new();
     R.get_or_init(|| {
-        let s = std::fs::read_to_string(root().join("tests/fixtures/vision/reference.json")).unwrap();
+        let s =
+            std::fs::read_to_string(root().join("tests/fixtures/vision/reference.json")).unwrap();
         serde_json::from_str(&s).unwrap()
     })
 }
@@ -71,17 +72,22 @@ fn engine(variant: ModelVariant) -> &'static FaceEngine {
 /// The images run on every core: the other tests wait on this cache, and under qemu (CI's aarch64
 /// step) it is most of this file's time.
 fn results(variant: ModelVariant) -> &'static std::collections::BTreeMap<String, Vec<Face>> {
-    static R: [OnceLock<std::collections::BTreeMap<String, Vec<Face>>>; 3] = [const { OnceLock::new() }; 3];
+    static R: [OnceLock<std::collections::BTreeMap<String, Vec<Face>>>; 3] =
+        [const { OnceLock::new() }; 3];
     R[slot(variant)].get_or_init(|| {
         let names: Vec<String> = images().into_iter().map(|(name, _)| name).collect();
         let next = std::sync::atomic::AtomicUsize::new(0);
         let done = std::sync::Mutex::new(std::collections::BTreeMap::new());
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(names.len());
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(names.len());
         // A panic in a worker fails the scope, and so the test.
         std::thread::scope(|s| {
             for _ in 0..threads {
                 s.spawn(|| {
-                    while let Some(name) = names.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
+                    while let Some(name) =
+                        names.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+                    {
                         let faces = engine(variant).process(&image_bytes(name), true).unwrap().0;
                         done.lock().unwrap().insert(name.clone(), faces);
                     }
@@ -97,7 +103,11 @@ fn image_bytes(name: &str) -> Vec<u8> {
 }
 
 fn f32s(v: &Value) -> Vec<f32> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
 }
 
 fn iou(a: &[f32], b: &[f32]) -> f32 {
@@ -108,37 +118,89 @@ fn iou(a: &[f32], b: &[f32]) -> f32 {
 }
 
 fn images() -> Vec<(String, &'static Value)> {
-    reference()["images"].as_object().unwrap().iter().map(|(k, v)| (k.clone(), v)).collect()
+    reference()["images"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v))
+        .collect()
 }
 
 /// Detections: same count, boxes and landmarks within a few pixels, scores close.
 fn check_detection(variant: ModelVariant, key: &str) {
-    let (box_tol, lm_tol) = if variant == ModelVariant::Int8 { (INT8_BOX_TOL, INT8_BOX_TOL) } else { (BOX_TOL, LANDMARK_TOL) };
+    let (box_tol, lm_tol) = if variant == ModelVariant::Int8 {
+        (INT8_BOX_TOL, INT8_BOX_TOL)
+    } else {
+        (BOX_TOL, LANDMARK_TOL)
+    };
     println!("\n{variant:?} detection vs reference (max |Δ| px):");
     for (name, entry) in images() {
         let faces = &results(variant)[&name];
         let refs = entry[key].as_array().unwrap();
-        assert_eq!(faces.len(), refs.len(), "{name}: {} faces, reference {}", faces.len(), refs.len());
+        assert_eq!(
+            faces.len(),
+            refs.len(),
+            "{name}: {} faces, reference {}",
+            faces.len(),
+            refs.len()
+        );
         for r in refs {
             let rb = f32s(&r["box"]);
             let f = faces
                 .iter()
                 .max_by(|a, b| iou(&a.detection.bbox, &rb).total_cmp(&iou(&b.detection.bbox, &rb)))
                 .unwrap();
-            let db = f.detection.bbox.iter().zip(&rb).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-            let rl: Vec<f32> = r["landmarks"].as_array().unwrap().iter().flat_map(f32s).collect();
-            let dl = f.detection.landmarks.iter().flatten().zip(&rl).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let db = f
+                .detection
+                .bbox
+                .iter()
+                .zip(&rb)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            let rl: Vec<f32> = r["landmarks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(f32s)
+                .collect();
+            let dl = f
+                .detection
+                .landmarks
+                .iter()
+                .flatten()
+                .zip(&rl)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
             let ds = (f.detection.score - r["score"].as_f64().unwrap() as f32).abs();
-            println!("  {name:<11} box {rb:>6.1?}  Δbox {db:.2}  Δlandmarks {dl:.2}  Δscore {ds:.4}");
+            println!(
+                "  {name:<11} box {rb:>6.1?}  Δbox {db:.2}  Δlandmarks {dl:.2}  Δscore {ds:.4}"
+            );
             if variant == ModelVariant::Int8 && face_size(&rb) < INT8_MIN_FACE {
                 let i = iou(&f.detection.bbox, &rb);
                 assert!(i >= 0.5, "{name}: small face not found (best IoU {i})");
                 continue;
             }
-            assert!(db <= box_tol, "{name}: box {:?} vs reference {rb:?}", f.detection.bbox);
-            assert!(dl <= lm_tol, "{name}: landmarks {:?} vs reference {rl:?}", f.detection.landmarks);
-            let score_tol = if variant == ModelVariant::Int8 { INT8_SCORE_TOL } else { 0.05 };
-            assert!(ds <= score_tol, "{name}: score {} vs {}", f.detection.score, r["score"]);
+            assert!(
+                db <= box_tol,
+                "{name}: box {:?} vs reference {rb:?}",
+                f.detection.bbox
+            );
+            assert!(
+                dl <= lm_tol,
+                "{name}: landmarks {:?} vs reference {rl:?}",
+                f.detection.landmarks
+            );
+            let score_tol = if variant == ModelVariant::Int8 {
+                INT8_SCORE_TOL
+            } else {
+                0.05
+            };
+            assert!(
+                ds <= score_tol,
+                "{name}: score {} vs {}",
+                f.detection.score,
+                r["score"]
+            );
         }
     }
 }
@@ -165,11 +227,17 @@ fn check_embedder(variant: ModelVariant, key: &str, min_cos: f32) {
     for (name, entry) in images() {
         for r in entry["faces_float"].as_array().unwrap() {
             let rel = r["aligned"].as_str().unwrap();
-            let crop = decode(&std::fs::read(root().join("tests/fixtures/vision").join(rel)).unwrap()).unwrap();
+            let crop =
+                decode(&std::fs::read(root().join("tests/fixtures/vision").join(rel)).unwrap())
+                    .unwrap();
             let e = eng.embed_aligned(&crop).unwrap();
             assert_eq!(e.len(), eng.embedding_dim());
             let c = cosine(&e, &f32s(&r[key]));
-            let goal = if c < QUANTIZED_MIN_COS { "  (below the 0.99 quantized goal)" } else { "" };
+            let goal = if c < QUANTIZED_MIN_COS {
+                "  (below the 0.99 quantized goal)"
+            } else {
+                ""
+            };
             println!("  {name:<11} {rel:<24} cos {c:.6}{goal}");
             assert!(c >= min_cos, "{rel}: cosine {c} < {min_cos}");
         }
@@ -196,19 +264,51 @@ fn embedder_int8_within_measured_drift() {
 #[test]
 fn alignment_matches_reference() {
     let eng = engine(ModelVariant::Float);
-    println!("\nalignment from reference landmarks (cosine to reference embedding, mean |Δpixel|):");
+    println!(
+        "\nalignment from reference landmarks (cosine to reference embedding, mean |Δpixel|):"
+    );
     for (name, entry) in images() {
         let img = eng.decode(&image_bytes(&name)).unwrap();
         for r in entry["faces_float"].as_array().unwrap() {
-            let l: Vec<f32> = r["landmarks"].as_array().unwrap().iter().flat_map(f32s).collect();
-            let lm = [[l[0], l[1]], [l[2], l[3]], [l[4], l[5]], [l[6], l[7]], [l[8], l[9]]];
+            let l: Vec<f32> = r["landmarks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(f32s)
+                .collect();
+            let lm = [
+                [l[0], l[1]],
+                [l[2], l[3]],
+                [l[4], l[5]],
+                [l[6], l[7]],
+                [l[8], l[9]],
+            ];
             let ours = camgate::vision::align::align_face(&img, &lm).unwrap();
-            let theirs = decode(&std::fs::read(root().join("tests/fixtures/vision").join(r["aligned"].as_str().unwrap())).unwrap()).unwrap();
-            let mad = ours.data.iter().zip(&theirs.data).map(|(a, b)| (f32::from(*a) - f32::from(*b)).abs()).sum::<f32>()
+            let theirs = decode(
+                &std::fs::read(
+                    root()
+                        .join("tests/fixtures/vision")
+                        .join(r["aligned"].as_str().unwrap()),
+                )
+                .unwrap(),
+            )
+            .unwrap();
+            let mad = ours
+                .data
+                .iter()
+                .zip(&theirs.data)
+                .map(|(a, b)| (f32::from(*a) - f32::from(*b)).abs())
+                .sum::<f32>()
                 / ours.data.len() as f32;
-            let c = cosine(&eng.embed_aligned(&ours).unwrap(), &f32s(&r["embedding_float"]));
+            let c = cosine(
+                &eng.embed_aligned(&ours).unwrap(),
+                &f32s(&r["embedding_float"]),
+            );
             println!("  {name:<11} cos {c:.6}  mean|Δ| {mad:.3}");
-            assert!(mad < 3.0, "{name}: aligned crop differs by {mad} on average");
+            assert!(
+                mad < 3.0,
+                "{name}: aligned crop differs by {mad} on average"
+            );
             assert!(c >= 0.995, "{name}: cosine {c}");
         }
     }
@@ -221,9 +321,16 @@ fn check_end_to_end(variant: ModelVariant, key: &str, min_cos: f32) {
         let faces = &results(variant)[&name];
         for r in entry["faces_float"].as_array().unwrap() {
             let rb = f32s(&r["box"]);
-            let f = faces.iter().max_by(|a, b| iou(&a.detection.bbox, &rb).total_cmp(&iou(&b.detection.bbox, &rb))).unwrap();
+            let f = faces
+                .iter()
+                .max_by(|a, b| iou(&a.detection.bbox, &rb).total_cmp(&iou(&b.detection.bbox, &rb)))
+                .unwrap();
             let c = cosine(f.embedding.as_ref().unwrap(), &f32s(&r[key]));
-            let goal = if c < QUANTIZED_MIN_COS { "  (below the 0.99 quantized goal)" } else { "" };
+            let goal = if c < QUANTIZED_MIN_COS {
+                "  (below the 0.99 quantized goal)"
+            } else {
+                ""
+            };
             println!("  {name:<11} box {rb:>6.1?} cos {c:.6}{goal}");
             if variant == ModelVariant::Int8 && face_size(&rb) < INT8_MIN_FACE {
                 continue; // measured, printed, not bounded (see INT8_MIN_FACE)
@@ -268,7 +375,10 @@ fn check_separation(variant: ModelVariant) {
     for (name, idx, who) in identities() {
         let faces = &results(variant)[name];
         let rb = f32s(&reference()["images"][name]["faces_float"][idx]["box"]);
-        let f = faces.iter().max_by(|a, b| iou(&a.detection.bbox, &rb).total_cmp(&iou(&b.detection.bbox, &rb))).unwrap();
+        let f = faces
+            .iter()
+            .max_by(|a, b| iou(&a.detection.bbox, &rb).total_cmp(&iou(&b.detection.bbox, &rb)))
+            .unwrap();
         embs.push((format!("{name}#{idx}"), who, f.embedding.clone().unwrap()));
     }
     println!("\n{variant:?} separation at threshold {threshold}:");
@@ -277,7 +387,12 @@ fn check_separation(variant: ModelVariant) {
         for j in i + 1..embs.len() {
             let s = cosine(&embs[i].2, &embs[j].2);
             let same = embs[i].1 == embs[j].1;
-            println!("  {:<13} {:<13} {} {s:+.4}", embs[i].0, embs[j].0, if same { "same" } else { "diff" });
+            println!(
+                "  {:<13} {:<13} {} {s:+.4}",
+                embs[i].0,
+                embs[j].0,
+                if same { "same" } else { "diff" }
+            );
             if same {
                 min_same = min_same.min(s);
             } else {
@@ -286,7 +401,10 @@ fn check_separation(variant: ModelVariant) {
         }
     }
     println!("  min same-person {min_same:.4}, max different-person {max_diff:.4}");
-    assert!(min_same > threshold && max_diff < threshold, "threshold {threshold} does not separate: {min_same} / {max_diff}");
+    assert!(
+        min_same > threshold && max_diff < threshold,
+        "threshold {threshold} does not separate: {min_same} / {max_diff}"
+    );
 }
 
 #[test]
@@ -307,7 +425,10 @@ fn separation_int8() {
 #[test]
 fn models_match_manifest_hashes() {
     use sha2::Digest;
-    let m: Value = serde_json::from_str(&std::fs::read_to_string(root().join("models/manifest.json")).unwrap()).unwrap();
+    let m: Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("models/manifest.json")).unwrap(),
+    )
+    .unwrap();
     for (file, entry) in m["models"].as_object().unwrap() {
         let bytes = std::fs::read(root().join("models").join(file)).unwrap();
         let got = hex::encode(sha2::Sha256::digest(&bytes));
@@ -340,11 +461,28 @@ fn working_resolution_cap_finds_the_same_faces() {
                 // resolution) shrinks to ~38 px and is lost; only faces >= 2x min_face are required.
                 continue;
             }
-            let f = faces.iter().max_by(|a, b| iou(&a.detection.bbox, &rb).total_cmp(&iou(&b.detection.bbox, &rb))).unwrap();
-            let db = f.detection.bbox.iter().zip(&rb).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let f = faces
+                .iter()
+                .max_by(|a, b| iou(&a.detection.bbox, &rb).total_cmp(&iou(&b.detection.bbox, &rb)))
+                .unwrap();
+            let db = f
+                .detection
+                .bbox
+                .iter()
+                .zip(&rb)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
             let c = cosine(f.embedding.as_ref().unwrap(), &f32s(&r["embedding_float"]));
-            println!("  {name:<11} Δbox {db:.1} px ({:.1}% of {size:.0}) cos {c:.4}  total {:.0} ms", 100.0 * db / size, t.total_ms);
-            assert!(db <= 0.08 * size, "{name}: box {:?} vs {rb:?}", f.detection.bbox);
+            println!(
+                "  {name:<11} Δbox {db:.1} px ({:.1}% of {size:.0}) cos {c:.4}  total {:.0} ms",
+                100.0 * db / size,
+                t.total_ms
+            );
+            assert!(
+                db <= 0.08 * size,
+                "{name}: box {:?} vs {rb:?}",
+                f.detection.bbox
+            );
             assert!(c >= 0.95, "{name}: cosine {c}");
         }
     }

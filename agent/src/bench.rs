@@ -58,7 +58,13 @@ pub struct CodecFigures {
 /// Decodes `n` copies of one face-event frame both ways on this thread.
 pub fn codec(n: usize) -> CodecFigures {
     let mut one = Vec::new();
-    frame::encode(PacketType::Publish, FACE_EVENT.as_bytes(), CrcScope::Payload, &mut one).expect("fits");
+    frame::encode(
+        PacketType::Publish,
+        FACE_EVENT.as_bytes(),
+        CrcScope::Payload,
+        &mut one,
+    )
+    .expect("fits");
     // A buffer of many frames, decoded in a loop like a socket buffer.
     let per_buf = 1000;
     let mut buf = Vec::with_capacity(one.len() * per_buf);
@@ -77,8 +83,10 @@ pub fn codec(n: usize) -> CodecFigures {
                     let v = EventView::parse(f.payload).expect("valid event");
                     checksum += v.event_id.0 + v.sn.len() as i64;
                 } else {
-                    let v: serde_json::Value = serde_json::from_slice(f.payload).expect("valid json");
-                    checksum += v["event_id"].as_i64().unwrap_or(0) + v["sn"].as_str().map_or(0, |s| s.len() as i64);
+                    let v: serde_json::Value =
+                        serde_json::from_slice(f.payload).expect("valid json");
+                    checksum += v["event_id"].as_i64().unwrap_or(0)
+                        + v["sn"].as_str().map_or(0, |s| s.len() as i64);
                 }
                 pos += used;
             }
@@ -90,13 +98,21 @@ pub fn codec(n: usize) -> CodecFigures {
     run(true);
     let typed = run(true).max(run(true));
     let value = run(false).max(run(false));
-    CodecFigures { typed_per_sec: typed, value_per_sec: value, payload_bytes: FACE_EVENT.len() }
+    CodecFigures {
+        typed_per_sec: typed,
+        value_per_sec: value,
+        payload_bytes: FACE_EVENT.len(),
+    }
 }
 
 fn rss_kb(pid: u32) -> (u64, u64) {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| {
-        text.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
     };
     (field("VmRSS:"), field("VmHWM:"))
 }
@@ -149,15 +165,34 @@ async fn load_phase(sims: &[SimCamera], seconds: u64) -> LoadFigures {
     let acked: u64 = sims.iter().map(|s| s.totals().acked).sum::<u64>() - acked0;
     let mut lat: Vec<u32> = sims.iter().flat_map(|s| s.take_latencies()).collect();
     lat.sort_unstable();
-    LoadFigures { events_per_sec: acked as f64 / elapsed, p50_ms: percentile(&lat, 0.5), p99_ms: percentile(&lat, 0.99), acked }
+    LoadFigures {
+        events_per_sec: acked as f64 / elapsed,
+        p50_ms: percentile(&lat, 0.5),
+        p99_ms: percentile(&lat, 0.99),
+        acked,
+    }
 }
 
 /// A bare client that acks every PUBLISH at once: the reference for the camera phase.
-async fn bare_client(addr: std::net::SocketAddr, fingerprint: String, secret: String, stop: tokio_util::sync::CancellationToken) -> Result<(), BenchError> {
-    let tlsc = tls::client_config(&TlsConfig { fingerprint_sha256: Some(fingerprint), ..Default::default() }, "127.0.0.1").map_err(|e| BenchError::Other(e.to_string()))?;
+async fn bare_client(
+    addr: std::net::SocketAddr,
+    fingerprint: String,
+    secret: String,
+    stop: tokio_util::sync::CancellationToken,
+) -> Result<(), BenchError> {
+    let tlsc = tls::client_config(
+        &TlsConfig {
+            fingerprint_sha256: Some(fingerprint),
+            ..Default::default()
+        },
+        "127.0.0.1",
+    )
+    .map_err(|e| BenchError::Other(e.to_string()))?;
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
-    let stream = tokio_rustls::TlsConnector::from(tlsc.config).connect(tlsc.server_name, tcp).await?;
+    let stream = tokio_rustls::TlsConnector::from(tlsc.config)
+        .connect(tlsc.server_name, tcp)
+        .await?;
     let (mut rd, mut wr) = tokio::io::split(stream);
     let cfg = SessionConfig {
         app_id: "bench-app".into(),
@@ -169,7 +204,12 @@ async fn bare_client(addr: std::net::SocketAddr, fingerprint: String, secret: St
         max_missed_pings: 3,
         crc_scope: CrcScope::Payload,
     };
-    let mut s = Session::new(cfg, tokio::time::Instant::now().into_std(), crate::sign::unix_now(), crate::sign::random_token());
+    let mut s = Session::new(
+        cfg,
+        tokio::time::Instant::now().into_std(),
+        crate::sign::unix_now(),
+        crate::sign::random_token(),
+    );
     wr.write_all(&s.take_transmit()).await?;
     let codec = FrameCodec::new(Role::Client);
     let mut buf = BytesMut::with_capacity(16384);
@@ -178,8 +218,13 @@ async fn bare_client(addr: std::net::SocketAddr, fingerprint: String, secret: St
         if n == 0 {
             return Ok(());
         }
-        while let Some((f, used)) = codec.decode(&buf).map_err(|e| BenchError::Other(e.to_string()))? {
-            let ev = s.handle_frame(f, tokio::time::Instant::now().into_std()).map_err(|e| BenchError::Other(e.to_string()))?;
+        while let Some((f, used)) = codec
+            .decode(&buf)
+            .map_err(|e| BenchError::Other(e.to_string()))?
+        {
+            let ev = s
+                .handle_frame(f, tokio::time::Instant::now().into_std())
+                .map_err(|e| BenchError::Other(e.to_string()))?;
             if let SessionEvent::Publish(p) = ev {
                 let v = EventView::parse(p).map_err(|e| BenchError::Other(e.to_string()))?;
                 s.puback(v.event_id);
@@ -193,7 +238,12 @@ async fn bare_client(addr: std::net::SocketAddr, fingerprint: String, secret: St
 }
 
 /// A `camgate run` config for `sims`, plus `extra` (sink sections) as written.
-fn write_config(dir: &Path, sims: &[SimCamera], secret: &str, extra: &str) -> Result<PathBuf, BenchError> {
+fn write_config(
+    dir: &Path,
+    sims: &[SimCamera],
+    secret: &str,
+    extra: &str,
+) -> Result<PathBuf, BenchError> {
     let mut text = format!(
         "[outbox]\ndir = {:?}\nmax_bytes = 1073741824\n[sinks.jsonl]\nenabled = false\n[health]\nfile = {:?}\n{extra}\n",
         dir.join("outbox"),
@@ -214,7 +264,12 @@ fn write_config(dir: &Path, sims: &[SimCamera], secret: &str, extra: &str) -> Re
 async fn wait_subscribed(sims: &[SimCamera], want: u64, limit: Duration) -> bool {
     let t0 = Instant::now();
     while t0.elapsed() < limit {
-        if sims.iter().all(|s| s.state.subscribes.load(std::sync::atomic::Ordering::Relaxed) >= want) {
+        if sims.iter().all(|s| {
+            s.state
+                .subscribes
+                .load(std::sync::atomic::Ordering::Relaxed)
+                >= want
+        }) {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -223,11 +278,25 @@ async fn wait_subscribed(sims: &[SimCamera], want: u64, limit: Duration) -> bool
 }
 
 pub async fn channel(args: ChannelBenchArgs) -> Result<(), BenchError> {
-    println!("== codec: decode + typed event, {} B face-event payload, 1 thread", FACE_EVENT.len());
-    let c = tokio::task::spawn_blocking(move || codec(args.frames)).await.map_err(|e| BenchError::Other(e.to_string()))?;
-    println!("  camgate (frame + borrowed typed event): {:>10.0} frames/s", c.typed_per_sec);
-    println!("  reference (frame + serde_json::Value):  {:>10.0} frames/s", c.value_per_sec);
-    println!("  ratio camgate/reference: {:.2}x   (target >= 500k frames/s)", c.typed_per_sec / c.value_per_sec);
+    println!(
+        "== codec: decode + typed event, {} B face-event payload, 1 thread",
+        FACE_EVENT.len()
+    );
+    let c = tokio::task::spawn_blocking(move || codec(args.frames))
+        .await
+        .map_err(|e| BenchError::Other(e.to_string()))?;
+    println!(
+        "  camgate (frame + borrowed typed event): {:>10.0} frames/s",
+        c.typed_per_sec
+    );
+    println!(
+        "  reference (frame + serde_json::Value):  {:>10.0} frames/s",
+        c.value_per_sec
+    );
+    println!(
+        "  ratio camgate/reference: {:.2}x   (target >= 500k frames/s)",
+        c.typed_per_sec / c.value_per_sec
+    );
     let _ = c.payload_bytes;
     if args.codec_only {
         return Ok(());
@@ -236,9 +305,13 @@ pub async fn channel(args: ChannelBenchArgs) -> Result<(), BenchError> {
     println!("\n== outbox: durable appends of 500 B events (fsync before the append resolves)");
     for conc in [64usize, 256] {
         let d1 = tempdir()?;
-        let grouped = crate::outbox::bench::bench_append(&d1, 20_000, conc, 500, true).await.map_err(|e| BenchError::Other(e.to_string()))?;
+        let grouped = crate::outbox::bench::bench_append(&d1, 20_000, conc, 500, true)
+            .await
+            .map_err(|e| BenchError::Other(e.to_string()))?;
         let d2 = tempdir()?;
-        let single = crate::outbox::bench::bench_append(&d2, 2_000, conc, 500, false).await.map_err(|e| BenchError::Other(e.to_string()))?;
+        let single = crate::outbox::bench::bench_append(&d2, 2_000, conc, 500, false)
+            .await
+            .map_err(|e| BenchError::Other(e.to_string()))?;
         println!("  concurrency {conc:>3}: group commit {:>9.0} events/s (p99 {:.1} ms) | reference, one fsync per event {:>7.0} events/s | ratio {:.1}x   (target >= 20k/s)",
             grouped.events_per_sec, grouped.p99_us as f64 / 1000.0, single.events_per_sec, grouped.events_per_sec / single.events_per_sec);
         let _ = std::fs::remove_dir_all(&d1);
@@ -247,17 +320,27 @@ pub async fn channel(args: ChannelBenchArgs) -> Result<(), BenchError> {
 
     let n = args.cameras;
     let secret = crate::sign::random_token();
-    println!("\n== {n} cameras x {} events/s through TLS, {} s per phase", args.rate, args.seconds);
+    println!(
+        "\n== {n} cameras x {} events/s through TLS, {} s per phase",
+        args.rate, args.seconds
+    );
     let dir = tempdir()?;
 
     // Reference: bare clients that ack at once.
     let sims = start_sims(n, args.rate, &secret).await?;
     let stop = tokio_util::sync::CancellationToken::new();
     for s in &sims {
-        tokio::spawn(bare_client(s.addr, s.fingerprint(), secret.clone(), stop.clone()));
+        tokio::spawn(bare_client(
+            s.addr,
+            s.fingerprint(),
+            secret.clone(),
+            stop.clone(),
+        ));
     }
     if !wait_subscribed(&sims, 1, Duration::from_secs(60)).await {
-        return Err(BenchError::Other("reference clients did not all subscribe".into()));
+        return Err(BenchError::Other(
+            "reference clients did not all subscribe".into(),
+        ));
     }
     let reference = load_phase(&sims, args.seconds).await;
     stop.cancel();
@@ -276,30 +359,66 @@ pub async fn channel(args: ChannelBenchArgs) -> Result<(), BenchError> {
     let pid = child.id().unwrap_or(0);
     if !wait_subscribed(&sims, 1, Duration::from_secs(120)).await {
         let _ = child.kill().await;
-        return Err(BenchError::Other("camgate did not subscribe to every camera".into()));
+        return Err(BenchError::Other(
+            "camgate did not subscribe to every camera".into(),
+        ));
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (idle_rss, _) = rss_kb(pid);
     let figures = load_phase(&sims, args.seconds).await;
     let (_, peak_rss) = rss_kb(pid);
     let t_stop = Instant::now();
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
     let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
     let stop_secs = t_stop.elapsed().as_secs_f64();
-    let stored = crate::outbox::Outbox::dump(&dir.join("outbox")).map(|r| r.len()).unwrap_or(0);
+    let stored = crate::outbox::Outbox::dump(&dir.join("outbox"))
+        .map(|r| r.len())
+        .unwrap_or(0);
 
-    println!("  {:<36} {:>12} {:>10} {:>10}", "", "events/s", "p50 ms", "p99 ms");
-    println!("  {:<36} {:>12.0} {:>10.2} {:>10.2}", "camgate (fsync before PUBACK)", figures.events_per_sec, figures.p50_ms, figures.p99_ms);
-    println!("  {:<36} {:>12.0} {:>10.2} {:>10.2}", "reference (bare client, ack at once)", reference.events_per_sec, reference.p50_ms, reference.p99_ms);
-    println!("  offered load: {:.0} events/s; camgate acked {} events, outbox holds {}", n as f64 * args.rate, figures.acked, stored);
-    println!("  camgate RSS: idle {:.1} MB with {n} sessions, peak {:.1} MB   (target idle <= 40 MB)", idle_rss as f64 / 1024.0, peak_rss as f64 / 1024.0);
-    println!("  SIGTERM to exit: {:.2} s ({:?})", stop_secs, status.map(|s| s.map(|s| s.code())));
+    println!(
+        "  {:<36} {:>12} {:>10} {:>10}",
+        "", "events/s", "p50 ms", "p99 ms"
+    );
+    println!(
+        "  {:<36} {:>12.0} {:>10.2} {:>10.2}",
+        "camgate (fsync before PUBACK)", figures.events_per_sec, figures.p50_ms, figures.p99_ms
+    );
+    println!(
+        "  {:<36} {:>12.0} {:>10.2} {:>10.2}",
+        "reference (bare client, ack at once)",
+        reference.events_per_sec,
+        reference.p50_ms,
+        reference.p99_ms
+    );
+    println!(
+        "  offered load: {:.0} events/s; camgate acked {} events, outbox holds {}",
+        n as f64 * args.rate,
+        figures.acked,
+        stored
+    );
+    println!(
+        "  camgate RSS: idle {:.1} MB with {n} sessions, peak {:.1} MB   (target idle <= 40 MB)",
+        idle_rss as f64 / 1024.0,
+        peak_rss as f64 / 1024.0
+    );
+    println!(
+        "  SIGTERM to exit: {:.2} s ({:?})",
+        stop_secs,
+        status.map(|s| s.map(|s| s.code()))
+    );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
 fn tempdir() -> Result<PathBuf, BenchError> {
-    let d = std::env::temp_dir().join(format!("camgate-bench-{}-{}", std::process::id(), crate::sign::unix_now_ms()));
+    let d = std::env::temp_dir().join(format!(
+        "camgate-bench-{}-{}",
+        std::process::id(),
+        crate::sign::unix_now_ms()
+    ));
     std::fs::create_dir_all(&d)?;
     Ok(d)
 }
@@ -361,12 +480,15 @@ pub async fn camera_to_broker(
         .spawn()?;
     let result = async {
         if !wait_subscribed(std::slice::from_ref(&sim), 1, Duration::from_secs(120)).await {
-            return Err(BenchError::Other("camgate did not subscribe to the camera".into()));
+            return Err(BenchError::Other(
+                "camgate did not subscribe to the camera".into(),
+            ));
         }
         // The sink connects to its broker in the meantime.
         tokio::time::sleep(Duration::from_secs(2)).await;
         sim.set_paused(false);
-        let mut first: std::collections::HashMap<i64, tokio::time::Instant> = std::collections::HashMap::new();
+        let mut first: std::collections::HashMap<i64, tokio::time::Instant> =
+            std::collections::HashMap::new();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds + 60);
         while (first.len() as u64) < total {
             match tokio::time::timeout_at(deadline, received.recv()).await {
@@ -380,14 +502,23 @@ pub async fn camera_to_broker(
         Ok(first)
     }
     .await;
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id().unwrap_or(0) as i32), nix::sys::signal::Signal::SIGTERM);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id().unwrap_or(0) as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
     let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
     let _ = std::fs::remove_dir_all(&dir);
     let first = result?;
     let sent = sim.take_send_times();
     let mut lat_us: Vec<u32> = first
         .iter()
-        .filter_map(|(id, at)| sent.get(id).map(|s| at.saturating_duration_since(*s).as_micros().min(u32::MAX as u128) as u32))
+        .filter_map(|(id, at)| {
+            sent.get(id).map(|s| {
+                at.saturating_duration_since(*s)
+                    .as_micros()
+                    .min(u32::MAX as u128) as u32
+            })
+        })
         .collect();
     lat_us.sort_unstable();
     Ok(EndToEnd {

@@ -56,7 +56,11 @@ impl Daemon {
     /// Opens the outbox (recovering it) and starts every camera and sink.
     pub async fn start(cfg: &Config) -> Result<Daemon, DaemonError> {
         let outbox = Outbox::open(&cfg.outbox).await?;
-        let intake = Intake::new(outbox.clone(), Duration::from_secs(cfg.intake.dedupe_window_secs), cfg.intake.dedupe_max_entries);
+        let intake = Intake::new(
+            outbox.clone(),
+            Duration::from_secs(cfg.intake.dedupe_window_secs),
+            cfg.intake.dedupe_max_entries,
+        );
         // De-duplication survives restarts (and kill -9): re-learn what the outbox still holds.
         let seeded = intake.seed(Outbox::dump(&cfg.outbox.dir)?.iter().filter_map(|r| {
             let e: crate::event::StoredEnvelope = serde_json::from_slice(&r.data).ok()?;
@@ -69,7 +73,12 @@ impl Daemon {
         for cam in cfg.cameras.iter().filter(|c| c.mode == CameraMode::Channel) {
             let status = Arc::new(CameraStatus::default());
             cameras.push((cam.name.clone(), status.clone()));
-            let task = CameraTask { cfg: cam.clone(), intake: intake.clone(), status, shutdown: intake_stop.clone() };
+            let task = CameraTask {
+                cfg: cam.clone(),
+                intake: intake.clone(),
+                status,
+                shutdown: intake_stop.clone(),
+            };
             camera_tasks.spawn(async move {
                 let _ = task.run().await;
             });
@@ -133,15 +142,35 @@ impl Daemon {
                 }
             });
         }
-        let mut d = Daemon { outbox, intake, cameras, cfg: cfg.clone(), intake_stop, sink_stop, camera_tasks, hook, reconcilers, sink_tasks, sink_status, health_task: None };
+        let mut d = Daemon {
+            outbox,
+            intake,
+            cameras,
+            cfg: cfg.clone(),
+            intake_stop,
+            sink_stop,
+            camera_tasks,
+            hook,
+            reconcilers,
+            sink_tasks,
+            sink_status,
+            health_task: None,
+        };
         d.health_task = Some(d.spawn_health());
         info!(cameras = d.cameras.len(), outbox = %cfg.outbox.dir.display(), dedupe_seeded = seeded, "camgate started");
         Ok(d)
     }
 
-    async fn start_hook(cfg: &Config, intake: Arc<Intake>, stop: CancellationToken) -> Result<Receiver, DaemonError> {
+    async fn start_hook(
+        cfg: &Config,
+        intake: Arc<Intake>,
+        stop: CancellationToken,
+    ) -> Result<Receiver, DaemonError> {
         let h = &cfg.hook;
-        let listen = h.listen.parse().map_err(|_| DaemonError::HookListen(h.listen.clone()))?;
+        let listen = h
+            .listen
+            .parse()
+            .map_err(|_| DaemonError::HookListen(h.listen.clone()))?;
         let rcfg = ReceiverConfig {
             listen,
             max_body_bytes: h.max_body_bytes,
@@ -156,8 +185,16 @@ impl Daemon {
         };
         let mut cams = Vec::new();
         for c in cfg.cameras.iter().filter(|c| c.mode == CameraMode::Hook) {
-            let secret = c.resolve_secret().map_err(|message| DaemonError::Secret { camera: c.name.clone(), message })?;
-            cams.push(HookCamera { name: c.name.as_str().into(), app_id: c.app_id.clone(), secret, sn: c.sn.clone() });
+            let secret = c.resolve_secret().map_err(|message| DaemonError::Secret {
+                camera: c.name.clone(),
+                message,
+            })?;
+            cams.push(HookCamera {
+                name: c.name.as_str().into(),
+                app_id: c.app_id.clone(),
+                secret,
+                sn: c.sn.clone(),
+            });
         }
         Ok(Receiver::start(rcfg, cams, intake, stop).await?)
     }
@@ -173,14 +210,24 @@ impl Daemon {
     }
 
     pub fn health(&self, state: &str) -> HealthReport {
-        let mut r = health_report(state, self.cfg.health.interval_secs, &self.cameras, &self.outbox, &self.sink_status);
+        let mut r = health_report(
+            state,
+            self.cfg.health.interval_secs,
+            &self.cameras,
+            &self.outbox,
+            &self.sink_status,
+        );
         r.hook = self.hook_health().map(|h| h.value());
         r
     }
 
     fn hook_health(&self) -> Option<HookHealth> {
         let h = self.hook.as_ref()?;
-        Some(HookHealth { listen: h.local_addr(), https: self.cfg.hook.tls_cert_file.is_some(), counters: h.counters().clone() })
+        Some(HookHealth {
+            listen: h.local_addr(),
+            https: self.cfg.hook.tls_cert_file.is_some(),
+            counters: h.counters().clone(),
+        })
     }
 
     fn spawn_health(&self) -> tokio::task::JoinHandle<()> {
@@ -200,7 +247,8 @@ impl Daemon {
                     _ = tick.tick() => {}
                     _ = stop.cancelled() => break,
                 }
-                let mut report = health_report("running", interval_secs, &cameras, &outbox, &sink_status);
+                let mut report =
+                    health_report("running", interval_secs, &cameras, &outbox, &sink_status);
                 report.hook = hook.as_ref().map(HookHealth::value);
                 if let Err(e) = ops::write_health(&path, &report) {
                     if !warned {
@@ -276,13 +324,25 @@ impl Daemon {
         }
         // The loops drop a reconcile in flight on the token; once they have ended, none of
         // their hook/add calls can still be sent after our delete.
-        if tokio::time::timeout(Duration::from_secs(1), async { while tasks.join_next().await.is_some() {} }).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(1), async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await
+        .is_err()
+        {
             tasks.abort_all();
         }
         let limit = deadline.min(tokio::time::Instant::now() + HOOK_SHUTDOWN_LIMIT);
         let mut calls = JoinSet::new();
-        for cam in self.cfg.cameras.iter().filter(|c| c.mode == CameraMode::Hook) {
-            let Some(url) = cam.effective_callback_url(&self.cfg.hook) else { continue };
+        for cam in self
+            .cfg
+            .cameras
+            .iter()
+            .filter(|c| c.mode == CameraMode::Hook)
+        {
+            let Some(url) = cam.effective_callback_url(&self.cfg.hook) else {
+                continue;
+            };
             let (cam, url) = (cam.clone(), url.to_string());
             calls.spawn(async move {
                 let call = async {
@@ -337,11 +397,19 @@ fn health_report(
         state: state.to_string(),
         updated_ms: now,
         interval_secs,
-        cameras: cameras.iter().map(|(n, s)| NamedCamera::new(n, &s.snapshot())).collect(),
+        cameras: cameras
+            .iter()
+            .map(|(n, s)| NamedCamera::new(n, &s.snapshot()))
+            .collect(),
         hook: None,
         sinks: sink_status
             .iter()
-            .map(|(n, s)| (n.clone(), serde_json::to_value(s.snapshot(&stats, now)).unwrap_or_default()))
+            .map(|(n, s)| {
+                (
+                    n.clone(),
+                    serde_json::to_value(s.snapshot(&stats, now)).unwrap_or_default(),
+                )
+            })
             .collect(),
         outbox: serde_json::to_value(stats).unwrap_or_default(),
     }
@@ -349,7 +417,12 @@ fn health_report(
 
 /// Reconciles one hook camera's subscriptions at start-up (retrying with backoff until it
 /// works) and every `every` after that, until `stop`.
-async fn reconcile_loop(cam: crate::config::CameraConfig, callback: String, every: Duration, stop: CancellationToken) {
+async fn reconcile_loop(
+    cam: crate::config::CameraConfig,
+    callback: String,
+    every: Duration,
+    stop: CancellationToken,
+) {
     let client = match HookClient::new(&cam) {
         Ok(c) => c,
         Err(e) => {

@@ -88,11 +88,23 @@ pub async fn run(opts: DemoOptions, stop: CancellationToken) -> Result<DemoSumma
         sc.serial = format!("FS101D8BS{:05}", 100 + i);
         sc.rate_per_sec = opts.rate_per_sec;
         if opts.faults && i + 1 == opts.cameras.max(1) {
-            sc.faults = Faults { bad_crc_every: Some(10), ..Faults::default() };
+            sc.faults = Faults {
+                bad_crc_every: Some(10),
+                ..Faults::default()
+            };
         }
         let sim = SimCamera::start(sc).await?;
-        let tls = TlsConfig { fingerprint_sha256: Some(sim.fingerprint()), ..TlsConfig::default() };
-        let mut cam = CameraConfig::new(&format!("door-{}", i + 1), &sim.addr.to_string(), "demo-app", &secret, tls);
+        let tls = TlsConfig {
+            fingerprint_sha256: Some(sim.fingerprint()),
+            ..TlsConfig::default()
+        };
+        let mut cam = CameraConfig::new(
+            &format!("door-{}", i + 1),
+            &sim.addr.to_string(),
+            "demo-app",
+            &secret,
+            tls,
+        );
         cam.keep_alive = 5;
         cfg.cameras.push(cam);
         sims.push(sim);
@@ -100,7 +112,12 @@ pub async fn run(opts: DemoOptions, stop: CancellationToken) -> Result<DemoSumma
     if !opts.quiet {
         println!("camgate demo: {} simulated camera(s) on loopback (TLS, pinned fingerprints), {} event(s)/s each, for {:?}", sims.len(), opts.rate_per_sec, opts.duration);
         for (c, s) in cfg.cameras.iter().zip(&sims) {
-            println!("  {} at {} fingerprint {}…", c.name, c.address, &s.fingerprint()[..23]);
+            println!(
+                "  {} at {} fingerprint {}…",
+                c.name,
+                c.address,
+                &s.fingerprint()[..23]
+            );
         }
         println!("  outbox: {}", cfg.outbox.dir.display());
     }
@@ -111,11 +128,34 @@ pub async fn run(opts: DemoOptions, stop: CancellationToken) -> Result<DemoSumma
         _ = tokio::time::sleep(opts.duration) => {}
         _ = stop.cancelled() => {}
     }
-    let protocol_errors: u64 = daemon.cameras.iter().map(|(_, s)| {
-        let snap = s.snapshot();
-        snap.errors.iter().filter(|(k, _)| matches!(**k, "bad_crc" | "bad_flag" | "unknown_type" | "oversize" | "bad_event" | "unexpected_packet" | "bad_payload")).map(|(_, v)| *v).sum::<u64>()
-    }).sum();
-    let duplicates: u64 = daemon.cameras.iter().map(|(_, s)| s.snapshot().duplicates).sum();
+    let protocol_errors: u64 = daemon
+        .cameras
+        .iter()
+        .map(|(_, s)| {
+            let snap = s.snapshot();
+            snap.errors
+                .iter()
+                .filter(|(k, _)| {
+                    matches!(
+                        **k,
+                        "bad_crc"
+                            | "bad_flag"
+                            | "unknown_type"
+                            | "oversize"
+                            | "bad_event"
+                            | "unexpected_packet"
+                            | "bad_payload"
+                    )
+                })
+                .map(|(_, v)| *v)
+                .sum::<u64>()
+        })
+        .sum();
+    let duplicates: u64 = daemon
+        .cameras
+        .iter()
+        .map(|(_, s)| s.snapshot().duplicates)
+        .sum();
     let outbox_dir = cfg.outbox.dir.clone();
     let grace = Duration::from_secs(cfg.shutdown.grace_secs);
     daemon.shutdown(grace).await?;
@@ -162,8 +202,14 @@ pub async fn run(opts: DemoOptions, stop: CancellationToken) -> Result<DemoSumma
             println!("  {name}: published {} (re-sent {}), acknowledged {}, still unacknowledged {}, connections {}", t.published, t.resent, t.acked, t.unacked, t.connects);
         }
         println!("  outbox: {} records, {} distinct events; protocol errors survived: {}; duplicates acked again: {}", summary.stored_records, summary.unique_events, protocol_errors, duplicates);
-        println!("  events as JSON lines: {}", opts.dir.join("events.jsonl").display());
-        println!("  inspect: camgate outbox dump --dir {}", outbox_dir.display());
+        println!(
+            "  events as JSON lines: {}",
+            opts.dir.join("events.jsonl").display()
+        );
+        println!(
+            "  inspect: camgate outbox dump --dir {}",
+            outbox_dir.display()
+        );
         if missing == 0 {
             println!("  OK: every acknowledged event is in the outbox");
         }
@@ -174,15 +220,21 @@ pub async fn run(opts: DemoOptions, stop: CancellationToken) -> Result<DemoSumma
     Ok(summary)
 }
 
-
 /// Shows each event once it is durable, i.e. once camgate has acknowledged it.
-fn spawn_printer(daemon: &Daemon, label: &'static str, quiet: bool) -> Result<tokio::task::JoinHandle<()>, DemoError> {
+fn spawn_printer(
+    daemon: &Daemon,
+    label: &'static str,
+    quiet: bool,
+) -> Result<tokio::task::JoinHandle<()>, DemoError> {
     let mut consumer = daemon.outbox.consumer("demo-screen")?;
     Ok(tokio::spawn(async move {
         while let Ok(batch) = consumer.next_batch(64).await {
             for r in &batch {
                 if let (false, Ok(e)) = (quiet, serde_json::from_slice::<StoredEnvelope>(&r.data)) {
-                    println!("  {label} #{:<5} {:<7} sn={} event_id={:<5} {}", r.offset, e.camera, e.sn, e.event_id, e.event_type);
+                    println!(
+                        "  {label} #{:<5} {:<7} sn={} event_id={:<5} {}",
+                        r.offset, e.camera, e.sn, e.event_id, e.event_type
+                    );
                 }
             }
             if let Some(last) = batch.last() {
@@ -195,7 +247,9 @@ fn spawn_printer(daemon: &Daemon, label: &'static str, quiet: bool) -> Result<to
 /// A loopback port free right now, for the receiver: the callback URL the cameras are told
 /// must name it before camgate starts.
 fn free_loopback_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 async fn run_hook(opts: DemoOptions, stop: CancellationToken) -> Result<DemoSummary, DemoError> {
@@ -217,8 +271,17 @@ async fn run_hook(opts: DemoOptions, stop: CancellationToken) -> Result<DemoSumm
     let serial = |i: usize| format!("FS101D8BS{:05}", 200 + i);
     for i in 0..opts.cameras.max(1) {
         let api = SimHookApi::start("demo-app", &secret, sim_stop.clone()).await?;
-        let tls = TlsConfig { fingerprint_sha256: Some(api.fingerprint()), ..TlsConfig::default() };
-        let mut cam = CameraConfig::new(&format!("gate-{}", i + 1), &api.addr.to_string(), "demo-app", &secret, tls);
+        let tls = TlsConfig {
+            fingerprint_sha256: Some(api.fingerprint()),
+            ..TlsConfig::default()
+        };
+        let mut cam = CameraConfig::new(
+            &format!("gate-{}", i + 1),
+            &api.addr.to_string(),
+            "demo-app",
+            &secret,
+            tls,
+        );
         cam.mode = CameraMode::Hook;
         cam.sn = Some(serial(i));
         cam.events = vec!["dynamic_detect_event".into()];
@@ -230,7 +293,13 @@ async fn run_hook(opts: DemoOptions, stop: CancellationToken) -> Result<DemoSumm
     if !opts.quiet {
         println!("camgate demo (hook): {} simulated camera(s) serving the hook API on loopback (HTTPS, pinned fingerprints), {} callback(s)/s each, for {:?}", apis.len(), opts.rate_per_sec, opts.duration);
         for (c, a) in cfg.cameras.iter().zip(&apis) {
-            println!("  {} (sn {}) hook API at {} fingerprint {}…", c.name, c.sn.as_deref().unwrap_or("?"), c.address, &a.fingerprint()[..23]);
+            println!(
+                "  {} (sn {}) hook API at {} fingerprint {}…",
+                c.name,
+                c.sn.as_deref().unwrap_or("?"),
+                c.address,
+                &a.fingerprint()[..23]
+            );
         }
         println!("  camgate receiver: {callback}");
         println!("  outbox: {}", cfg.outbox.dir.display());
@@ -248,12 +317,19 @@ async fn run_hook(opts: DemoOptions, stop: CancellationToken) -> Result<DemoSumm
                 break p?;
             }
             if t0.elapsed() > Duration::from_secs(15) {
-                return Err(DemoError::Unexpected(format!("camgate did not subscribe on {} within 15 s", c.name)));
+                return Err(DemoError::Unexpected(format!(
+                    "camgate did not subscribe on {} within 15 s",
+                    c.name
+                )));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         if !opts.quiet {
-            println!("  {} subscriptions after camgate's reconcile: {:?}", c.name, api.subscriptions());
+            println!(
+                "  {} subscriptions after camgate's reconcile: {:?}",
+                c.name,
+                api.subscriptions()
+            );
         }
         posters.push(std::sync::Arc::new(poster));
     }
@@ -281,7 +357,14 @@ async fn run_hook(opts: DemoOptions, stop: CancellationToken) -> Result<DemoSumm
                     for kind in [PostKind::Forged, PostKind::Replay] {
                         let status = p.post(kind.clone()).await?;
                         if !quiet {
-                            println!("  {name}: posted a {} callback -> HTTP {status}", if kind == PostKind::Forged { "forged (wrong secret)" } else { "replayed (same bytes again)" });
+                            println!(
+                                "  {name}: posted a {} callback -> HTTP {status}",
+                                if kind == PostKind::Forged {
+                                    "forged (wrong secret)"
+                                } else {
+                                    "replayed (same bytes again)"
+                                }
+                            );
                         }
                     }
                 }
@@ -292,9 +375,14 @@ async fn run_hook(opts: DemoOptions, stop: CancellationToken) -> Result<DemoSumm
     while let Some(r) = tasks.join_next().await {
         r.map_err(|e| DemoError::Unexpected(e.to_string()))??;
     }
-    let counters = daemon.hook_counters().map(|c| c.snapshot()).unwrap_or_default();
+    let counters = daemon
+        .hook_counters()
+        .map(|c| c.snapshot())
+        .unwrap_or_default();
     let outbox_dir = cfg.outbox.dir.clone();
-    daemon.shutdown(Duration::from_secs(cfg.shutdown.grace_secs)).await?;
+    daemon
+        .shutdown(Duration::from_secs(cfg.shutdown.grace_secs))
+        .await?;
     printer.abort();
     sim_stop.cancel();
 
@@ -312,11 +400,22 @@ async fn run_hook(opts: DemoOptions, stop: CancellationToken) -> Result<DemoSumm
     for (i, (c, p)) in cfg.cameras.iter().zip(&posters).enumerate() {
         let ids = p.stored_ids();
         answered_200 += ids.len() as u64;
-        missing += ids.iter().filter(|id| !stored.contains(&(serial(i), **id))).count();
+        missing += ids
+            .iter()
+            .filter(|id| !stored.contains(&(serial(i), **id)))
+            .count();
         let statuses = p.statuses();
-        let posted = statuses.iter().filter(|(k, _)| *k == PostKind::Valid).count() as u64;
+        let posted = statuses
+            .iter()
+            .filter(|(k, _)| *k == PostKind::Valid)
+            .count() as u64;
         refused.extend(statuses.into_iter().filter(|(k, _)| *k != PostKind::Valid));
-        let t = SimTotals { published: posted, acked: ids.len() as u64, unacked: posted - ids.len() as u64, ..SimTotals::default() };
+        let t = SimTotals {
+            published: posted,
+            acked: ids.len() as u64,
+            unacked: posted - ids.len() as u64,
+            ..SimTotals::default()
+        };
         cams.push((c.name.clone(), t));
     }
     let summary = DemoSummary {
@@ -328,31 +427,54 @@ async fn run_hook(opts: DemoOptions, stop: CancellationToken) -> Result<DemoSumm
         duplicates_acked_again: counters.duplicates,
         dir: opts.dir.clone(),
     };
-    let refused_ok = refused.iter().all(|(_, s)| *s == 401) && refused.len() == if opts.faults { 2 } else { 0 };
+    let refused_ok =
+        refused.iter().all(|(_, s)| *s == 401) && refused.len() == if opts.faults { 2 } else { 0 };
     if !opts.quiet {
         println!("\nsummary");
         for (name, t) in &summary.cameras {
-            println!("  {name}: posted {} valid callback(s), answered 200: {}, not 200: {}", t.published, t.acked, t.unacked);
+            println!(
+                "  {name}: posted {} valid callback(s), answered 200: {}, not 200: {}",
+                t.published, t.acked, t.unacked
+            );
         }
-        println!("  receiver: accepted {}, duplicates {}, rejected {:?}", counters.accepted, counters.duplicates, counters.rejected);
-        println!("  outbox: {} records, {} distinct events", summary.stored_records, summary.unique_events);
-        println!("  events as JSON lines: {}", opts.dir.join("events.jsonl").display());
-        println!("  inspect: camgate outbox dump --dir {}", outbox_dir.display());
+        println!(
+            "  receiver: accepted {}, duplicates {}, rejected {:?}",
+            counters.accepted, counters.duplicates, counters.rejected
+        );
+        println!(
+            "  outbox: {} records, {} distinct events",
+            summary.stored_records, summary.unique_events
+        );
+        println!(
+            "  events as JSON lines: {}",
+            opts.dir.join("events.jsonl").display()
+        );
+        println!(
+            "  inspect: camgate outbox dump --dir {}",
+            outbox_dir.display()
+        );
         if missing == 0 {
             println!("  OK: every callback answered 200 is in the outbox");
         }
         if opts.faults && refused_ok {
-            println!("  OK: the forged and the replayed callback were refused with 401 and not stored");
+            println!(
+                "  OK: the forged and the replayed callback were refused with 401 and not stored"
+            );
         }
     }
     if missing > 0 {
         return Err(DemoError::Lost(missing));
     }
     if !refused_ok {
-        return Err(DemoError::Unexpected(format!("bad callbacks were not all refused with 401: {refused:?}")));
+        return Err(DemoError::Unexpected(format!(
+            "bad callbacks were not all refused with 401: {refused:?}"
+        )));
     }
     if summary.stored_records as u64 != answered_200 {
-        return Err(DemoError::Unexpected(format!("{} records stored for {answered_200} callbacks answered 200", summary.stored_records)));
+        return Err(DemoError::Unexpected(format!(
+            "{} records stored for {answered_200} callbacks answered 200",
+            summary.stored_records
+        )));
     }
     Ok(summary)
 }

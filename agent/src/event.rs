@@ -325,7 +325,10 @@ mod tests {
     #[test]
     fn missing_sn_and_type_are_tolerated() {
         let v = EventView::parse(br#"{"event_id":3}"#).unwrap();
-        assert_eq!((v.event_id, &*v.sn, v.kind()), (EventId(3), "", EventKind::Other));
+        assert_eq!(
+            (v.event_id, &*v.sn, v.kind()),
+            (EventId(3), "", EventKind::Other)
+        );
     }
 
     #[test]

@@ -91,7 +91,11 @@ impl Intake {
         let view = EventView::parse(&raw)?;
         let event_id = view.event_id;
         // Without a serial, event ids are only unique per camera.
-        let key: Key = if view.sn.is_empty() { (format!("@{camera}").into(), event_id) } else { (view.sn.as_ref().into(), event_id) };
+        let key: Key = if view.sn.is_empty() {
+            (format!("@{camera}").into(), event_id)
+        } else {
+            (view.sn.as_ref().into(), event_id)
+        };
         let now = Instant::now();
         enum Seen {
             Done,
@@ -312,11 +316,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let i = intake(dir.path(), Duration::from_secs(3600), 100).await;
         let now = crate::sign::unix_now_ms();
-        let n = i.seed([("S".to_string(), EventId(1), now - 1000), ("S".to_string(), EventId(2), now - 7_200_000)]);
+        let n = i.seed([
+            ("S".to_string(), EventId(1), now - 1000),
+            ("S".to_string(), EventId(2), now - 7_200_000),
+        ]);
         assert_eq!(n, 1, "the event older than the window is not remembered");
         let cam: Arc<str> = "cam".into();
-        assert_eq!(i.clone().accept(cam.clone(), Source::Channel, ev("S", 1)).await.unwrap(), Accepted::Duplicate { event_id: EventId(1) });
-        assert!(matches!(i.clone().accept(cam, Source::Channel, ev("S", 2)).await.unwrap(), Accepted::Stored { .. }));
+        assert_eq!(
+            i.clone()
+                .accept(cam.clone(), Source::Channel, ev("S", 1))
+                .await
+                .unwrap(),
+            Accepted::Duplicate {
+                event_id: EventId(1)
+            }
+        );
+        assert!(matches!(
+            i.clone()
+                .accept(cam, Source::Channel, ev("S", 2))
+                .await
+                .unwrap(),
+            Accepted::Stored { .. }
+        ));
     }
 
     #[tokio::test]

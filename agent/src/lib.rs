@@ -11,20 +11,20 @@
 //! - [`sim`]: a camera simulator speaking the protocol as a camera does (tests, demo, bench).
 //! - [`config`], [`logging`], [`ops`]: configuration, logs, systemd integration.
 
+pub mod bench;
 pub mod channel;
 pub mod config;
+pub mod daemon;
+pub mod demo;
 pub mod event;
 pub mod hook;
 pub mod intake;
-pub mod outbox;
-pub mod sign;
-pub mod status;
-pub mod sim;
-pub mod daemon;
 pub mod logging;
 pub mod ops;
+pub mod outbox;
+pub mod sign;
+pub mod sim;
 pub mod sinks;
-pub mod demo;
-pub mod bench;
+pub mod status;
 #[cfg(feature = "vision")]
 pub mod vision;

@@ -17,7 +17,11 @@ use camgate::{demo, logging, ops, sim};
 const DEFAULT_CONFIG: &str = "/etc/camgate/camgate.toml";
 
 #[derive(Parser)]
-#[command(name = "camgate", version, about = "Camera gateway: Sunmi Message Channel sessions, durable outbox, on-device vision, forwarding")]
+#[command(
+    name = "camgate",
+    version,
+    about = "Camera gateway: Sunmi Message Channel sessions, durable outbox, on-device vision, forwarding"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -178,10 +182,16 @@ fn error_chain(e: &anyhow::Error) -> String {
 fn real_main(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
         Cmd::CheckConfig(a) => {
-            let cfg = Config::load(&a.config).with_context(|| format!("loading {}", a.config.display()))?;
+            let cfg = Config::load(&a.config)
+                .with_context(|| format!("loading {}", a.config.display()))?;
             match cfg.validate() {
                 Ok(()) => {
-                    println!("{}: OK ({} camera(s), outbox {})", a.config.display(), cfg.cameras.len(), cfg.outbox.dir.display());
+                    println!(
+                        "{}: OK ({} camera(s), outbox {})",
+                        a.config.display(),
+                        cfg.cameras.len(),
+                        cfg.outbox.dir.display()
+                    );
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(e) => {
@@ -190,14 +200,22 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
-        Cmd::Outbox { cmd: OutboxCmd::Dump { config, dir } } => {
+        Cmd::Outbox {
+            cmd: OutboxCmd::Dump { config, dir },
+        } => {
             let dir = match (dir, config) {
                 (Some(d), _) => d,
-                (None, c) => Config::load(&c.unwrap_or_else(|| DEFAULT_CONFIG.into()))?.outbox.dir,
+                (None, c) => {
+                    Config::load(&c.unwrap_or_else(|| DEFAULT_CONFIG.into()))?
+                        .outbox
+                        .dir
+                }
             };
             use std::io::Write;
             let mut out = std::io::stdout().lock();
-            for r in Outbox::dump(&dir).with_context(|| format!("reading outbox {}", dir.display()))? {
+            for r in
+                Outbox::dump(&dir).with_context(|| format!("reading outbox {}", dir.display()))?
+            {
                 out.write_all(&r.data)?;
                 out.write_all(b"\n")?;
             }
@@ -207,7 +225,12 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             let cfg = Config::load(&a.config)?;
             match ops::check_health(&cfg.health.file, camgate::sign::unix_now_ms()) {
                 Ok(r) => {
-                    println!("healthy: pid {} version {}, {} camera(s)", r.pid, r.version, r.cameras.len());
+                    println!(
+                        "healthy: pid {} version {}, {} camera(s)",
+                        r.pid,
+                        r.version,
+                        r.cameras.len()
+                    );
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(e) => {
@@ -218,19 +241,23 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Status(a) => {
             let cfg = Config::load(&a.config)?;
-            let text = std::fs::read_to_string(&cfg.health.file).with_context(|| format!("reading {}", cfg.health.file.display()))?;
+            let text = std::fs::read_to_string(&cfg.health.file)
+                .with_context(|| format!("reading {}", cfg.health.file.display()))?;
             println!("{text}");
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Run(a) => {
-            let cfg = Config::load_valid(&a.config).with_context(|| format!("configuration {}", a.config.display()))?;
+            let cfg = Config::load_valid(&a.config)
+                .with_context(|| format!("configuration {}", a.config.display()))?;
             logging::init("info", false);
             runtime()?.block_on(run(cfg))?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Demo(a) => {
             logging::init("warn", true);
-            let dir = a.dir.unwrap_or_else(|| std::env::temp_dir().join(format!("camgate-demo-{}", camgate::sign::unix_now_ms())));
+            let dir = a.dir.unwrap_or_else(|| {
+                std::env::temp_dir().join(format!("camgate-demo-{}", camgate::sign::unix_now_ms()))
+            });
             let opts = demo::DemoOptions {
                 mode: a.mode,
                 duration: Duration::from_secs(a.duration),
@@ -263,29 +290,39 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         #[cfg(feature = "vision")]
-        Cmd::Bench { cmd: BenchCmd::Vision(args) } => {
+        Cmd::Bench {
+            cmd: BenchCmd::Vision(args),
+        } => {
             logging::init("warn", true);
             camgate::vision::bench::run(args)?;
             Ok(ExitCode::SUCCESS)
         }
         #[cfg(feature = "mqtt")]
-        Cmd::Bench { cmd: BenchCmd::Mqtt(args) } => {
+        Cmd::Bench {
+            cmd: BenchCmd::Mqtt(args),
+        } => {
             logging::init("warn", true);
             runtime()?.block_on(camgate::sinks::mqtt::bench::run(args))?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Bench { cmd: BenchCmd::Channel(args) } => {
+        Cmd::Bench {
+            cmd: BenchCmd::Channel(args),
+        } => {
             logging::init("warn", true);
             runtime()?.block_on(camgate::bench::channel(args))?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Bench { cmd: BenchCmd::Hook(args) } => {
+        Cmd::Bench {
+            cmd: BenchCmd::Hook(args),
+        } => {
             logging::init("error", true);
             runtime()?.block_on(camgate::hook::bench::run(args))?;
             Ok(ExitCode::SUCCESS)
         }
         #[cfg(feature = "kafka")]
-        Cmd::Bench { cmd: BenchCmd::Kafka(args) } => {
+        Cmd::Bench {
+            cmd: BenchCmd::Kafka(args),
+        } => {
             logging::init("warn", true);
             runtime()?.block_on(camgate::sinks::kafka::bench::run(args))?;
             Ok(ExitCode::SUCCESS)
@@ -294,7 +331,9 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 async fn run(cfg: Config) -> Result<()> {
@@ -317,7 +356,9 @@ async fn run(cfg: Config) -> Result<()> {
         _ = tokio::signal::ctrl_c() => info!("SIGINT"),
     }
     ops::notify_stopping();
-    daemon.shutdown(Duration::from_secs(cfg.shutdown.grace_secs)).await?;
+    daemon
+        .shutdown(Duration::from_secs(cfg.shutdown.grace_secs))
+        .await?;
     Ok(())
 }
 
@@ -341,11 +382,17 @@ async fn sim_camera(a: SimArgs) -> Result<()> {
     if let Some(p) = &a.cert_out {
         std::fs::write(p, &cam.cert.cert_pem)?;
     }
-    println!("sim-camera listening on {} (media on {:?})", cam.addr, cam.media_addr);
+    println!(
+        "sim-camera listening on {} (media on {:?})",
+        cam.addr, cam.media_addr
+    );
     println!("fingerprint_sha256 = \"{}\"", cam.fingerprint());
     tokio::signal::ctrl_c().await?;
     let t = cam.totals();
-    println!("published {} acked {} unacked {} connects {}", t.published, t.acked, t.unacked, t.connects);
+    println!(
+        "published {} acked {} unacked {} connects {}",
+        t.published, t.acked, t.unacked, t.connects
+    );
     Ok(())
 }
 
@@ -364,11 +411,26 @@ mod tests {
     fn error_chain_prints_each_cause_once() {
         let io = || std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory");
         // A library error that prints its source and also returns it from source().
-        let e = anyhow::Error::new(ReadError { path: "/x.toml".into(), source: io() }).context("configuration /x.toml");
-        assert_eq!(format!("{e:#}"), "configuration /x.toml: /x.toml: No such file or directory: No such file or directory");
-        assert_eq!(error_chain(&e), "configuration /x.toml: /x.toml: No such file or directory");
+        let e = anyhow::Error::new(ReadError {
+            path: "/x.toml".into(),
+            source: io(),
+        })
+        .context("configuration /x.toml");
+        assert_eq!(
+            format!("{e:#}"),
+            "configuration /x.toml: /x.toml: No such file or directory: No such file or directory"
+        );
+        assert_eq!(
+            error_chain(&e),
+            "configuration /x.toml: /x.toml: No such file or directory"
+        );
         // Causes that do not repeat are all kept, in order.
-        let e = anyhow::Error::new(io()).context("reading /y").context("loading");
-        assert_eq!(error_chain(&e), "loading: reading /y: No such file or directory");
+        let e = anyhow::Error::new(io())
+            .context("reading /y")
+            .context("loading");
+        assert_eq!(
+            error_chain(&e),
+            "loading: reading /y: No such file or directory"
+        );
     }
 }

@@ -59,7 +59,10 @@ pub struct NamedCamera {
 
 impl NamedCamera {
     pub fn new(name: &str, snap: &CameraSnapshot) -> Self {
-        NamedCamera { name: name.to_owned(), status: serde_json::to_value(snap).unwrap_or_default() }
+        NamedCamera {
+            name: name.to_owned(),
+            status: serde_json::to_value(snap).unwrap_or_default(),
+        }
     }
 }
 
@@ -69,7 +72,10 @@ pub fn write_health(path: &Path, report: &HealthReport) -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
     }
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(report).map_err(std::io::Error::other)?)?;
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec_pretty(report).map_err(std::io::Error::other)?,
+    )?;
     std::fs::rename(&tmp, path)
 }
 
@@ -88,13 +94,17 @@ pub enum HealthError {
 /// Checks the health file: present, fresh (3 intervals) and `running`.
 pub fn check_health(path: &Path, now_ms: u64) -> Result<HealthReport, HealthError> {
     let text = std::fs::read(path).map_err(|_| HealthError::Missing(path.display().to_string()))?;
-    let r: HealthReport = serde_json::from_slice(&text).map_err(|e| HealthError::Bad(e.to_string()))?;
+    let r: HealthReport =
+        serde_json::from_slice(&text).map_err(|e| HealthError::Bad(e.to_string()))?;
     if r.state != "running" {
         return Err(HealthError::NotRunning(r.state));
     }
     let age_secs = now_ms.saturating_sub(r.updated_ms) / 1000;
     if age_secs > r.interval_secs.max(1) * 3 {
-        return Err(HealthError::Stale { age_secs, interval: r.interval_secs });
+        return Err(HealthError::Stale {
+            age_secs,
+            interval: r.interval_secs,
+        });
     }
     Ok(r)
 }

@@ -40,7 +40,8 @@ impl Reader {
             .expect("test reader: cannot create the rdkafka consumer");
         let mut tpl = TopicPartitionList::new();
         for p in 0..partitions {
-            tpl.add_partition_offset(topic, p, Offset::Beginning).expect("partition offset");
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
+                .expect("partition offset");
         }
         consumer.assign(&tpl).expect("test reader: assign");
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
@@ -55,7 +56,13 @@ impl Reader {
                         .headers()
                         .map(|h| {
                             h.iter()
-                                .map(|x| (x.key.to_string(), String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned()))
+                                .map(|x| {
+                                    (
+                                        x.key.to_string(),
+                                        String::from_utf8_lossy(x.value.unwrap_or_default())
+                                            .into_owned(),
+                                    )
+                                })
                                 .collect()
                         })
                         .unwrap_or_default();
@@ -112,7 +119,16 @@ pub fn envelope(camera: &str, sn: &str, id: i64, pad: usize) -> Bytes {
         "x".repeat(pad)
     );
     let view = EventView::parse(raw.as_bytes()).unwrap();
-    Bytes::from(Envelope::encode(camera, Source::Channel, camgate::sign::unix_now_ms(), &view, raw.as_bytes()).unwrap())
+    Bytes::from(
+        Envelope::encode(
+            camera,
+            Source::Channel,
+            camgate::sign::unix_now_ms(),
+            &view,
+            raw.as_bytes(),
+        )
+        .unwrap(),
+    )
 }
 
 /// Counts per key: (distinct keys, total messages, keys seen more than once).
@@ -121,5 +137,9 @@ pub fn tally(seen: &[Seen]) -> (usize, usize, usize) {
     for s in seen {
         *per.entry(&s.key).or_default() += 1;
     }
-    (per.len(), seen.len(), per.values().filter(|&&c| c > 1).count())
+    (
+        per.len(),
+        seen.len(),
+        per.values().filter(|&&c| c > 1).count(),
+    )
 }

@@ -3,8 +3,8 @@
 
 #[cfg(feature = "kafka")]
 pub mod kafka;
-pub mod tansu;
 pub mod mosquitto;
+pub mod tansu;
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -26,7 +26,10 @@ pub fn sim_config(rate: f64) -> SimConfig {
 }
 
 pub fn camera_for(sim: &SimCamera, name: &str) -> CameraConfig {
-    let tls = TlsConfig { fingerprint_sha256: Some(sim.fingerprint()), ..TlsConfig::default() };
+    let tls = TlsConfig {
+        fingerprint_sha256: Some(sim.fingerprint()),
+        ..TlsConfig::default()
+    };
     let mut c = CameraConfig::new(name, &sim.addr.to_string(), APP_ID, SECRET, tls);
     c.keep_alive = 5;
     c.backoff_min = 1;
@@ -96,7 +99,8 @@ pub fn stored_events(outbox_dir: &Path) -> Vec<(String, i64)> {
         .expect("outbox readable")
         .iter()
         .map(|r| {
-            let e: StoredEnvelope = serde_json::from_slice(&r.data).expect("stored envelope is JSON");
+            let e: StoredEnvelope =
+                serde_json::from_slice(&r.data).expect("stored envelope is JSON");
             (e.sn.into_owned(), e.event_id.0)
         })
         .collect()
@@ -105,7 +109,11 @@ pub fn stored_events(outbox_dir: &Path) -> Vec<(String, i64)> {
 /// Asserts that every event the camera saw acknowledged is stored, and none twice.
 pub fn assert_acked_are_stored(sim: &SimCamera, serial: &str, outbox_dir: &Path) {
     let stored = stored_events(outbox_dir);
-    let mut ids: Vec<i64> = stored.iter().filter(|(sn, _)| sn == serial).map(|(_, id)| *id).collect();
+    let mut ids: Vec<i64> = stored
+        .iter()
+        .filter(|(sn, _)| sn == serial)
+        .map(|(_, id)| *id)
+        .collect();
     let n = ids.len();
     ids.sort_unstable();
     ids.dedup();
@@ -114,7 +122,10 @@ pub fn assert_acked_are_stored(sim: &SimCamera, serial: &str, outbox_dir: &Path)
     let unacked = sim.unacked_ids();
     for id in 1..=published {
         if !unacked.contains(&id) {
-            assert!(ids.binary_search(&id).is_ok(), "event {id} was acknowledged but is not in the outbox");
+            assert!(
+                ids.binary_search(&id).is_ok(),
+                "event {id} was acknowledged but is not in the outbox"
+            );
         }
     }
 }

@@ -15,7 +15,11 @@ pub struct Mosquitto {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Started as root, mosquitto switches to the `mosquitto` user and can then neither write its
@@ -51,7 +55,10 @@ impl Mosquitto {
             ),
         )
         .unwrap();
-        assert!(Path::new(BIN).exists(), "{BIN} is missing: install the Debian package mosquitto");
+        assert!(
+            Path::new(BIN).exists(),
+            "{BIN} is missing: install the Debian package mosquitto"
+        );
         let child = Command::new(BIN)
             .arg("-c")
             .arg(&conf)
@@ -60,13 +67,24 @@ impl Mosquitto {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
-        let mut m = Mosquitto { child: Some(child), port, dir: dir.to_owned() };
+        let mut m = Mosquitto {
+            child: Some(child),
+            port,
+            dir: dir.to_owned(),
+        };
         let t0 = Instant::now();
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             if let Some(status) = m.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("mosquitto exited with {status} before listening on {port}:\n{}", m.log());
+                panic!(
+                    "mosquitto exited with {status} before listening on {port}:\n{}",
+                    m.log()
+                );
             }
-            assert!(t0.elapsed() < Duration::from_secs(10), "mosquitto did not listen on {port} within 10 s:\n{}", m.log());
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "mosquitto did not listen on {port} within 10 s:\n{}",
+                m.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         assert!(
@@ -84,7 +102,10 @@ impl Mosquitto {
     /// SIGTERM and wait: mosquitto saves its persistence file on the way out.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
             let t0 = Instant::now();
             while c.try_wait().unwrap().is_none() {
                 if t0.elapsed() > Duration::from_secs(10) {
@@ -98,13 +119,21 @@ impl Mosquitto {
     /// SIGSTOP: the broker keeps its sockets open but answers nothing (publishes stay unacked).
     pub fn freeze(&self) {
         let c = self.child.as_ref().expect("broker running");
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGSTOP).unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGSTOP,
+        )
+        .unwrap();
     }
 
     /// SIGCONT after `freeze`.
     pub fn thaw(&self) {
         let c = self.child.as_ref().expect("broker running");
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGCONT).unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGCONT,
+        )
+        .unwrap();
     }
 
     /// SIGKILL: whatever was not saved is lost (the last autosave survives).

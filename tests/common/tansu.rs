@@ -8,7 +8,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// `tansu` on PATH, else in ~/.cargo/bin (where `.ci/setup` installs it).
@@ -60,9 +64,19 @@ impl Tansu {
     /// (Re)starts the process on the same port and waits until it accepts connections.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "broker already running");
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
         let child = Command::new(tansu_bin())
-            .args(["broker", "--listener-url", &self.url(), "--advertised-listener-url", &self.url()])
+            .args([
+                "broker",
+                "--listener-url",
+                &self.url(),
+                "--advertised-listener-url",
+                &self.url(),
+            ])
             .args(["--storage-engine", "memory://tansu/"])
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -113,8 +127,15 @@ impl Tansu {
             if out.status.success() {
                 return;
             }
-            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-            assert!(t0.elapsed() < Duration::from_secs(20), "tansu topic create {name} failed: {text}");
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "tansu topic create {name} failed: {text}"
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }

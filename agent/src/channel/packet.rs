@@ -209,20 +209,31 @@ mod tests {
         let mut publish = vec![0xFF, 0x3E, 0x3E, 0xFF, 0x01, 0x09, 0x00, 0x9A];
         publish.extend_from_slice(event);
         publish.extend_from_slice(&[0xDE, 0xC1, 0x92, 0xF4]);
-        let (f, used) = FrameCodec::new(Role::Client).decode(&publish).unwrap().unwrap();
-        assert_eq!((f.packet_type, f.payload, used), (PacketType::Publish, event, publish.len()));
+        let (f, used) = FrameCodec::new(Role::Client)
+            .decode(&publish)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (f.packet_type, f.payload, used),
+            (PacketType::Publish, event, publish.len())
+        );
         let mut out = Vec::new();
         frame::encode(PacketType::Publish, event, CrcScope::Payload, &mut out).unwrap();
         assert_eq!(out, publish);
 
-        let list = EventList { event_list: vec!["dynamic_detect_event".into()] };
+        let list = EventList {
+            event_list: vec!["dynamic_detect_event".into()],
+        };
         out.clear();
         encode_json(PacketType::Unsubscribe, &list, CrcScope::Payload, &mut out).unwrap();
         let mut unsub = vec![0xFF, 0x3E, 0x3E, 0xFF, 0x01, 0x07, 0x00, 0x27];
         unsub.extend_from_slice(br#"{"event_list":["dynamic_detect_event"]}"#);
         unsub.extend_from_slice(&[0xA8, 0xB2, 0xCC, 0xB7]);
         assert_eq!(out, unsub);
-        let (f, _) = FrameCodec::new(Role::Server).decode(&unsub).unwrap().unwrap();
+        let (f, _) = FrameCodec::new(Role::Server)
+            .decode(&unsub)
+            .unwrap()
+            .unwrap();
         assert_eq!(f.packet_type, PacketType::Unsubscribe);
     }
 

@@ -570,8 +570,19 @@ mod tests {
         assert!(matches!(err, Err(SessionError::Unexpected { .. })));
         // Tolerated: a repeated SUBACK, a PINGREQ from the camera (answered).
         let mut s = ready(t0);
-        assert_eq!(feed(&mut s, &frame_bytes(PacketType::Suback, br#"{"code":0}"#), t0).unwrap(), SessionEvent::Nothing);
-        assert_eq!(feed(&mut s, &frame_bytes(PacketType::PingReq, b""), t0).unwrap(), SessionEvent::Nothing);
+        assert_eq!(
+            feed(
+                &mut s,
+                &frame_bytes(PacketType::Suback, br#"{"code":0}"#),
+                t0
+            )
+            .unwrap(),
+            SessionEvent::Nothing
+        );
+        assert_eq!(
+            feed(&mut s, &frame_bytes(PacketType::PingReq, b""), t0).unwrap(),
+            SessionEvent::Nothing
+        );
         assert_eq!(sent(&mut s), vec![(PacketType::PingResp, vec![])]);
 
         let mut s = Session::new(cfg(), t0, 1, "abcdef12".into());

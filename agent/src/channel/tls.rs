@@ -39,7 +39,9 @@ pub struct TlsConfig {
 
 impl TlsConfig {
     fn trust_choice(&self) -> Result<(), TlsError> {
-        let choices = self.fingerprint_sha256.is_some() as u8 + self.ca_file.is_some() as u8 + self.insecure_skip_verify as u8;
+        let choices = self.fingerprint_sha256.is_some() as u8
+            + self.ca_file.is_some() as u8
+            + self.insecure_skip_verify as u8;
         if choices == 1 {
             Ok(())
         } else {

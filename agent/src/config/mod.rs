@@ -277,7 +277,9 @@ const fn default_backoff_max() -> u64 {
 impl CameraConfig {
     /// Hook mode: the URL this camera posts to (its own, else `hook.callback_url`).
     pub fn effective_callback_url<'a>(&'a self, hook: &'a HookConfig) -> Option<&'a str> {
-        self.callback_url.as_deref().or(hook.callback_url.as_deref())
+        self.callback_url
+            .as_deref()
+            .or(hook.callback_url.as_deref())
     }
 
     /// A camera with every optional field at its default.
@@ -511,16 +513,25 @@ impl Config {
     fn validate_hook(&self, errs: &mut Vec<String>) {
         let h = &self.hook;
         if h.listen.parse::<std::net::SocketAddr>().is_err() {
-            errs.push(format!("hook.listen: {:?} is not an IP address and port", h.listen));
+            errs.push(format!(
+                "hook.listen: {:?} is not an IP address and port",
+                h.listen
+            ));
         }
         if !(1024..=16 * 1024 * 1024).contains(&h.max_body_bytes) {
-            errs.push(format!("hook.max_body_bytes: {} is outside 1024..=16777216", h.max_body_bytes));
+            errs.push(format!(
+                "hook.max_body_bytes: {} is outside 1024..=16777216",
+                h.max_body_bytes
+            ));
         }
         if h.max_concurrency == 0 {
             errs.push("hook.max_concurrency: must be at least 1".into());
         }
         if !(1..=86_400).contains(&h.sign_window_secs) {
-            errs.push(format!("hook.sign_window_secs: {} is outside 1..=86400", h.sign_window_secs));
+            errs.push(format!(
+                "hook.sign_window_secs: {} is outside 1..=86400",
+                h.sign_window_secs
+            ));
         }
         if h.request_timeout_secs == 0 {
             errs.push("hook.request_timeout_secs: must be at least 1".into());
@@ -533,7 +544,9 @@ impl Config {
         }
         if let Some(u) = &h.callback_url {
             if !valid_callback_url(u) {
-                errs.push(format!("hook.callback_url: {u:?} must be an http:// or https:// URL"));
+                errs.push(format!(
+                    "hook.callback_url: {u:?} must be an http:// or https:// URL"
+                ));
             }
         }
         match (&h.tls_cert_file, &h.tls_key_file) {
@@ -557,7 +570,9 @@ impl Config {
                     errs.push(format!("{at}.callback_url: only for mode = \"hook\""));
                 }
                 (Some(u), CameraMode::Hook) if !valid_callback_url(u) => {
-                    errs.push(format!("{at}.callback_url: {u:?} must be an http:// or https:// URL"));
+                    errs.push(format!(
+                        "{at}.callback_url: {u:?} must be an http:// or https:// URL"
+                    ));
                 }
                 (None, CameraMode::Hook) if h.callback_url.is_none() => {
                     errs.push(format!(
@@ -567,14 +582,19 @@ impl Config {
                 _ => {}
             }
             // A camera told to post plain HTTP to a receiver that only speaks TLS loses every event.
-            if let (true, CameraMode::Hook, Some(u)) = (https, c.mode, c.effective_callback_url(h)) {
+            if let (true, CameraMode::Hook, Some(u)) = (https, c.mode, c.effective_callback_url(h))
+            {
                 if u.starts_with("http://") {
                     errs.push(format!("{at}: callback URL {u:?} is http:// but the receiver serves HTTPS (hook.tls_cert_file)"));
                 }
             }
             match (&c.sn, c.mode) {
-                (Some(_), CameraMode::Channel) => errs.push(format!("{at}.sn: only for mode = \"hook\"")),
-                (Some(sn), CameraMode::Hook) if sn.is_empty() => errs.push(format!("{at}.sn: must not be empty")),
+                (Some(_), CameraMode::Channel) => {
+                    errs.push(format!("{at}.sn: only for mode = \"hook\""))
+                }
+                (Some(sn), CameraMode::Hook) if sn.is_empty() => {
+                    errs.push(format!("{at}.sn: must not be empty"))
+                }
                 (Some(sn), CameraMode::Hook) if !serials.insert(sn.as_str()) => {
                     errs.push(format!("{at}.sn: {sn:?} is given to another camera too"))
                 }
@@ -714,13 +734,20 @@ tls = { ca_file = "/nonexistent.pem" }
         );
         let c = Config::from_toml(&text).unwrap();
         c.validate().unwrap();
-        assert_eq!(c.cameras[0].mode, CameraMode::Channel, "channel is the default");
+        assert_eq!(
+            c.cameras[0].mode,
+            CameraMode::Channel,
+            "channel is the default"
+        );
         assert_eq!(c.cameras[1].mode, CameraMode::Hook);
         assert!(c.hook_active());
         assert_eq!(c.hook.max_body_bytes, 256 * 1024);
         assert_eq!(c.hook.sign_window_secs, 300);
         assert!(!Config::from_toml(CONTRACT).unwrap().hook_active());
-        assert!(Config::from_toml("[[cameras]]\nname=\"a\"\nmode=\"carrier-pigeon\"\naddress=\"a:1\"\napp_id=\"a\"\n").is_err());
+        assert!(Config::from_toml(
+            "[[cameras]]\nname=\"a\"\nmode=\"carrier-pigeon\"\naddress=\"a:1\"\napp_id=\"a\"\n"
+        )
+        .is_err());
     }
 
     #[test]
@@ -765,7 +792,11 @@ tls = { ca_file = "/nonexistent.pem" }
         );
         let err = Config::from_toml(&text).unwrap().validate().unwrap_err();
         let all = err.to_string();
-        for needle in ["tls_cert_file and tls_key_file go together", "given to another camera", "sn: only for mode"] {
+        for needle in [
+            "tls_cert_file and tls_key_file go together",
+            "given to another camera",
+            "sn: only for mode",
+        ] {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }
         let dir = tempfile::tempdir().unwrap();
@@ -776,7 +807,11 @@ tls = { ca_file = "/nonexistent.pem" }
         let tls = format!("tls_cert_file = {cert:?}\ntls_key_file = {key:?}\n");
         let plain = format!("[hook]\ncallback_url = \"http://10.0.0.1:8080/h\"\n{tls}{cam}");
         let err = Config::from_toml(&plain).unwrap().validate().unwrap_err();
-        assert!(err.to_string().contains("is http:// but the receiver serves HTTPS"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("is http:// but the receiver serves HTTPS"),
+            "{err}"
+        );
         let ok = plain.replace("http://", "https://");
         Config::from_toml(&ok).unwrap().validate().unwrap();
         let swapped = ok.replace("tls_key_file = ", "tls_key_file = \"/nonexistent.key\"\n#");

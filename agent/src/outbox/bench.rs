@@ -55,8 +55,16 @@ pub async fn bench_append(
         dir: dir.to_owned(),
         // Room for the whole run: the bench measures durability, not the full policy.
         max_bytes: (events as u64 + 16) * (event_bytes as u64 + 64) * 2 + 64 * 1024 * 1024,
-        max_batch: if group_commit { OutboxConfig::default().max_batch } else { 1 },
-        group_commit_window: if group_commit { Duration::from_millis(2) } else { Duration::ZERO },
+        max_batch: if group_commit {
+            OutboxConfig::default().max_batch
+        } else {
+            1
+        },
+        group_commit_window: if group_commit {
+            Duration::from_millis(2)
+        } else {
+            Duration::ZERO
+        },
         ..OutboxConfig::default()
     };
     let outbox = Outbox::open(&cfg).await?;
@@ -71,7 +79,11 @@ pub async fn bench_append(
         tasks.spawn(async move {
             let mut lat = Vec::new();
             while remaining
-                .fetch_update(std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed, |n| n.checked_sub(1))
+                .fetch_update(
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                    |n| n.checked_sub(1),
+                )
                 .is_ok()
             {
                 let t = tokio::time::Instant::now();
@@ -83,12 +95,19 @@ pub async fn bench_append(
     }
     let mut lat = Vec::with_capacity(events);
     while let Some(r) = tasks.join_next().await {
-        lat.extend(r.map_err(|e| OutboxError::Io { path: dir.to_owned(), source: std::io::Error::other(e) })??);
+        lat.extend(r.map_err(|e| OutboxError::Io {
+            path: dir.to_owned(),
+            source: std::io::Error::other(e),
+        })??);
     }
     let seconds = start.elapsed().as_secs_f64();
     outbox.shutdown().await?;
     lat.sort_unstable();
-    let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0);
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
     Ok(BenchReport {
         events,
         concurrency,

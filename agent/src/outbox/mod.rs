@@ -81,12 +81,15 @@ impl OutboxConfig {
     /// Segment size actually used: a segment can only be released whole, so it must stay well
     /// below the bound or a caught-up consumer could still leave the outbox full.
     pub fn effective_segment_bytes(&self) -> u64 {
-        self.segment_bytes.min(self.max_bytes / 4).max(HEADER_LEN as u64 + 1)
+        self.segment_bytes
+            .min(self.max_bytes / 4)
+            .max(HEADER_LEN as u64 + 1)
     }
 
     /// Largest record `append` accepts with this configuration (see `effective_segment_bytes`).
     pub fn max_record_len(&self) -> usize {
-        let quarter = (self.max_bytes / 4).saturating_sub((HEADER_LEN + segment::RECORD_OVERHEAD) as u64);
+        let quarter =
+            (self.max_bytes / 4).saturating_sub((HEADER_LEN + segment::RECORD_OVERHEAD) as u64);
         MAX_RECORD_LEN.min(usize::try_from(quarter).unwrap_or(usize::MAX))
     }
 }
@@ -170,7 +173,11 @@ pub enum OutboxError {
     #[error("outbox is full ({stored_bytes} of {max_bytes} bytes stored); not acknowledging")]
     Full { stored_bytes: u64, max_bytes: u64 },
     #[error("outbox I/O error at {path}: {source}")]
-    Io { path: PathBuf, #[source] source: std::io::Error },
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("outbox record too large: {len} bytes (max {max})")]
     RecordTooLarge { len: usize, max: usize },
     #[error("outbox is shut down")]
@@ -180,13 +187,19 @@ pub enum OutboxError {
     #[error("outbox consumer {0:?} is already in use")]
     ConsumerBusy(String),
     #[error("cannot commit offset {through}: the log ends before {next_offset}")]
-    CommitBeyondEnd { through: Offset, next_offset: Offset },
+    CommitBeyondEnd {
+        through: Offset,
+        next_offset: Offset,
+    },
     #[error("outbox directory {0} is locked by another process")]
     Locked(PathBuf),
 }
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> OutboxError + '_ {
-    move |source| OutboxError::Io { path: path.to_owned(), source }
+    move |source| OutboxError::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// Metadata of one segment file; `records` and `size` cover only durable data.
@@ -235,7 +248,9 @@ impl State {
         let mut out = Vec::new();
         // The last segment is the writer's and stays even when empty: its name carries the next
         // offset across restarts.
-        while self.segments.len() > 1 && self.segments[0].base + self.segments[0].records <= released_below {
+        while self.segments.len() > 1
+            && self.segments[0].base + self.segments[0].records <= released_below
+        {
             out.extend(self.segments.pop_front());
         }
         out
@@ -299,7 +314,9 @@ impl Drop for Reservation<'_> {
 fn valid_consumer_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
         && name != "."
         && name != ".."
 }
@@ -311,12 +328,31 @@ impl Outbox {
         let c2 = cfg.clone();
         let recovered = tokio::task::spawn_blocking(move || store::recover(&c2))
             .await
-            .map_err(|e| OutboxError::Io { path: cfg.dir.clone(), source: std::io::Error::other(e) })??;
-        let core = Arc::new(Core { cfg: cfg.clone(), state: Mutex::new(recovered.state), appended: Notify::new() });
+            .map_err(|e| OutboxError::Io {
+                path: cfg.dir.clone(),
+                source: std::io::Error::other(e),
+            })??;
+        let core = Arc::new(Core {
+            cfg: cfg.clone(),
+            state: Mutex::new(recovered.state),
+            appended: Notify::new(),
+        });
         let (tx, rx) = mpsc::channel(cfg.max_batch.max(16));
         let (done_tx, done_rx) = watch::channel(false);
-        tokio::spawn(store::run_writer(core.clone(), rx, recovered.writer, recovered.lock, done_tx));
-        Ok(Self { inner: Arc::new(Inner { core, tx, writer_done: done_rx }) })
+        tokio::spawn(store::run_writer(
+            core.clone(),
+            rx,
+            recovered.writer,
+            recovered.lock,
+            done_tx,
+        ));
+        Ok(Self {
+            inner: Arc::new(Inner {
+                core,
+                tx,
+                writer_done: done_rx,
+            }),
+        })
     }
 
     pub async fn append(&self, data: Bytes) -> Result<Offset, OutboxError> {
@@ -330,18 +366,34 @@ impl Outbox {
                 return Err(OutboxError::Closed);
             }
             if data.len() > max {
-                return Err(OutboxError::RecordTooLarge { len: data.len(), max });
+                return Err(OutboxError::RecordTooLarge {
+                    len: data.len(),
+                    max,
+                });
             }
             let used = st.stored_bytes + st.reserved_bytes;
             if used + size > core.cfg.max_bytes {
                 st.refused_full += 1;
-                return Err(OutboxError::Full { stored_bytes: used, max_bytes: core.cfg.max_bytes });
+                return Err(OutboxError::Full {
+                    stored_bytes: used,
+                    max_bytes: core.cfg.max_bytes,
+                });
             }
             st.reserved_bytes += size;
         }
-        let mut reservation = Reservation { core, size, armed: true };
+        let mut reservation = Reservation {
+            core,
+            size,
+            armed: true,
+        };
         let (reply, rx) = oneshot::channel();
-        if self.inner.tx.send(Msg::Append(AppendReq { data, size, reply })).await.is_err() {
+        if self
+            .inner
+            .tx
+            .send(Msg::Append(AppendReq { data, size, reply }))
+            .await
+            .is_err()
+        {
             return Err(OutboxError::Closed);
         }
         reservation.armed = false;
@@ -369,13 +421,26 @@ impl Outbox {
                 // Registered before anyone reads: from now on this consumer holds retention,
                 // across restarts too.
                 store::write_cursor(&core.cfg.dir, name, None)?;
-                st.consumers.insert(name.to_owned(), Slot { committed: None, live: true });
+                st.consumers.insert(
+                    name.to_owned(),
+                    Slot {
+                        committed: None,
+                        live: true,
+                    },
+                );
                 None
             }
         };
         let first = st.segments.front().map_or(0, |s| s.base);
         let next = committed.map_or(first, |c| c + 1).max(first);
-        Ok(Consumer { outbox: self.clone(), name: name.to_owned(), committed, next, pos: None, file: None })
+        Ok(Consumer {
+            outbox: self.clone(),
+            name: name.to_owned(),
+            committed,
+            next,
+            pos: None,
+            file: None,
+        })
     }
 
     pub fn stats(&self) -> OutboxStats {
@@ -391,7 +456,15 @@ impl Outbox {
             io_errors: st.io_errors,
             truncated_bytes: st.truncated_bytes,
             corrupt_records: st.corrupt_records,
-            spans: st.segments.iter().map(|s| SegmentSpan { base: s.base, records: s.records, bytes: s.size }).collect(),
+            spans: st
+                .segments
+                .iter()
+                .map(|s| SegmentSpan {
+                    base: s.base,
+                    records: s.records,
+                    bytes: s.size,
+                })
+                .collect(),
         }
     }
 
@@ -466,9 +539,14 @@ impl Consumer {
             let file = self.file.take();
             let pos = self.pos;
             let next = self.next;
-            let (file, outcome) = tokio::task::spawn_blocking(move || store::read_records(&dir, file, next, pos, &plan))
-                .await
-                .map_err(|e| OutboxError::Io { path: core.cfg.dir.clone(), source: std::io::Error::other(e) })?;
+            let (file, outcome) = tokio::task::spawn_blocking(move || {
+                store::read_records(&dir, file, next, pos, &plan)
+            })
+            .await
+            .map_err(|e| OutboxError::Io {
+                path: core.cfg.dir.clone(),
+                source: std::io::Error::other(e),
+            })?;
             self.file = file;
             match outcome {
                 ReadOutcome::Records { records, end_pos } => {
@@ -492,7 +570,10 @@ impl Consumer {
                     let is_last = st.segments.back().is_some_and(|s| s.base == plan.base);
                     if is_last {
                         // The segment being written cannot be skipped: later appends land in it.
-                        return Err(OutboxError::Io { path, source: std::io::Error::new(std::io::ErrorKind::InvalidData, reason) });
+                        return Err(OutboxError::Io {
+                            path,
+                            source: std::io::Error::new(std::io::ErrorKind::InvalidData, reason),
+                        });
                     }
                     let lost = plan.seg_end - at;
                     st.corrupt_records += lost;
@@ -516,7 +597,10 @@ impl Consumer {
                 self.next = first.base;
                 self.pos = None;
             }
-            let idx = st.segments.partition_point(|s| s.base <= self.next).checked_sub(1)?;
+            let idx = st
+                .segments
+                .partition_point(|s| s.base <= self.next)
+                .checked_sub(1)?;
             let seg = &st.segments[idx];
             let seg_end = seg.base + seg.records;
             if seg.unreadable || self.next >= seg_end {
@@ -548,7 +632,10 @@ impl Consumer {
                 return Err(OutboxError::Closed);
             }
             if through >= st.next_offset {
-                return Err(OutboxError::CommitBeyondEnd { through, next_offset: st.next_offset });
+                return Err(OutboxError::CommitBeyondEnd {
+                    through,
+                    next_offset: st.next_offset,
+                });
             }
         }
         if self.committed.is_some_and(|c| c >= through) {
@@ -558,7 +645,10 @@ impl Consumer {
         let name = self.name.clone();
         tokio::task::spawn_blocking(move || store::write_cursor(&dir, &name, Some(through)))
             .await
-            .map_err(|e| OutboxError::Io { path: core.cfg.dir.clone(), source: std::io::Error::other(e) })??;
+            .map_err(|e| OutboxError::Io {
+                path: core.cfg.dir.clone(),
+                source: std::io::Error::other(e),
+            })??;
         self.committed = Some(through);
         if self.next <= through {
             self.next = through + 1;
@@ -573,9 +663,10 @@ impl Consumer {
         };
         if !released.is_empty() {
             let dir = core.cfg.dir.clone();
-            let freed = tokio::task::spawn_blocking(move || store::delete_segments(&dir, &released))
-                .await
-                .unwrap_or(0);
+            let freed =
+                tokio::task::spawn_blocking(move || store::delete_segments(&dir, &released))
+                    .await
+                    .unwrap_or(0);
             let mut st = core.lock();
             st.stored_bytes -= freed;
         }

@@ -14,13 +14,30 @@ const NAMES: [&str; 2] = ["sink-a", "sink-b"];
 
 #[derive(Debug, Clone)]
 enum Op {
-    Append { len: usize, fill: u8 },
+    Append {
+        len: usize,
+        fill: u8,
+    },
     /// Several appends of the same length in flight at once (one group commit, any order).
-    Burst { n: usize, len: usize },
-    Register { c: usize },
-    Read { c: usize, max: usize },
-    Commit { c: usize, back: u64 },
-    CommitBeyondEnd { c: usize, ahead: u64 },
+    Burst {
+        n: usize,
+        len: usize,
+    },
+    Register {
+        c: usize,
+    },
+    Read {
+        c: usize,
+        max: usize,
+    },
+    Commit {
+        c: usize,
+        back: u64,
+    },
+    CommitBeyondEnd {
+        c: usize,
+        ahead: u64,
+    },
     Reopen,
     Shutdown,
 }
@@ -102,7 +119,11 @@ impl Model {
         let next = self.next_offset();
         let last = self.segments.back().unwrap();
         if last.records > 0 && last.size + size > self.seg_limit {
-            self.segments.push_back(MSeg { base: next, records: 0, size: HEADER_LEN as u64 });
+            self.segments.push_back(MSeg {
+                base: next,
+                records: 0,
+                size: HEADER_LEN as u64,
+            });
         }
         let last = self.segments.back_mut().unwrap();
         last.records += 1;
@@ -112,7 +133,10 @@ impl Model {
     }
     fn register(&mut self, c: usize) {
         let first = self.first();
-        let cons = self.consumers.entry(c).or_insert(MConsumer { committed: None, next: first });
+        let cons = self.consumers.entry(c).or_insert(MConsumer {
+            committed: None,
+            next: first,
+        });
         cons.next = cons.committed.map_or(first, |x| x + 1).max(first);
     }
     fn read(&mut self, c: usize, max: usize) -> Option<Answer> {
@@ -126,9 +150,16 @@ impl Model {
         if cons.next >= next_offset {
             return None; // would wait
         }
-        let seg = self.segments.iter().rev().find(|s| s.base <= cons.next).unwrap();
+        let seg = self
+            .segments
+            .iter()
+            .rev()
+            .find(|s| s.base <= cons.next)
+            .unwrap();
         let end = (cons.next + max as u64).min(seg.base + seg.records);
-        let out = (cons.next..end).map(|o| (o, self.data[o as usize].clone())).collect();
+        let out = (cons.next..end)
+            .map(|o| (o, self.data[o as usize].clone()))
+            .collect();
         cons.next = end;
         Some(Answer::Records(out))
     }
@@ -145,8 +176,15 @@ impl Model {
         }
         cons.committed = Some(through);
         cons.next = cons.next.max(through + 1);
-        let released_below = self.consumers.values().map(|c| c.committed.map_or(0, |x| x + 1)).min().unwrap();
-        while self.segments.len() > 1 && self.segments[0].base + self.segments[0].records <= released_below {
+        let released_below = self
+            .consumers
+            .values()
+            .map(|c| c.committed.map_or(0, |x| x + 1))
+            .min()
+            .unwrap();
+        while self.segments.len() > 1
+            && self.segments[0].base + self.segments[0].records <= released_below
+        {
             self.segments.pop_front();
         }
         Answer::Done
@@ -165,7 +203,11 @@ fn answer<T>(r: Result<T, OutboxError>, f: impl FnOnce(T) -> Answer) -> Answer {
 }
 
 fn records(rs: Vec<Record>) -> Answer {
-    Answer::Records(rs.into_iter().map(|r| (r.offset, r.data.to_vec())).collect())
+    Answer::Records(
+        rs.into_iter()
+            .map(|r| (r.offset, r.data.to_vec()))
+            .collect(),
+    )
 }
 
 async fn run(cfg: OutboxConfig, ops: Vec<Op>) {
@@ -174,7 +216,11 @@ async fn run(cfg: OutboxConfig, ops: Vec<Op>) {
         seg_limit: cfg.effective_segment_bytes(),
         max_record: cfg.max_record_len(),
         data: Vec::new(),
-        segments: VecDeque::from([MSeg { base: 0, records: 0, size: HEADER_LEN as u64 }]),
+        segments: VecDeque::from([MSeg {
+            base: 0,
+            records: 0,
+            size: HEADER_LEN as u64,
+        }]),
         closed: false,
         consumers: BTreeMap::new(),
         refused_full: 0,
@@ -207,7 +253,8 @@ async fn run(cfg: OutboxConfig, ops: Vec<Op>) {
                 sorted.sort_unstable();
                 assert_eq!(sorted, (base..base + n as u64).collect::<Vec<_>>(), "{ctx}");
                 // Same lengths, so the segment layout does not depend on the order in the batch.
-                let mut by_offset: Vec<(Offset, Vec<u8>)> = offsets.into_iter().zip(datas).collect();
+                let mut by_offset: Vec<(Offset, Vec<u8>)> =
+                    offsets.into_iter().zip(datas).collect();
                 by_offset.sort();
                 for (_, d) in by_offset {
                     model.append(d);
@@ -227,7 +274,9 @@ async fn run(cfg: OutboxConfig, ops: Vec<Op>) {
                 }
             }
             Op::Read { c, max } => {
-                let Some(h) = handles.get_mut(&c) else { continue };
+                let Some(h) = handles.get_mut(&c) else {
+                    continue;
+                };
                 match model.read(c, max) {
                     Some(expected) => {
                         let got = tokio::time::timeout(Duration::from_secs(10), h.next_batch(max))
@@ -237,21 +286,29 @@ async fn run(cfg: OutboxConfig, ops: Vec<Op>) {
                     }
                     None => {
                         // Nothing durable past the cursor: it must wait, not return.
-                        let got = tokio::time::timeout(Duration::from_millis(20), h.next_batch(max)).await;
+                        let got =
+                            tokio::time::timeout(Duration::from_millis(20), h.next_batch(max))
+                                .await;
                         assert!(got.is_err(), "{ctx}: returned {got:?} with nothing to read");
                     }
                 }
             }
             Op::Commit { c, back } => {
-                let Some(h) = handles.get_mut(&c) else { continue };
+                let Some(h) = handles.get_mut(&c) else {
+                    continue;
+                };
                 let next = model.consumers[&c].next;
-                let Some(through) = next.checked_sub(1 + back) else { continue };
+                let Some(through) = next.checked_sub(1 + back) else {
+                    continue;
+                };
                 let got = answer(h.commit(through).await, |()| Answer::Done);
                 assert_eq!(got, model.commit(c, through), "{ctx}");
                 assert_eq!(h.committed(), model.consumers[&c].committed, "{ctx}");
             }
             Op::CommitBeyondEnd { c, ahead } => {
-                let Some(h) = handles.get_mut(&c) else { continue };
+                let Some(h) = handles.get_mut(&c) else {
+                    continue;
+                };
                 let through = model.next_offset() + ahead;
                 let got = answer(h.commit(through).await, |()| Answer::Done);
                 assert_eq!(got, model.commit(c, through), "{ctx}");
@@ -260,7 +317,10 @@ async fn run(cfg: OutboxConfig, ops: Vec<Op>) {
                 outbox.shutdown().await.unwrap();
                 model.closed = true;
                 // Appends after shutdown are refused as closed, not as full.
-                let got = answer(outbox.append(Bytes::from_static(b"late")).await, Answer::Offset);
+                let got = answer(
+                    outbox.append(Bytes::from_static(b"late")).await,
+                    Answer::Offset,
+                );
                 assert_eq!(got, Answer::Closed, "{ctx}");
             }
             Op::Reopen => {
@@ -276,9 +336,14 @@ async fn run(cfg: OutboxConfig, ops: Vec<Op>) {
                 // What is on disk is what the model holds.
                 let dumped = Outbox::dump(&cfg.dir).unwrap();
                 let first = model.first();
-                let expected: Vec<(Offset, Vec<u8>)> =
-                    (first..model.next_offset()).map(|o| (o, model.data[o as usize].clone())).collect();
-                assert_eq!(answer(Ok(dumped), records), Answer::Records(expected), "{ctx}");
+                let expected: Vec<(Offset, Vec<u8>)> = (first..model.next_offset())
+                    .map(|o| (o, model.data[o as usize].clone()))
+                    .collect();
+                assert_eq!(
+                    answer(Ok(dumped), records),
+                    Answer::Records(expected),
+                    "{ctx}"
+                );
             }
         }
         let s = outbox.stats();
@@ -318,11 +383,29 @@ proptest! {
 async fn model_smoke_sequence() {
     // A fixed sequence through full, release and reopen, so a regression shows without shrinking.
     let dir = tempfile::tempdir().unwrap();
-    let cfg = OutboxConfig { dir: dir.path().to_owned(), max_bytes: 400, segment_bytes: 100, ..OutboxConfig::default() };
+    let cfg = OutboxConfig {
+        dir: dir.path().to_owned(),
+        max_bytes: 400,
+        segment_bytes: 100,
+        ..OutboxConfig::default()
+    };
     let mut ops = vec![Op::Register { c: 0 }];
     ops.extend((0..12).map(|i| Op::Append { len: 30, fill: i }));
-    ops.extend([Op::Read { c: 0, max: 5 }, Op::Commit { c: 0, back: 0 }, Op::Read { c: 0, max: 5 }, Op::Commit { c: 0, back: 0 }]);
-    ops.extend((0..4).map(|i| Op::Append { len: 30, fill: 100 + i }));
-    ops.extend([Op::Reopen, Op::Read { c: 0, max: 50 }, Op::Commit { c: 0, back: 0 }, Op::Append { len: 1, fill: 1 }]);
+    ops.extend([
+        Op::Read { c: 0, max: 5 },
+        Op::Commit { c: 0, back: 0 },
+        Op::Read { c: 0, max: 5 },
+        Op::Commit { c: 0, back: 0 },
+    ]);
+    ops.extend((0..4).map(|i| Op::Append {
+        len: 30,
+        fill: 100 + i,
+    }));
+    ops.extend([
+        Op::Reopen,
+        Op::Read { c: 0, max: 50 },
+        Op::Commit { c: 0, back: 0 },
+        Op::Append { len: 1, fill: 1 },
+    ]);
     run(cfg, ops).await;
 }

@@ -68,7 +68,9 @@ pub fn decode_header(buf: &[u8]) -> Result<Header, HeaderError> {
     }
     let mut b = [0u8; 8];
     b.copy_from_slice(&buf[8..16]);
-    Ok(Header { base_offset: u64::from_le_bytes(b) })
+    Ok(Header {
+        base_offset: u64::from_le_bytes(b),
+    })
 }
 
 fn le4(s: &[u8]) -> [u8; 4] {
@@ -114,14 +116,20 @@ pub enum RecordError {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Decoded<'a> {
     /// A complete, checksummed record and the bytes it took.
-    Record { body: &'a [u8], size: usize },
+    Record {
+        body: &'a [u8],
+        size: usize,
+    },
     Error(RecordError),
 }
 
 /// Decodes only the framing; `Ok(len)` means the body has `len` bytes (not yet checked).
 pub fn decode_frame(buf: &[u8]) -> Result<(u32, u32), RecordError> {
     if buf.len() < RECORD_OVERHEAD {
-        return Err(RecordError::Incomplete { have: buf.len(), need: RECORD_OVERHEAD });
+        return Err(RecordError::Incomplete {
+            have: buf.len(),
+            need: RECORD_OVERHEAD,
+        });
     }
     let len = u32::from_le_bytes(le4(&buf[0..4]));
     let crc = u32::from_le_bytes(le4(&buf[4..8]));
@@ -147,7 +155,10 @@ pub fn decode_record(buf: &[u8]) -> Decoded<'_> {
     };
     let need = RECORD_OVERHEAD + len as usize;
     if buf.len() < need {
-        return Decoded::Error(RecordError::Incomplete { have: buf.len(), need });
+        return Decoded::Error(RecordError::Incomplete {
+            have: buf.len(),
+            need,
+        });
     }
     let body = &buf[RECORD_OVERHEAD..need];
     match check_body(len, crc, body) {
@@ -177,10 +188,20 @@ pub fn parse_records(buf: &[u8]) -> RecordScan<'_> {
                 records.push(body);
                 pos += size;
             }
-            Decoded::Error(e) => return RecordScan { records, valid_len: pos, stop: Some(e) },
+            Decoded::Error(e) => {
+                return RecordScan {
+                    records,
+                    valid_len: pos,
+                    stop: Some(e),
+                }
+            }
         }
     }
-    RecordScan { records, valid_len: pos, stop: None }
+    RecordScan {
+        records,
+        valid_len: pos,
+        stop: None,
+    }
 }
 
 /// A whole segment file decoded.
@@ -272,7 +293,10 @@ mod tests {
                     if cut == end {
                         assert_eq!(s.stop, None, "cut {cut}");
                     } else {
-                        assert!(matches!(s.stop, Some(RecordError::Incomplete { .. })), "cut {cut}");
+                        assert!(
+                            matches!(s.stop, Some(RecordError::Incomplete { .. })),
+                            "cut {cut}"
+                        );
                     }
                 }
             }
@@ -325,7 +349,10 @@ mod tests {
     fn huge_length_field_is_corruption_not_allocation() {
         let mut buf = vec![0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0];
         buf.extend_from_slice(b"short");
-        assert_eq!(decode_record(&buf), Decoded::Error(RecordError::TooLong(u32::MAX)));
+        assert_eq!(
+            decode_record(&buf),
+            Decoded::Error(RecordError::TooLong(u32::MAX))
+        );
         let len = (MAX_RECORD_LEN + 1) as u32;
         let mut buf = len.to_le_bytes().to_vec();
         buf.extend_from_slice(&[0; 4]);
@@ -333,7 +360,10 @@ mod tests {
         // The maximum itself is a legal length: incomplete here, not corrupt.
         let mut buf = (MAX_RECORD_LEN as u32).to_le_bytes().to_vec();
         buf.extend_from_slice(&[0; 4]);
-        assert!(matches!(parse_records(&buf).stop, Some(RecordError::Incomplete { .. })));
+        assert!(matches!(
+            parse_records(&buf).stop,
+            Some(RecordError::Incomplete { .. })
+        ));
     }
 
     #[test]

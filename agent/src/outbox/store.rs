@@ -12,7 +12,9 @@ use nix::fcntl::{Flock, FlockArg};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::segment::{self, HEADER_LEN, RECORD_OVERHEAD};
-use super::{io_err, AppendReq, Core, Msg, Offset, OutboxConfig, OutboxError, Record, SegMeta, Slot, State};
+use super::{
+    io_err, AppendReq, Core, Msg, Offset, OutboxConfig, OutboxError, Record, SegMeta, Slot, State,
+};
 
 const LOCK_FILE: &str = "LOCK";
 const CURSOR_SUFFIX: &str = ".consumer";
@@ -33,7 +35,11 @@ fn cursor_path(dir: &Path, name: &str) -> PathBuf {
 
 /// Durably replaces the consumer's cursor file (tmp + fsync + rename + fsync dir), so a crash
 /// leaves either the old or the new committed offset, never a torn one.
-pub(crate) fn write_cursor(dir: &Path, name: &str, committed: Option<Offset>) -> Result<(), OutboxError> {
+pub(crate) fn write_cursor(
+    dir: &Path,
+    name: &str,
+    committed: Option<Offset>,
+) -> Result<(), OutboxError> {
     let path = cursor_path(dir, name);
     let tmp = dir.join(format!("{name}{CURSOR_SUFFIX}.tmp"));
     let text = match committed {
@@ -65,7 +71,9 @@ fn list_dir(dir: &Path, remove_tmp: bool) -> io::Result<(Vec<Offset>, Vec<String
     let mut consumers = Vec::new();
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
-        let Ok(name) = entry.file_name().into_string() else { continue };
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
         if let Some(base) = segment::parse_file_name(&name) {
             bases.push(base);
         } else if let Some(c) = name.strip_suffix(CURSOR_SUFFIX) {
@@ -95,7 +103,10 @@ pub(crate) fn recover(cfg: &OutboxConfig) -> Result<Recovered, OutboxError> {
         if errno == nix::errno::Errno::EWOULDBLOCK {
             OutboxError::Locked(dir.clone())
         } else {
-            OutboxError::Io { path: lock_path.clone(), source: errno.into() }
+            OutboxError::Io {
+                path: lock_path.clone(),
+                source: errno.into(),
+            }
         }
     })?;
 
@@ -112,7 +123,13 @@ pub(crate) fn recover(cfg: &OutboxConfig) -> Result<Recovered, OutboxError> {
                 None
             }
         };
-        state.consumers.insert(name, Slot { committed, live: false });
+        state.consumers.insert(
+            name,
+            Slot {
+                committed,
+                live: false,
+            },
+        );
     }
 
     // The last segment is the one that may have a torn tail; a last segment with a bad header
@@ -125,12 +142,18 @@ pub(crate) fn recover(cfg: &OutboxConfig) -> Result<Recovered, OutboxError> {
         match segment::parse_segment(&data) {
             Ok(scan) if scan.header.base_offset == base => {
                 let valid = scan.valid_len as u64;
-                let file = OpenOptions::new().read(true).write(true).open(&path).map_err(io_err(&path))?;
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&path)
+                    .map_err(io_err(&path))?;
                 if valid < data.len() as u64 {
                     let cut = data.len() as u64 - valid;
                     tracing::warn!(path = %path.display(), valid_bytes = valid, truncated_bytes = cut,
                         reason = ?scan.stop, "truncating torn tail of outbox segment");
-                    file.set_len(valid).and_then(|_| file.sync_all()).map_err(io_err(&path))?;
+                    file.set_len(valid)
+                        .and_then(|_| file.sync_all())
+                        .map_err(io_err(&path))?;
                     state.truncated_bytes += cut;
                 }
                 active = Some((file, base, valid, scan.records.len() as u64));
@@ -161,29 +184,52 @@ pub(crate) fn recover(cfg: &OutboxConfig) -> Result<Recovered, OutboxError> {
         let file = File::open(&path).map_err(io_err(&path))?;
         let size = file.metadata().map_err(io_err(&path))?.len();
         let mut head = [0u8; HEADER_LEN];
-        let unreadable = match file.read_exact_at(&mut head, 0).map(|_| segment::decode_header(&head)) {
+        let unreadable = match file
+            .read_exact_at(&mut head, 0)
+            .map(|_| segment::decode_header(&head))
+        {
             Ok(Ok(h)) if h.base_offset == base => false,
             other => {
                 tracing::error!(path = %path.display(), error = ?other, "outbox segment header unreadable");
                 true
             }
         };
-        state.segments.push_back(SegMeta { base, records: next_base - base, size, unreadable });
+        state.segments.push_back(SegMeta {
+            base,
+            records: next_base - base,
+            size,
+            unreadable,
+        });
         state.stored_bytes += size;
     }
 
     let limit = cfg.effective_segment_bytes();
     let writer = match active {
         Some((file, base, size, records)) => {
-            state.segments.push_back(SegMeta { base, records, size, unreadable: false });
+            state.segments.push_back(SegMeta {
+                base,
+                records,
+                size,
+                unreadable: false,
+            });
             state.stored_bytes += size;
             SegWriter::new(dir.clone(), file, base, size, records, limit)
         }
         None => {
             // Never reuse offsets a consumer has already seen committed (e.g. segments removed by hand).
-            let base = state.consumers.values().filter_map(|s| s.committed.map(|c| c + 1)).max().unwrap_or(0);
+            let base = state
+                .consumers
+                .values()
+                .filter_map(|s| s.committed.map(|c| c + 1))
+                .max()
+                .unwrap_or(0);
             let (file, size) = SegWriter::create_segment(dir, base).map_err(io_err(dir))?;
-            state.segments.push_back(SegMeta { base, records: 0, size, unreadable: false });
+            state.segments.push_back(SegMeta {
+                base,
+                records: 0,
+                size,
+                unreadable: false,
+            });
             state.stored_bytes += size;
             SegWriter::new(dir.clone(), file, base, size, 0, limit)
         }
@@ -194,7 +240,11 @@ pub(crate) fn recover(cfg: &OutboxConfig) -> Result<Recovered, OutboxError> {
     state.stored_bytes -= delete_segments(dir, &released);
     tracing::info!(dir = %dir.display(), next_offset = state.next_offset, segments = state.segments.len(),
         stored_bytes = state.stored_bytes, consumers = state.consumers.len(), "outbox opened");
-    Ok(Recovered { state, writer, lock })
+    Ok(Recovered {
+        state,
+        writer,
+        lock,
+    })
 }
 
 /// Deletes released segment files; returns the bytes freed. Failures are logged, not fatal: the
@@ -206,7 +256,9 @@ pub(crate) fn delete_segments(dir: &Path, segs: &[SegMeta]) -> u64 {
         match fs::remove_file(&path) {
             Ok(()) => freed += s.size,
             Err(e) if e.kind() == io::ErrorKind::NotFound => freed += s.size,
-            Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot delete released outbox segment"),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot delete released outbox segment")
+            }
         }
     }
     if !segs.is_empty() {
@@ -254,7 +306,16 @@ fn clone_err(e: &io::Error) -> io::Error {
 
 impl SegWriter {
     fn new(dir: PathBuf, file: File, base: Offset, size: u64, records: u64, limit: u64) -> Self {
-        Self { dir, file, base, size, records, limit, dirty_tail: false, buf: Vec::new() }
+        Self {
+            dir,
+            file,
+            base,
+            size,
+            records,
+            limit,
+            dirty_tail: false,
+            buf: Vec::new(),
+        }
     }
 
     pub fn path(&self) -> PathBuf {
@@ -266,7 +327,12 @@ impl SegWriter {
         let path = dir.join(segment::file_name(base));
         // A leftover file with this name can only be a failed earlier creation: no record with
         // this offset was ever acknowledged.
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)?;
         let res = file
             .write_all_at(&segment::encode_header(base), 0)
             .and_then(|_| file.sync_all())
@@ -282,7 +348,11 @@ impl SegWriter {
     }
 
     fn snapshot(&self) -> SegSnapshot {
-        SegSnapshot { base: self.base, size: self.size, records: self.records }
+        SegSnapshot {
+            base: self.base,
+            size: self.size,
+            records: self.records,
+        }
     }
 
     fn roll(&mut self, touched: &mut Vec<SegSnapshot>) -> io::Result<()> {
@@ -298,7 +368,11 @@ impl SegWriter {
     }
 
     fn undo_tail(&mut self) {
-        match self.file.set_len(self.size).and_then(|_| self.file.sync_data()) {
+        match self
+            .file
+            .set_len(self.size)
+            .and_then(|_| self.file.sync_data())
+        {
             Ok(()) => self.dirty_tail = false,
             Err(e) => {
                 self.dirty_tail = true;
@@ -317,7 +391,9 @@ impl SegWriter {
             if self.dirty_tail {
                 self.undo_tail();
                 if self.dirty_tail {
-                    let e = io::Error::other("outbox segment tail could not be cleaned after a failed write");
+                    let e = io::Error::other(
+                        "outbox segment tail could not be cleaned after a failed write",
+                    );
                     results.extend((i..datas.len()).map(|_| Err(clone_err(&e))));
                     break;
                 }
@@ -343,10 +419,14 @@ impl SegWriter {
                 end_size += s;
                 i += 1;
             }
-            let res = self.file.write_all_at(&self.buf, self.size).and_then(|_| self.file.sync_data());
+            let res = self
+                .file
+                .write_all_at(&self.buf, self.size)
+                .and_then(|_| self.file.sync_data());
             match res {
                 Ok(()) => {
-                    results.extend((0..(i - start) as u64).map(|k| Ok(self.base + self.records + k)));
+                    results
+                        .extend((0..(i - start) as u64).map(|k| Ok(self.base + self.records + k)));
                     self.records += (i - start) as u64;
                     self.size = end_size;
                 }
@@ -469,7 +549,10 @@ pub(crate) async fn run_writer(
     for (i, t) in shutdowns.into_iter().enumerate() {
         let r = match &result {
             Ok(()) => Ok(()),
-            Err(e) if i == 0 => Err(OutboxError::Io { path: path.clone(), source: clone_err(e) }),
+            Err(e) if i == 0 => Err(OutboxError::Io {
+                path: path.clone(),
+                source: clone_err(e),
+            }),
             Err(_) => Ok(()),
         };
         let _ = t.send(r);
@@ -497,7 +580,12 @@ async fn commit_batch(core: &Core, mut seg: SegWriter, batch: &mut Vec<AppendReq
                     st.stored_bytes = st.stored_bytes + snap.size - old;
                 }
                 _ => {
-                    st.segments.push_back(SegMeta { base: snap.base, records: snap.records, size: snap.size, unreadable: false });
+                    st.segments.push_back(SegMeta {
+                        base: snap.base,
+                        records: snap.records,
+                        size: snap.size,
+                        unreadable: false,
+                    });
                     st.stored_bytes += snap.size;
                 }
             }
@@ -511,7 +599,10 @@ async fn commit_batch(core: &Core, mut seg: SegWriter, batch: &mut Vec<AppendReq
     core.appended.notify_waiters();
     let path = seg.path();
     for (req, res) in batch.drain(..).zip(outcome.results) {
-        let _ = req.reply.send(res.map_err(|source| OutboxError::Io { path: path.clone(), source }));
+        let _ = req.reply.send(res.map_err(|source| OutboxError::Io {
+            path: path.clone(),
+            source,
+        }));
     }
     seg
 }
@@ -528,11 +619,18 @@ pub(crate) struct ReadPlan {
 }
 
 pub(crate) enum ReadOutcome {
-    Records { records: Vec<Record>, end_pos: u64 },
+    Records {
+        records: Vec<Record>,
+        end_pos: u64,
+    },
     /// The segment file no longer exists.
     Gone,
     /// Record `at` (or the header) is unreadable.
-    Corrupt { at: Offset, reason: String, path: PathBuf },
+    Corrupt {
+        at: Offset,
+        reason: String,
+        path: PathBuf,
+    },
 }
 
 pub(crate) fn read_records(
@@ -548,17 +646,39 @@ pub(crate) fn read_records(
         _ => match File::open(&path) {
             Ok(f) => (f, None),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return (None, ReadOutcome::Gone),
-            Err(e) => return (None, ReadOutcome::Corrupt { at: next, reason: format!("open: {e}"), path }),
+            Err(e) => {
+                return (
+                    None,
+                    ReadOutcome::Corrupt {
+                        at: next,
+                        reason: format!("open: {e}"),
+                        path,
+                    },
+                )
+            }
         },
     };
     let mut out = Vec::new();
     let mut end_pos = 0;
-    let res = read_into(&mut BufReader::with_capacity(64 * 1024, &file), next, pos, plan, &mut out, &mut end_pos);
+    let res = read_into(
+        &mut BufReader::with_capacity(64 * 1024, &file),
+        next,
+        pos,
+        plan,
+        &mut out,
+        &mut end_pos,
+    );
     let outcome = match res {
-        Ok(()) => ReadOutcome::Records { records: out, end_pos },
+        Ok(()) => ReadOutcome::Records {
+            records: out,
+            end_pos,
+        },
         // Records before a corrupt one are good: deliver them; the next call reaches the
         // corruption again and reports it.
-        Err(_) if !out.is_empty() => ReadOutcome::Records { records: out, end_pos },
+        Err(_) if !out.is_empty() => ReadOutcome::Records {
+            records: out,
+            end_pos,
+        },
         Err((at, reason)) => ReadOutcome::Corrupt { at, reason, path },
     };
     (Some((plan.base, file)), outcome)
@@ -578,7 +698,9 @@ fn read_into(
         Some(p) => p,
         None => {
             let mut head = [0u8; HEADER_LEN];
-            reader.read_exact(&mut head).map_err(|e| (plan.base, format!("header: {e}")))?;
+            reader
+                .read_exact(&mut head)
+                .map_err(|e| (plan.base, format!("header: {e}")))?;
             match segment::decode_header(&head) {
                 Ok(h) if h.base_offset == plan.base => {}
                 Ok(h) => return Err((plan.base, format!("header names base {}", h.base_offset))),
@@ -588,16 +710,22 @@ fn read_into(
             let mut p = HEADER_LEN as u64;
             for o in plan.base..next {
                 let mut frame = [0u8; RECORD_OVERHEAD];
-                reader.read_exact(&mut frame).map_err(|e| (o, format!("frame: {e}")))?;
+                reader
+                    .read_exact(&mut frame)
+                    .map_err(|e| (o, format!("frame: {e}")))?;
                 let (len, _) = segment::decode_frame(&frame).map_err(|e| (o, e.to_string()))?;
-                reader.seek_relative(i64::from(len)).map_err(|e| (o, format!("seek: {e}")))?;
+                reader
+                    .seek_relative(i64::from(len))
+                    .map_err(|e| (o, format!("seek: {e}")))?;
                 p += (RECORD_OVERHEAD as u64) + u64::from(len);
             }
             p
         }
     };
     *end_pos = p;
-    reader.seek(SeekFrom::Start(p)).map_err(|e| (next, format!("seek: {e}")))?;
+    reader
+        .seek(SeekFrom::Start(p))
+        .map_err(|e| (next, format!("seek: {e}")))?;
     let mut offset = next;
     let mut bytes = 0u64;
     let past_end = || "record extends past the segment's durable length".to_owned();
@@ -606,16 +734,23 @@ fn read_into(
             return Err((offset, past_end()));
         }
         let mut frame = [0u8; RECORD_OVERHEAD];
-        reader.read_exact(&mut frame).map_err(|e| (offset, format!("frame: {e}")))?;
+        reader
+            .read_exact(&mut frame)
+            .map_err(|e| (offset, format!("frame: {e}")))?;
         let (len, crc) = segment::decode_frame(&frame).map_err(|e| (offset, e.to_string()))?;
         let size = RECORD_OVERHEAD as u64 + u64::from(len);
         if p + size > plan.limit {
             return Err((offset, past_end()));
         }
         let mut body = vec![0u8; len as usize];
-        reader.read_exact(&mut body).map_err(|e| (offset, format!("body: {e}")))?;
+        reader
+            .read_exact(&mut body)
+            .map_err(|e| (offset, format!("body: {e}")))?;
         segment::check_body(len, crc, &body).map_err(|e| (offset, e.to_string()))?;
-        out.push(Record { offset, data: Bytes::from(body) });
+        out.push(Record {
+            offset,
+            data: Bytes::from(body),
+        });
         offset += 1;
         p += size;
         bytes += size;
@@ -646,13 +781,22 @@ pub(crate) fn dump(dir: &Path) -> Result<Vec<Record>, OutboxError> {
         let cap = bases.get(i + 1).map_or(u64::MAX, |n| n - base);
         if let Some(stop) = scan.stop {
             // An incomplete record at the end of the last segment is a write in progress.
-            let in_progress = i + 1 == bases.len() && matches!(stop, segment::RecordError::Incomplete { .. });
+            let in_progress =
+                i + 1 == bases.len() && matches!(stop, segment::RecordError::Incomplete { .. });
             if !in_progress {
                 tracing::warn!(path = %path.display(), valid_bytes = scan.valid_len, reason = %stop, "outbox segment ends early");
             }
         }
-        for (k, body) in scan.records.into_iter().enumerate().take(usize::try_from(cap).unwrap_or(usize::MAX)) {
-            out.push(Record { offset: base + k as u64, data: Bytes::copy_from_slice(body) });
+        for (k, body) in scan
+            .records
+            .into_iter()
+            .enumerate()
+            .take(usize::try_from(cap).unwrap_or(usize::MAX))
+        {
+            out.push(Record {
+                offset: base + k as u64,
+                data: Bytes::copy_from_slice(body),
+            });
         }
     }
     Ok(out)

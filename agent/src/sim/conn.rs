@@ -61,8 +61,14 @@ enum Next {
 }
 
 impl Conn {
-    pub async fn serve(self, acceptor: tokio_rustls::TlsAcceptor, tcp: TcpStream) -> Result<(), SimError> {
-        let tls = timeout(Duration::from_secs(10), acceptor.accept(tcp)).await.map_err(|_| SimError::HandshakeTimeout)??;
+    pub async fn serve(
+        self,
+        acceptor: tokio_rustls::TlsAcceptor,
+        tcp: TcpStream,
+    ) -> Result<(), SimError> {
+        let tls = timeout(Duration::from_secs(10), acceptor.accept(tcp))
+            .await
+            .map_err(|_| SimError::HandshakeTimeout)??;
         count(&self.state.connects);
         let (mut rd, mut wr) = tokio::io::split(tls);
         let codec = FrameCodec::new(Role::Server).with_crc_scope(self.cfg.crc_scope);
@@ -73,7 +79,11 @@ impl Conn {
         let mut keep_alive = Duration::from_secs(30);
         let mut last_ping = Instant::now();
         let mut published_here = 0u64;
-        let period = if self.cfg.rate_per_sec > 0.0 { Duration::from_secs_f64(1.0 / self.cfg.rate_per_sec) } else { Duration::from_secs(3600) };
+        let period = if self.cfg.rate_per_sec > 0.0 {
+            Duration::from_secs_f64(1.0 / self.cfg.rate_per_sec)
+        } else {
+            Duration::from_secs(3600)
+        };
         let mut ticker = interval(period);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
 
@@ -186,11 +196,13 @@ impl Conn {
                 };
                 *self.state.keep_alive_seen.lock().unwrap() = Some(c.keep_alive);
                 let params = c.sign_params();
-                let refs: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                let refs: Vec<(&str, &str)> =
+                    params.iter().map(|(k, v)| (*k, v.as_str())).collect();
                 let checked = if c.app_id != self.cfg.app_id {
                     Err(sign::SignError::UnknownAppId)
                 } else {
-                    self.verifier.verify(&refs, &self.cfg.secret, sign::unix_now())
+                    self.verifier
+                        .verify(&refs, &self.cfg.secret, sign::unix_now())
                 };
                 if let Err(e) = checked {
                     count(&self.state.sign_rejected);
@@ -220,7 +232,9 @@ impl Conn {
                     return Next::Close(Err(SimError::Refused(code)));
                 }
                 for e in list.event_list {
-                    if (e == FACE_RECOG_EVENT || e == DYNAMIC_DETECT_EVENT) && !subscribed.iter().any(|s| *s == e) {
+                    if (e == FACE_RECOG_EVENT || e == DYNAMIC_DETECT_EVENT)
+                        && !subscribed.iter().any(|s| *s == e)
+                    {
                         subscribed.push(e.into_owned());
                     }
                 }
@@ -230,7 +244,12 @@ impl Conn {
                     // A camera keeps what was not acknowledged and sends it again.
                     let again: Vec<(i64, Bytes)> = {
                         let mut u = self.state.unacked.lock().unwrap();
-                        u.iter_mut().map(|(id, (p, _, resent))| { *resent = true; (*id, p.clone()) }).collect()
+                        u.iter_mut()
+                            .map(|(id, (p, _, resent))| {
+                                *resent = true;
+                                (*id, p.clone())
+                            })
+                            .collect()
                     };
                     for (_, p) in again {
                         count(&self.state.resent);
@@ -246,7 +265,11 @@ impl Conn {
                 };
                 count(&self.state.unsubscribes);
                 subscribed.retain(|s| !list.event_list.iter().any(|e| e == s));
-                let code_ty = if faults.unsuback_as_7 { 7 } else { PacketType::Unsuback.code() };
+                let code_ty = if faults.unsuback_as_7 {
+                    7
+                } else {
+                    PacketType::Unsuback.code()
+                };
                 let body = serde_json::to_vec(&Code { code: 0 }).expect("code serialises");
                 frame::encode_raw(code_ty, 1, &body, scope, out).expect("fits");
                 Next::Continue
@@ -286,7 +309,10 @@ impl Conn {
 
     fn event_json(&self, id: i64, kind: &str) -> String {
         let now = sign::unix_now();
-        let host = self.media_addr.map(|a| a.to_string()).unwrap_or_else(|| "127.0.0.1".into());
+        let host = self
+            .media_addr
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "127.0.0.1".into());
         if kind == FACE_RECOG_EVENT {
             let path = format!("/mnt/sd-card/sunmi_image/snap/{now}000_{id}.jpg");
             format!(

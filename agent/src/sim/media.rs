@@ -24,11 +24,15 @@ pub fn auth_key(path: &str, unix: u64, secret: &str) -> String {
 }
 
 fn authorised(path: &str, query: Option<&str>, secret: &str) -> bool {
-    let Some(key) = query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("auth_key="))) else {
+    let Some(key) = query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("auth_key=")))
+    else {
         return false;
     };
-    let Some((unix, _)) = key.split_once('-') else { return false };
-    unix.parse::<u64>().is_ok_and(|u| auth_key(path, u, secret) == key)
+    let Some((unix, _)) = key.split_once('-') else {
+        return false;
+    };
+    unix.parse::<u64>()
+        .is_ok_and(|u| auth_key(path, u, secret) == key)
 }
 
 pub(crate) async fn serve(
@@ -47,12 +51,16 @@ pub(crate) async fn serve(
             };
             let (acceptor, state) = (acceptor.clone(), state.clone());
             tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
                 let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                     let state = state.clone();
                     async move { Ok::<_, Infallible>(answer(&req, &state)) }
                 });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), svc).await;
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
             });
         }
     });
@@ -63,18 +71,38 @@ fn answer(req: &Request<hyper::body::Incoming>, state: &SimState) -> Response<Fu
     let path = req.uri().path();
     let secret = state.media_secret.lock().unwrap().clone();
     let (status, body, ctype) = if !path.starts_with("/mnt/sd-card/") {
-        (StatusCode::NOT_FOUND, Bytes::from_static(b"not found"), "text/plain")
+        (
+            StatusCode::NOT_FOUND,
+            Bytes::from_static(b"not found"),
+            "text/plain",
+        )
     } else if !authorised(path, req.uri().query(), &secret) {
         count(&state.media_refused);
-        (StatusCode::FORBIDDEN, Bytes::from_static(b"bad auth_key"), "text/plain")
+        (
+            StatusCode::FORBIDDEN,
+            Bytes::from_static(b"bad auth_key"),
+            "text/plain",
+        )
     } else if path.ends_with(".jpg") {
         count(&state.media_served);
-        (StatusCode::OK, Bytes::from_static(SNAPSHOT_JPEG), "image/jpeg")
+        (
+            StatusCode::OK,
+            Bytes::from_static(SNAPSHOT_JPEG),
+            "image/jpeg",
+        )
     } else {
         count(&state.media_served);
-        (StatusCode::OK, Bytes::from_static(b"FLV\x01"), "video/x-flv")
+        (
+            StatusCode::OK,
+            Bytes::from_static(b"FLV\x01"),
+            "video/x-flv",
+        )
     };
-    Response::builder().status(status).header("content-type", ctype).body(Full::new(body)).expect("static response")
+    Response::builder()
+        .status(status)
+        .header("content-type", ctype)
+        .body(Full::new(body))
+        .expect("static response")
 }
 
 #[cfg(test)]
@@ -84,9 +112,21 @@ mod tests {
     #[test]
     fn auth_keys_verify() {
         let k = auth_key("/mnt/sd-card/a.jpg", 1_597_894_624, "s");
-        assert!(authorised("/mnt/sd-card/a.jpg", Some(&format!("x=1&auth_key={k}")), "s"));
-        assert!(!authorised("/mnt/sd-card/b.jpg", Some(&format!("auth_key={k}")), "s"));
-        assert!(!authorised("/mnt/sd-card/a.jpg", Some(&format!("auth_key={k}")), "other"));
+        assert!(authorised(
+            "/mnt/sd-card/a.jpg",
+            Some(&format!("x=1&auth_key={k}")),
+            "s"
+        ));
+        assert!(!authorised(
+            "/mnt/sd-card/b.jpg",
+            Some(&format!("auth_key={k}")),
+            "s"
+        ));
+        assert!(!authorised(
+            "/mnt/sd-card/a.jpg",
+            Some(&format!("auth_key={k}")),
+            "other"
+        ));
         assert!(!authorised("/mnt/sd-card/a.jpg", None, "s"));
     }
 }

@@ -8,8 +8,8 @@
 
 mod cert;
 mod conn;
-mod media;
 pub mod hook;
+mod media;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -157,9 +157,20 @@ impl SimCamera {
         state.next_event_id.store(1, Ordering::Relaxed);
         *state.faults.lock().unwrap() = cfg.faults.clone();
         *state.media_secret.lock().unwrap() = cfg.secret.clone();
-        let acceptor = tokio_rustls::TlsAcceptor::from(cert.server_config(cfg.require_client_ca.as_ref()).map_err(std::io::Error::other)?);
+        let acceptor = tokio_rustls::TlsAcceptor::from(
+            cert.server_config(cfg.require_client_ca.as_ref())
+                .map_err(std::io::Error::other)?,
+        );
         let media_addr = if cfg.serve_media {
-            Some(media::serve(SocketAddr::new(addr.ip(), 0), acceptor.clone(), state.clone(), shutdown.clone()).await?)
+            Some(
+                media::serve(
+                    SocketAddr::new(addr.ip(), 0),
+                    acceptor.clone(),
+                    state.clone(),
+                    shutdown.clone(),
+                )
+                .await?,
+            )
         } else {
             None
         };
@@ -193,7 +204,13 @@ impl SimCamera {
                 }
             });
         }
-        Ok(SimCamera { addr, media_addr, cert, state, shutdown })
+        Ok(SimCamera {
+            addr,
+            media_addr,
+            cert,
+            state,
+            shutdown,
+        })
     }
 
     /// SHA-256 fingerprint of the certificate, for `tls.fingerprint_sha256`.

@@ -18,12 +18,21 @@ pub enum JsonlError {
     #[error(transparent)]
     Outbox(#[from] OutboxError),
     #[error("jsonl sink {path}: {source}")]
-    Io { path: PathBuf, #[source] source: std::io::Error },
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 enum Out {
     Stdout(tokio::io::Stdout),
-    File { path: PathBuf, file: tokio::fs::File, len: u64, max: u64 },
+    File {
+        path: PathBuf,
+        file: tokio::fs::File,
+        len: u64,
+        max: u64,
+    },
 }
 
 impl Out {
@@ -32,7 +41,12 @@ impl Out {
             return Ok(Out::Stdout(tokio::io::stdout()));
         }
         let (file, len) = open_append(&cfg.path).await?;
-        Ok(Out::File { path: cfg.path.clone(), file, len, max: cfg.max_file_bytes })
+        Ok(Out::File {
+            path: cfg.path.clone(),
+            file,
+            len,
+            max: cfg.max_file_bytes,
+        })
     }
 
     async fn write(&mut self, batch: &[Record]) -> Result<(), JsonlError> {
@@ -43,17 +57,33 @@ impl Out {
         }
         match self {
             Out::Stdout(s) => {
-                let io = |source| JsonlError::Io { path: PathBuf::from("-"), source };
+                let io = |source| JsonlError::Io {
+                    path: PathBuf::from("-"),
+                    source,
+                };
                 s.write_all(&buf).await.map_err(io)?;
                 s.flush().await.map_err(io)?;
             }
-            Out::File { path, file, len, max } => {
+            Out::File {
+                path,
+                file,
+                len,
+                max,
+            } => {
                 if *len > 0 && *len + buf.len() as u64 > *max {
                     let old = path.with_extension("jsonl.1");
-                    tokio::fs::rename(&*path, &old).await.map_err(|source| JsonlError::Io { path: old.clone(), source })?;
+                    tokio::fs::rename(&*path, &old)
+                        .await
+                        .map_err(|source| JsonlError::Io {
+                            path: old.clone(),
+                            source,
+                        })?;
                     (*file, *len) = open_append(path).await?;
                 }
-                let io = |source| JsonlError::Io { path: path.clone(), source };
+                let io = |source| JsonlError::Io {
+                    path: path.clone(),
+                    source,
+                };
                 file.write_all(&buf).await.map_err(io)?;
                 file.sync_data().await.map_err(io)?;
                 *len += buf.len() as u64;
@@ -64,18 +94,30 @@ impl Out {
 }
 
 async fn open_append(path: &Path) -> Result<(tokio::fs::File, u64), JsonlError> {
-    let io = |source| JsonlError::Io { path: path.to_owned(), source };
+    let io = |source| JsonlError::Io {
+        path: path.to_owned(),
+        source,
+    };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         tokio::fs::create_dir_all(dir).await.map_err(io)?;
     }
-    let file = tokio::fs::OpenOptions::new().create(true).append(true).open(path).await.map_err(io)?;
+    let file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .await
+        .map_err(io)?;
     let len = file.metadata().await.map_err(io)?.len();
     Ok((file, len))
 }
 
 /// Runs until `shutdown`; then takes what is already stored for a moment longer and stops.
 /// Returns the number of events written.
-pub async fn run(outbox: Outbox, cfg: JsonlSinkConfig, shutdown: CancellationToken) -> Result<u64, JsonlError> {
+pub async fn run(
+    outbox: Outbox,
+    cfg: JsonlSinkConfig,
+    shutdown: CancellationToken,
+) -> Result<u64, JsonlError> {
     let mut consumer = outbox.consumer(CONSUMER)?;
     let mut out = Out::open(&cfg).await?;
     let mut written = 0u64;
@@ -93,15 +135,23 @@ pub async fn run(outbox: Outbox, cfg: JsonlSinkConfig, shutdown: CancellationTok
         }
     }
     // Drain what is already there without waiting for new events.
-    while let Ok(Ok(batch)) = tokio::time::timeout(Duration::from_millis(100), consumer.next_batch(256)).await {
+    while let Ok(Ok(batch)) =
+        tokio::time::timeout(Duration::from_millis(100), consumer.next_batch(256)).await
+    {
         written += write_and_commit(&mut out, &mut consumer, &batch).await?;
     }
     debug!(written, "jsonl sink stopped");
     Ok(written)
 }
 
-async fn write_and_commit(out: &mut Out, consumer: &mut crate::outbox::Consumer, batch: &[Record]) -> Result<u64, JsonlError> {
-    let Some(last) = batch.last() else { return Ok(0) };
+async fn write_and_commit(
+    out: &mut Out,
+    consumer: &mut crate::outbox::Consumer,
+    batch: &[Record],
+) -> Result<u64, JsonlError> {
+    let Some(last) = batch.last() else {
+        return Ok(0);
+    };
     if let Err(e) = out.write(batch).await {
         warn!(error = %e, "jsonl sink write failed; will retry from the last commit");
         return Err(e);

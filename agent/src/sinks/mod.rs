@@ -14,10 +14,10 @@ pub mod status;
 
 #[cfg(feature = "kafka")]
 pub use kafka::KafkaConfig;
-#[cfg(not(feature = "kafka"))]
-pub use not_built::KafkaConfig;
 #[cfg(feature = "mqtt")]
 pub use mqtt::MqttConfig;
+#[cfg(not(feature = "kafka"))]
+pub use not_built::KafkaConfig;
 #[cfg(not(feature = "mqtt"))]
 pub use not_built::MqttConfig;
 

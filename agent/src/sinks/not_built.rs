@@ -13,13 +13,15 @@ macro_rules! not_built {
 
         impl $name {
             pub fn validate(&self, errs: &mut Vec<String>) {
-                errs.push(concat!(
-                    $section,
-                    ": this camgate was built without the `",
-                    $section,
-                    "` feature; remove the section or use a build with it"
-                )
-                .into());
+                errs.push(
+                    concat!(
+                        $section,
+                        ": this camgate was built without the `",
+                        $section,
+                        "` feature; remove the section or use a build with it"
+                    )
+                    .into(),
+                );
             }
         }
     };
@@ -36,9 +38,15 @@ mod tests {
 
     #[test]
     fn a_section_of_a_sink_left_out_of_the_build_is_refused_by_name() {
-        let cfg = Config::from_toml("[kafka]\nbrokers = \"127.0.0.1:9092\"\n[mqtt]\nhost = \"127.0.0.1\"\n").expect("the sections still parse");
+        let cfg = Config::from_toml(
+            "[kafka]\nbrokers = \"127.0.0.1:9092\"\n[mqtt]\nhost = \"127.0.0.1\"\n",
+        )
+        .expect("the sections still parse");
         let err = cfg.validate().expect_err("refused").to_string();
-        for (section, built) in [("kafka", cfg!(feature = "kafka")), ("mqtt", cfg!(feature = "mqtt"))] {
+        for (section, built) in [
+            ("kafka", cfg!(feature = "kafka")),
+            ("mqtt", cfg!(feature = "mqtt")),
+        ] {
             let named = err.contains(&format!("built without the `{section}` feature"));
             assert_eq!(named, !built, "{section}: {err}");
         }

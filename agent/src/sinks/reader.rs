@@ -94,7 +94,11 @@ pub async fn read_and_commit(
             // The outbox was shut down first: these acked records are sent again after a
             // restart (duplicates, never a loss).
             if want.count > done.count {
-                warn!(consumer = consumer.name(), acknowledged = want.count - done.count, "outbox closed before the sink committed; acknowledged events will be re-sent");
+                warn!(
+                    consumer = consumer.name(),
+                    acknowledged = want.count - done.count,
+                    "outbox closed before the sink committed; acknowledged events will be re-sent"
+                );
             }
         }
         Err(e) => return Err(e),
@@ -102,14 +106,23 @@ pub async fn read_and_commit(
     Ok(done.count)
 }
 
-async fn commit_to(consumer: &mut Consumer, done: &mut Acked, want: Acked, status: &SinkStatus) -> Result<(), OutboxError> {
-    let Some(through) = want.through else { return Ok(()) };
+async fn commit_to(
+    consumer: &mut Consumer,
+    done: &mut Acked,
+    want: Acked,
+    status: &SinkStatus,
+) -> Result<(), OutboxError> {
+    let Some(through) = want.through else {
+        return Ok(());
+    };
     if done.through >= Some(through) {
         return Ok(());
     }
     consumer.commit(through).await?;
     status.committed(through);
-    status.delivered.fetch_add(want.count - done.count, Ordering::Relaxed);
+    status
+        .delivered
+        .fetch_add(want.count - done.count, Ordering::Relaxed);
     *done = want;
     Ok(())
 }

@@ -61,7 +61,8 @@ impl SinkStatus {
 
     /// Sets (or clears, with `None`) the receive time of the oldest event not yet delivered.
     pub fn set_oldest_pending(&self, received_at_ms: Option<u64>) {
-        self.oldest_pending_ms.store(received_at_ms.unwrap_or(0), Ordering::Relaxed);
+        self.oldest_pending_ms
+            .store(received_at_ms.unwrap_or(0), Ordering::Relaxed);
     }
 
     pub fn snapshot(&self, outbox: &OutboxStats, now_ms: u64) -> SinkSnapshot {
@@ -78,8 +79,16 @@ impl SinkStatus {
             queue_full: self.queue_full.load(Ordering::Relaxed),
             lag_events: outbox.next_offset.saturating_sub(from),
             lag_bytes: outbox.bytes_from(from),
-            oldest_pending_age_ms: if oldest == 0 { 0 } else { now_ms.saturating_sub(oldest) },
-            last_error: self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            oldest_pending_age_ms: if oldest == 0 {
+                0
+            } else {
+                now_ms.saturating_sub(oldest)
+            },
+            last_error: self
+                .last_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
         }
     }
 }
@@ -91,13 +100,21 @@ mod tests {
     #[test]
     fn lag_counts_from_the_committed_cursor_or_the_oldest_stored_record() {
         let s = SinkStatus::default();
-        let ob = OutboxStats { next_offset: 100, stored_records: 100, ..Default::default() };
+        let ob = OutboxStats {
+            next_offset: 100,
+            stored_records: 100,
+            ..Default::default()
+        };
         assert_eq!(s.snapshot(&ob, 0).lag_events, 100);
         s.committed(39);
         assert_eq!(s.snapshot(&ob, 0).lag_events, 60);
         // A fresh process that has not committed yet: records released earlier are not lag.
         let fresh = SinkStatus::default();
-        let ob = OutboxStats { next_offset: 100, stored_records: 10, ..Default::default() };
+        let ob = OutboxStats {
+            next_offset: 100,
+            stored_records: 10,
+            ..Default::default()
+        };
         assert_eq!(fresh.snapshot(&ob, 0).lag_events, 10);
     }
 
@@ -109,9 +126,21 @@ mod tests {
             next_offset: 30,
             stored_records: 30,
             spans: vec![
-                SegmentSpan { base: 0, records: 10, bytes: h + 1000 },
-                SegmentSpan { base: 10, records: 20, bytes: h + 4000 },
-                SegmentSpan { base: 30, records: 0, bytes: h },
+                SegmentSpan {
+                    base: 0,
+                    records: 10,
+                    bytes: h + 1000,
+                },
+                SegmentSpan {
+                    base: 10,
+                    records: 20,
+                    bytes: h + 4000,
+                },
+                SegmentSpan {
+                    base: 30,
+                    records: 0,
+                    bytes: h,
+                },
             ],
             ..Default::default()
         };
@@ -120,9 +149,17 @@ mod tests {
         s.committed(9);
         assert_eq!(s.snapshot(&ob, 0).lag_bytes, h + 4000);
         s.committed(14);
-        assert_eq!(s.snapshot(&ob, 0).lag_bytes, 3000, "15 of the 20 records of the second segment");
+        assert_eq!(
+            s.snapshot(&ob, 0).lag_bytes,
+            3000,
+            "15 of the 20 records of the second segment"
+        );
         s.committed(29);
-        assert_eq!(s.snapshot(&ob, 0).lag_bytes, 0, "an empty writer segment is no lag");
+        assert_eq!(
+            s.snapshot(&ob, 0).lag_bytes,
+            0,
+            "an empty writer segment is no lag"
+        );
     }
 
     #[test]

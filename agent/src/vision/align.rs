@@ -6,8 +6,13 @@ use super::image::{warp_affine, RgbImage};
 pub const ALIGNED_SIZE: u32 = 112;
 
 /// The standard ArcFace template for 112×112 crops: left eye, right eye, nose, left and right mouth.
-pub const ARCFACE_TEMPLATE: [[f64; 2]; 5] =
-    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]];
+pub const ARCFACE_TEMPLATE: [[f64; 2]; 5] = [
+    [38.2946, 51.6963],
+    [73.5318, 51.5014],
+    [56.0252, 71.7366],
+    [41.5493, 92.3655],
+    [70.7299, 92.2041],
+];
 
 /// Least-squares similarity transform (rotation, uniform scale, translation) mapping `src` onto `dst`.
 ///
@@ -21,7 +26,9 @@ pub fn similarity_transform(src: &[[f64; 2]], dst: &[[f64; 2]]) -> Option<[[f64;
         return None;
     }
     let mean = |p: &[[f64; 2]]| {
-        let (sx, sy) = p[..n].iter().fold((0.0, 0.0), |a, q| (a.0 + q[0], a.1 + q[1]));
+        let (sx, sy) = p[..n]
+            .iter()
+            .fold((0.0, 0.0), |a, q| (a.0 + q[0], a.1 + q[1]));
         [sx / n as f64, sy / n as f64]
     };
     let (ms, md) = (mean(src), mean(dst));
@@ -56,9 +63,15 @@ mod tests {
     #[test]
     fn recovers_a_known_similarity() {
         // dst = 2·R(30°)·src + (5, −3)
-        let (c, s) = (30f64.to_radians().cos() * 2.0, 30f64.to_radians().sin() * 2.0);
+        let (c, s) = (
+            30f64.to_radians().cos() * 2.0,
+            30f64.to_radians().sin() * 2.0,
+        );
         let src = [[1.0, 2.0], [3.0, -1.0], [0.5, 0.5], [-2.0, 4.0], [7.0, 1.0]];
-        let dst: Vec<[f64; 2]> = src.iter().map(|p| [c * p[0] - s * p[1] + 5.0, s * p[0] + c * p[1] - 3.0]).collect();
+        let dst: Vec<[f64; 2]> = src
+            .iter()
+            .map(|p| [c * p[0] - s * p[1] + 5.0, s * p[0] + c * p[1] - 3.0])
+            .collect();
         let m = similarity_transform(&src, &dst).unwrap();
         let want = [[c, -s, 5.0], [s, c, -3.0]];
         for r in 0..2 {

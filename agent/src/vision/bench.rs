@@ -44,7 +44,9 @@ pub struct VisionBenchArgs {
 }
 
 /// Wall-clock milliseconds per stage, the wall-clock total, then the process CPU time of the pass.
-const STAGES: [&str; 8] = ["decode", "pnet", "rnet", "onet", "align", "embed", "total", "cpu"];
+const STAGES: [&str; 8] = [
+    "decode", "pnet", "rnet", "onet", "align", "embed", "total", "cpu",
+];
 const TOTAL: usize = 6;
 const CPU: usize = 7;
 
@@ -52,14 +54,26 @@ type Row = [f64; 8];
 
 fn stage_values(t: &StageTimes, cpu_ms: f64) -> Row {
     // The working-resolution shrink belongs to the detector's front end; it is counted with P-Net.
-    [t.decode_ms, t.resize_ms + t.pnet_ms, t.rnet_ms, t.onet_ms, t.align_ms, t.embed_ms, t.total_ms, cpu_ms]
+    [
+        t.decode_ms,
+        t.resize_ms + t.pnet_ms,
+        t.rnet_ms,
+        t.onet_ms,
+        t.align_ms,
+        t.embed_ms,
+        t.total_ms,
+        cpu_ms,
+    ]
 }
 
 /// CPU time used by this process so far, ms. Unlike wall time it does not grow while other
 /// processes hold the CPU (both sides are single-threaded; the reference reports the same clock,
 /// Python's `process_time`).
 fn process_cpu_ms() -> f64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime only writes the timespec it is given.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
     if rc != 0 {
@@ -83,7 +97,10 @@ fn medians(rows: &[Row]) -> Row {
 
 fn default_images() -> Result<Vec<PathBuf>, VisionError> {
     let dir = PathBuf::from("tests/fixtures/faces");
-    let rd = std::fs::read_dir(&dir).map_err(|source| VisionError::Io { path: dir.clone(), source })?;
+    let rd = std::fs::read_dir(&dir).map_err(|source| VisionError::Io {
+        path: dir.clone(),
+        source,
+    })?;
     let mut v: Vec<PathBuf> = rd
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("jpg" | "png")))
@@ -102,7 +119,11 @@ struct ReferencePeer {
 }
 
 impl ReferencePeer {
-    fn spawn(args: &VisionBenchArgs, models_dir: &Path, variant: ModelVariant) -> Result<Self, VisionError> {
+    fn spawn(
+        args: &VisionBenchArgs,
+        models_dir: &Path,
+        variant: ModelVariant,
+    ) -> Result<Self, VisionError> {
         let python = args.python.clone().unwrap_or_else(|| {
             let venv = models_dir.join(".venv/bin/python");
             if venv.exists() {
@@ -112,22 +133,40 @@ impl ReferencePeer {
             }
         });
         let mut cmd = Command::new(&python);
-        cmd.arg(models_dir.join("reference.py")).args(["bench", "--serve", "--variant"]).arg(variant.to_string());
+        cmd.arg(models_dir.join("reference.py"))
+            .args(["bench", "--serve", "--variant"])
+            .arg(variant.to_string());
         // Same detector settings as camgate's side, so the comparison is like for like.
         if !args.reference_defaults {
-            cmd.arg("--min-face").arg((args.engine.min_face.round() as i64).to_string());
+            cmd.arg("--min-face")
+                .arg((args.engine.min_face.round() as i64).to_string());
             cmd.arg("--max-side").arg(args.engine.max_side.to_string());
         }
         // The reference must be single-threaded too.
-        cmd.env("OMP_NUM_THREADS", "1").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
-        let mut child = cmd.spawn().map_err(|e| VisionError::Reference(format!("{}: {e}", python.display())))?;
+        cmd.env("OMP_NUM_THREADS", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| VisionError::Reference(format!("{}: {e}", python.display())))?;
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             let _ = child.kill();
-            return Err(VisionError::Reference("no pipes to the reference process".into()));
+            return Err(VisionError::Reference(
+                "no pipes to the reference process".into(),
+            ));
         };
-        let mut peer = ReferencePeer { child, stdin: Some(stdin), stdout: BufReader::new(stdout), engine: String::new() };
+        let mut peer = ReferencePeer {
+            child,
+            stdin: Some(stdin),
+            stdout: BufReader::new(stdout),
+            engine: String::new(),
+        };
         let hello = peer.next_json()?;
-        peer.engine = hello["engine"].as_str().unwrap_or("onnxruntime").to_string();
+        peer.engine = hello["engine"]
+            .as_str()
+            .unwrap_or("onnxruntime")
+            .to_string();
         Ok(peer)
     }
 
@@ -136,20 +175,33 @@ impl ReferencePeer {
         let mut line = String::new();
         loop {
             line.clear();
-            let n = self.stdout.read_line(&mut line).map_err(|e| VisionError::Reference(format!("reading its output: {e}")))?;
+            let n = self
+                .stdout
+                .read_line(&mut line)
+                .map_err(|e| VisionError::Reference(format!("reading its output: {e}")))?;
             if n == 0 {
-                let status = self.child.wait().map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
-                return Err(VisionError::Reference(format!("the reference process ended ({status}); its stderr is above")));
+                let status = self
+                    .child
+                    .wait()
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|e| e.to_string());
+                return Err(VisionError::Reference(format!(
+                    "the reference process ended ({status}); its stderr is above"
+                )));
             }
             if line.starts_with('{') {
-                return serde_json::from_str(&line).map_err(|e| VisionError::Reference(format!("unparsable output: {e}")));
+                return serde_json::from_str(&line)
+                    .map_err(|e| VisionError::Reference(format!("unparsable output: {e}")));
             }
         }
     }
 
     /// One timed pass over `path`: stage timings and the number of faces found.
     fn pass(&mut self, path: &Path) -> Result<(Row, usize), VisionError> {
-        let stdin = self.stdin.as_mut().ok_or_else(|| VisionError::Reference("stdin closed".into()))?;
+        let stdin = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| VisionError::Reference("stdin closed".into()))?;
         writeln!(stdin, "{}", path.display())
             .and_then(|_| stdin.flush())
             .map_err(|e| VisionError::Reference(format!("writing to it: {e}")))?;
@@ -168,7 +220,10 @@ impl Drop for ReferencePeer {
 
 /// One reference pass over `path`. The first failure replaces the peer by its error, which the
 /// summary reports; the camgate side carries on.
-fn reference_pass(peer: &mut Result<ReferencePeer, VisionError>, path: &Path) -> Option<(Row, usize)> {
+fn reference_pass(
+    peer: &mut Result<ReferencePeer, VisionError>,
+    path: &Path,
+) -> Option<(Row, usize)> {
     let result = peer.as_mut().ok()?.pass(path);
     result.map_err(|e| *peer = Err(e)).ok()
 }
@@ -190,15 +245,31 @@ fn print_row(out: &mut impl Write, name: &str, faces: usize, v: &Row, tail: &str
 
 /// Runs the benchmark and prints a table (stdout) and a JSON summary (last line).
 pub fn run(args: VisionBenchArgs) -> Result<(), VisionError> {
-    let images = if args.images.is_empty() { default_images()? } else { args.images.clone() };
+    let images = if args.images.is_empty() {
+        default_images()?
+    } else {
+        args.images.clone()
+    };
     if images.is_empty() {
         return Err(VisionError::Config("no images to bench".into()));
     }
-    let variants = args.variants.split(',').map(|v| v.trim().parse()).collect::<Result<Vec<ModelVariant>, _>>()?;
+    let variants = args
+        .variants
+        .split(',')
+        .map(|v| v.trim().parse())
+        .collect::<Result<Vec<ModelVariant>, _>>()?;
     let reps = args.reps.max(1);
     let files = images
         .iter()
-        .map(|p| Ok((p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), p.clone(), read(p)?)))
+        .map(|p| {
+            Ok((
+                p.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                p.clone(),
+                read(p)?,
+            ))
+        })
         .collect::<Result<Vec<_>, VisionError>>()?;
     let mut out = std::io::stdout().lock();
     let mut summary = serde_json::Map::new();
@@ -227,7 +298,11 @@ pub fn run(args: VisionBenchArgs) -> Result<(), VisionError> {
         for (name, path, bytes) in &files {
             let t = Instant::now();
             ours_pass(bytes)?;
-            let _ = writeln!(out, "   {name}: first run (plans built) {:.0} ms", t.elapsed().as_secs_f64() * 1e3);
+            let _ = writeln!(
+                out,
+                "   {name}: first run (plans built) {:.0} ms",
+                t.elapsed().as_secs_f64() * 1e3
+            );
             reference_pass(&mut peer, path);
         }
         let mut ours: BTreeMap<&str, Side> = BTreeMap::new();
@@ -277,11 +352,24 @@ pub fn run(args: VisionBenchArgs) -> Result<(), VisionError> {
             let mut row = serde_json::json!({ "camgate": STAGES.iter().zip(med).map(|(s, v)| (s.to_string(), v)).collect::<BTreeMap<_, _>>(), "faces": side.faces });
             if let Some(r) = theirs.get(name).filter(|r| r.rows.len() == side.rows.len()) {
                 let rm = medians(&r.rows);
-                let (wall, cpu) = (med[TOTAL] / rm[TOTAL].max(1e-9), med[CPU] / rm[CPU].max(1e-9));
-                print_row(&mut out, "", r.faces, &rm, &format!("reference (ratio wall {wall:.2}, cpu {cpu:.2})"));
+                let (wall, cpu) = (
+                    med[TOTAL] / rm[TOTAL].max(1e-9),
+                    med[CPU] / rm[CPU].max(1e-9),
+                );
+                print_row(
+                    &mut out,
+                    "",
+                    r.faces,
+                    &rm,
+                    &format!("reference (ratio wall {wall:.2}, cpu {cpu:.2})"),
+                );
                 tot[1] += rm[TOTAL];
                 tot[3] += rm[CPU];
-                row["reference"] = serde_json::json!(STAGES.iter().zip(rm).map(|(s, v)| (s.to_string(), v)).collect::<BTreeMap<_, _>>());
+                row["reference"] = serde_json::json!(STAGES
+                    .iter()
+                    .zip(rm)
+                    .map(|(s, v)| (s.to_string(), v))
+                    .collect::<BTreeMap<_, _>>());
                 row["reference_faces"] = serde_json::json!(r.faces);
                 row["ratio"] = serde_json::json!(wall);
             }
@@ -294,7 +382,9 @@ pub fn run(args: VisionBenchArgs) -> Result<(), VisionError> {
                 let paired: Vec<f64> = rounds.iter().map(|r| r[0] / r[1].max(1e-9)).collect();
                 let paired_cpu: Vec<f64> = rounds.iter().map(|r| r[2] / r[3].max(1e-9)).collect();
                 let spread = |v: &[f64]| {
-                    let (lo, hi) = v.iter().fold((f64::MAX, f64::MIN), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
+                    let (lo, hi) = v
+                        .iter()
+                        .fold((f64::MAX, f64::MIN), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
                     format!("{:.2} (rounds {lo:.2}–{hi:.2})", median(v.to_vec()))
                 };
                 let _ = writeln!(
@@ -306,7 +396,12 @@ pub fn run(args: VisionBenchArgs) -> Result<(), VisionError> {
                     tot[3],
                     if args.reference_defaults { "reference at its defaults" } else { "same detector settings" }
                 );
-                let _ = writeln!(out, "PAIRED per-round ratio: wall {}, cpu {}", spread(&paired), spread(&paired_cpu));
+                let _ = writeln!(
+                    out,
+                    "PAIRED per-round ratio: wall {}, cpu {}",
+                    spread(&paired),
+                    spread(&paired_cpu)
+                );
                 summary.insert(
                     variant.to_string(),
                     serde_json::json!({ "images": rows, "camgate_total_ms": tot[0], "reference_total_ms": tot[1], "ratio": ratio,
@@ -319,7 +414,11 @@ pub fn run(args: VisionBenchArgs) -> Result<(), VisionError> {
                     Err(e) => e.to_string(),
                     Ok(_) => "the reference stopped answering part-way".to_string(),
                 };
-                let _ = writeln!(out, "TOTAL camgate {:.1} ms; reference not run: {why}", tot[0]);
+                let _ = writeln!(
+                    out,
+                    "TOTAL camgate {:.1} ms; reference not run: {why}",
+                    tot[0]
+                );
                 summary.insert(variant.to_string(), serde_json::json!({ "images": rows, "camgate_total_ms": tot[0], "reference": why, "load_ms": load_ms }));
             }
         }

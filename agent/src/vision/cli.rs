@@ -88,7 +88,10 @@ pub enum FaceCommand {
 }
 
 pub(super) fn read(path: &Path) -> Result<Vec<u8>, VisionError> {
-    std::fs::read(path).map_err(|source| VisionError::Io { path: path.to_owned(), source })
+    std::fs::read(path).map_err(|source| VisionError::Io {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Serialises `v` straight to stdout. Typed (not through `serde_json::Value`, which widens f32 to
@@ -97,13 +100,17 @@ pub(super) fn read(path: &Path) -> Result<Vec<u8>, VisionError> {
 fn print_json(v: &impl serde::Serialize) -> Result<(), VisionError> {
     let mut out = std::io::stdout().lock();
     // A closed stdout (e.g. `| head`) is not worth a panic.
-    let _ = serde_json::to_writer(&mut out, v).and_then(|_| writeln!(out).map_err(serde_json::Error::io));
+    let _ = serde_json::to_writer(&mut out, v)
+        .and_then(|_| writeln!(out).map_err(serde_json::Error::io));
     Ok(())
 }
 
 /// The face with the largest box, the one a single-person photo is about.
 fn largest(faces: &[Face]) -> Option<&Face> {
-    faces.iter().filter(|f| f.embedding.is_some()).max_by(|a, b| a.quality.box_size.total_cmp(&b.quality.box_size))
+    faces
+        .iter()
+        .filter(|f| f.embedding.is_some())
+        .max_by(|a, b| a.quality.box_size.total_cmp(&b.quality.box_size))
 }
 
 fn embed_image(engine: &FaceEngine, path: &Path) -> Result<Vec<Face>, VisionError> {
@@ -167,13 +174,28 @@ pub fn run(cmd: FaceCommand) -> Result<(), VisionError> {
             for path in &images {
                 // One bad file is reported in its entry; the others still run.
                 results.push(match read(path).and_then(|b| engine.process(&b, false)) {
-                    Ok((faces, times)) => DetectEntry { image: shown(path), faces: Some(faces), timings_ms: Some(times), error: None },
-                    Err(e) => DetectEntry { image: shown(path), faces: None, timings_ms: None, error: Some(e.to_string()) },
+                    Ok((faces, times)) => DetectEntry {
+                        image: shown(path),
+                        faces: Some(faces),
+                        timings_ms: Some(times),
+                        error: None,
+                    },
+                    Err(e) => DetectEntry {
+                        image: shown(path),
+                        faces: None,
+                        timings_ms: None,
+                        error: Some(e.to_string()),
+                    },
                 });
             }
             print_json(&results)
         }
-        FaceCommand::Embed { engine, image, format, all } => {
+        FaceCommand::Embed {
+            engine,
+            image,
+            format,
+            all,
+        } => {
             let engine = engine.engine()?;
             let faces = embed_image(&engine, &image)?;
             let chosen: Vec<&Face> = if all {
@@ -182,13 +204,20 @@ pub fn run(cmd: FaceCommand) -> Result<(), VisionError> {
                 largest(&faces).into_iter().collect()
             };
             if chosen.is_empty() {
-                return Err(VisionError::NoFace(format!("{}: no face found", image.display())));
+                return Err(VisionError::NoFace(format!(
+                    "{}: no face found",
+                    image.display()
+                )));
             }
             match format {
                 EmbedFormat::Base64 => {
                     let mut out = std::io::stdout().lock();
                     for f in chosen {
-                        let _ = writeln!(out, "{}", embedding_base64(f.embedding.as_deref().unwrap_or(&[])));
+                        let _ = writeln!(
+                            out,
+                            "{}",
+                            embedding_base64(f.embedding.as_deref().unwrap_or(&[]))
+                        );
                     }
                     Ok(())
                 }
@@ -202,11 +231,19 @@ pub fn run(cmd: FaceCommand) -> Result<(), VisionError> {
                             embedding: f.embedding.as_deref().unwrap_or(&[]),
                         })
                         .collect();
-                    print_json(&EmbedOutput { image: shown(&image), faces })
+                    print_json(&EmbedOutput {
+                        image: shown(&image),
+                        faces,
+                    })
                 }
             }
         }
-        FaceCommand::Compare { engine, a, b, threshold } => {
+        FaceCommand::Compare {
+            engine,
+            a,
+            b,
+            threshold,
+        } => {
             let engine = engine.engine()?;
             let fa = embed_image(&engine, &a)?;
             let fb = embed_image(&engine, &b)?;
@@ -214,10 +251,19 @@ pub fn run(cmd: FaceCommand) -> Result<(), VisionError> {
             let eb = largest(&fb).and_then(|f| f.embedding.clone());
             let (Some(ea), Some(eb)) = (ea, eb) else {
                 let which = if largest(&fa).is_none() { &a } else { &b };
-                return Err(VisionError::NoFace(format!("{}: no face found", which.display())));
+                return Err(VisionError::NoFace(format!(
+                    "{}: no face found",
+                    which.display()
+                )));
             };
             let sim = cosine(&ea, &eb);
-            print_json(&CompareOutput { a: shown(&a), b: shown(&b), similarity: sim, threshold, same_person: sim >= threshold })
+            print_json(&CompareOutput {
+                a: shown(&a),
+                b: shown(&b),
+                similarity: sim,
+                threshold,
+                same_person: sim >= threshold,
+            })
         }
     }
 }

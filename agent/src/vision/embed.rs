@@ -19,7 +19,10 @@ pub fn embed(models: &Models, crops: &[&RgbImage]) -> Result<Vec<Vec<f32>>, Visi
         let mut data = vec![0f32; n * per];
         for (k, crop) in chunk.iter().enumerate() {
             if crop.width as usize != side || crop.height as usize != side {
-                return Err(VisionError::Config(format!("embedder wants 112x112 crops, got {}x{}", crop.width, crop.height)));
+                return Err(VisionError::Config(format!(
+                    "embedder wants 112x112 crops, got {}x{}",
+                    crop.width, crop.height
+                )));
             }
             // NCHW, RGB, (x − 127.5) / 128 as the model was trained.
             let dst = &mut data[k * per..(k + 1) * per];
@@ -30,9 +33,14 @@ pub fn embed(models: &Models, crops: &[&RgbImage]) -> Result<Vec<Vec<f32>>, Visi
             }
         }
         let outs = models.embedder.run(&[n, 3, side, side], data)?;
-        let (shape, v) = outs.first().ok_or_else(|| VisionError::inference("mobilefacenet", "no output"))?;
+        let (shape, v) = outs
+            .first()
+            .ok_or_else(|| VisionError::inference("mobilefacenet", "no output"))?;
         if shape.as_slice() != [n, dim] {
-            return Err(VisionError::inference("mobilefacenet", format!("output shape {shape:?}, expected [{n}, {dim}]")));
+            return Err(VisionError::inference(
+                "mobilefacenet",
+                format!("output shape {shape:?}, expected [{n}, {dim}]"),
+            ));
         }
         for k in 0..chunk.len() {
             out.push(l2_normalize(&v[k * dim..(k + 1) * dim]));
@@ -42,7 +50,11 @@ pub fn embed(models: &Models, crops: &[&RgbImage]) -> Result<Vec<Vec<f32>>, Visi
 }
 
 pub fn l2_normalize(v: &[f32]) -> Vec<f32> {
-    let n = v.iter().map(|x| f64::from(*x) * f64::from(*x)).sum::<f64>().sqrt();
+    let n = v
+        .iter()
+        .map(|x| f64::from(*x) * f64::from(*x))
+        .sum::<f64>()
+        .sqrt();
     if n > 0.0 && n.is_finite() {
         v.iter().map(|x| (f64::from(*x) / n) as f32).collect()
     } else {

@@ -116,8 +116,12 @@ fn find_split_prelus(graph: &GraphProto) -> Vec<SplitPrelu> {
                 let sub = private(&mul_in[s], "Sub")?;
                 let sub_in = &graph.node[sub].input;
                 let abs = private(sub_in.get(1)?, "Abs")?;
-                (sub_in[0] == *x && graph.node[abs].input.first() == Some(x))
-                    .then(|| SplitPrelu { add, others: [relu, abs, sub, mul], x: x.clone(), c: mul_in[c].clone() })
+                (sub_in[0] == *x && graph.node[abs].input.first() == Some(x)).then(|| SplitPrelu {
+                    add,
+                    others: [relu, abs, sub, mul],
+                    x: x.clone(),
+                    c: mul_in[c].clone(),
+                })
             })
         });
         found.extend(matched);
@@ -133,7 +137,9 @@ mod tests {
     fn mobilefacenet() -> ModelProto {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/models/mobilefacenet.onnx");
         let bytes = std::fs::read(path).expect("models/mobilefacenet.onnx");
-        super::super::tract_ops::onnx().proto_model_for_read(&mut bytes.as_slice()).unwrap()
+        super::super::tract_ops::onnx()
+            .proto_model_for_read(&mut bytes.as_slice())
+            .unwrap()
     }
 
     fn run(proto: &ModelProto, input: &Tensor) -> Vec<f32> {
@@ -144,7 +150,12 @@ mod tests {
             .and_then(|m| m.into_runnable())
             .unwrap();
         let out = plan.run(tvec!(input.clone().into())).unwrap();
-        out[0].to_plain_array_view::<f32>().unwrap().iter().copied().collect()
+        out[0]
+            .to_plain_array_view::<f32>()
+            .unwrap()
+            .iter()
+            .copied()
+            .collect()
     }
 
     #[test]
@@ -156,15 +167,34 @@ mod tests {
         assert_eq!(fuse_split_prelu(graph), 33);
         // Five nodes become two, 33 times.
         assert_eq!(graph.node.len(), before - 33 * 3);
-        assert_eq!(graph.node.iter().filter(|n| n.op_type == "PRelu").count(), 33);
-        assert!(graph.node.iter().all(|n| !matches!(n.op_type.as_str(), "Relu" | "Abs" | "Sub")));
+        assert_eq!(
+            graph.node.iter().filter(|n| n.op_type == "PRelu").count(),
+            33
+        );
+        assert!(graph
+            .node
+            .iter()
+            .all(|n| !matches!(n.op_type.as_str(), "Relu" | "Abs" | "Sub")));
         // Deterministic input covering negative and positive values.
-        let input = Tensor::from_shape(&[1, 3, 112, 112], &(0..3 * 112 * 112).map(|i| ((i * 7919 % 255) as f32 - 127.5) / 128.0).collect::<Vec<_>>()).unwrap();
+        let input = Tensor::from_shape(
+            &[1, 3, 112, 112],
+            &(0..3 * 112 * 112)
+                .map(|i| ((i * 7919 % 255) as f32 - 127.5) / 128.0)
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
         let (a, b) = (run(&original, &input), run(&fused, &input));
         assert_eq!(a.len(), 192);
-        let worst = a.iter().zip(&b).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+        let worst = a
+            .iter()
+            .zip(&b)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0f32, f32::max);
         let scale = a.iter().map(|v| v.abs()).fold(0f32, f32::max);
-        assert!(worst <= scale * 1e-5, "fused output differs by {worst} (scale {scale})");
+        assert!(
+            worst <= scale * 1e-5,
+            "fused output differs by {worst} (scale {scale})"
+        );
     }
 
     #[test]
@@ -172,12 +202,29 @@ mod tests {
         let mut proto = mobilefacenet();
         let graph = proto.graph.as_mut().unwrap();
         // Expose the first Abs's output: its pattern must stay, the other 32 still fuse.
-        let abs = graph.node.iter().find(|n| n.op_type == "Abs").unwrap().output[0].clone();
-        graph.output.push(ValueInfoProto { name: abs, ..Default::default() });
+        let abs = graph
+            .node
+            .iter()
+            .find(|n| n.op_type == "Abs")
+            .unwrap()
+            .output[0]
+            .clone();
+        graph.output.push(ValueInfoProto {
+            name: abs,
+            ..Default::default()
+        });
         assert_eq!(fuse_split_prelu(graph), 32);
         assert_eq!(graph.node.iter().filter(|n| n.op_type == "Abs").count(), 1);
         // A graph without the pattern is untouched, and gets no extra initializer.
-        let mut plain = GraphProto { node: vec![NodeProto { op_type: "Relu".into(), input: vec!["x".into()], output: vec!["y".into()], ..Default::default() }], ..Default::default() };
+        let mut plain = GraphProto {
+            node: vec![NodeProto {
+                op_type: "Relu".into(),
+                input: vec!["x".into()],
+                output: vec!["y".into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
         assert_eq!(fuse_split_prelu(&mut plain), 0);
         assert!(plain.initializer.is_empty());
     }

@@ -34,7 +34,11 @@ impl RgbImage {
                 data.len()
             )));
         }
-        Ok(RgbImage { width, height, data })
+        Ok(RgbImage {
+            width,
+            height,
+            data,
+        })
     }
 
     #[inline]
@@ -53,7 +57,10 @@ pub struct DecodeLimits {
 
 impl Default for DecodeLimits {
     fn default() -> Self {
-        DecodeLimits { max_side: DEFAULT_MAX_SIDE, max_pixels: DEFAULT_MAX_PIXELS }
+        DecodeLimits {
+            max_side: DEFAULT_MAX_SIDE,
+            max_pixels: DEFAULT_MAX_PIXELS,
+        }
     }
 }
 
@@ -72,10 +79,15 @@ pub fn decode_with_limits(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage
         return Err(VisionError::Decode("not a JPEG or PNG image".into()));
     }
     // Read the header first: the size check must happen before the decoder allocates the frame.
-    let mut decoder = reader.into_decoder().map_err(|e| VisionError::Decode(e.to_string()))?;
+    let mut decoder = reader
+        .into_decoder()
+        .map_err(|e| VisionError::Decode(e.to_string()))?;
     let (w, h) = decoder.dimensions();
     if w == 0 || h == 0 {
-        return Err(VisionError::Empty { width: w, height: h });
+        return Err(VisionError::Empty {
+            width: w,
+            height: h,
+        });
     }
     let pixels = u64::from(w) * u64::from(h);
     if w > limits.max_side || h > limits.max_side || pixels > limits.max_pixels {
@@ -91,8 +103,11 @@ pub fn decode_with_limits(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage
     l.max_image_height = Some(limits.max_side);
     // Decoded frame (up to 16-bit RGBA = 8 B/px) plus the decoder's own working memory.
     l.max_alloc = Some(pixels.saturating_mul(8).saturating_add(64 << 20));
-    decoder.set_limits(l).map_err(|e| VisionError::Decode(e.to_string()))?;
-    let img = ::image::DynamicImage::from_decoder(decoder).map_err(|e| VisionError::Decode(e.to_string()))?;
+    decoder
+        .set_limits(l)
+        .map_err(|e| VisionError::Decode(e.to_string()))?;
+    let img = ::image::DynamicImage::from_decoder(decoder)
+        .map_err(|e| VisionError::Decode(e.to_string()))?;
     let rgb = img.into_rgb8();
     let (w, h) = rgb.dimensions();
     RgbImage::from_raw(w, h, rgb.into_raw())
@@ -122,7 +137,10 @@ fn area_taps(ssize: usize, dsize: usize, shrinking: bool) -> Vec<Taps> {
                 taps.push((sx as usize, (1.0 / cell) as f32));
             }
             if fsx2 - sx2 as f64 > 1e-3 {
-                taps.push((sx2 as usize, ((fsx2 - sx2 as f64).min(1.0).min(cell) / cell) as f32));
+                taps.push((
+                    sx2 as usize,
+                    ((fsx2 - sx2 as f64).min(1.0).min(cell) / cell) as f32,
+                ));
             }
         } else {
             let inv = dsize as f64 / ssize as f64;
@@ -161,7 +179,13 @@ impl Sample for f32 {
 /// before building the pyramid. The channel count is a constant so that the per-tap channel loop
 /// unrolls: this runs over the whole image once per pyramid level and over every R-Net and O-Net
 /// crop, the detector's biggest cost outside the networks.
-pub fn resize_area<const C: usize, S: Sample>(src: &[S], sw: usize, sh: usize, dw: usize, dh: usize) -> Vec<f32> {
+pub fn resize_area<const C: usize, S: Sample>(
+    src: &[S],
+    sw: usize,
+    sh: usize,
+    dw: usize,
+    dh: usize,
+) -> Vec<f32> {
     debug_assert_eq!(src.len(), sw * sh * C);
     // OpenCV takes the pure area path only when neither axis is enlarged.
     let shrinking = sw >= dw && sh >= dh;
@@ -190,7 +214,12 @@ pub fn resize_area<const C: usize, S: Sample>(src: &[S], sw: usize, sh: usize, d
                     *a += v.to_f32() * w;
                 }
             }
-            hpass::<C>(&acc, &spans, &flat, &mut dst[dy * stride..(dy + 1) * stride]);
+            hpass::<C>(
+                &acc,
+                &spans,
+                &flat,
+                &mut dst[dy * stride..(dy + 1) * stride],
+            );
         }
         return dst;
     }
@@ -221,7 +250,12 @@ pub fn resize_area<const C: usize, S: Sample>(src: &[S], sw: usize, sh: usize, d
 }
 
 /// One row through the horizontal taps: `spans[dx]` = (first tap in `flat`, tap count).
-fn hpass<const C: usize>(row: &[f32], spans: &[(usize, usize)], flat: &[(usize, f32)], out: &mut [f32]) {
+fn hpass<const C: usize>(
+    row: &[f32],
+    spans: &[(usize, usize)],
+    flat: &[(usize, f32)],
+    out: &mut [f32],
+) {
     for (o, &(first, n)) in out.chunks_exact_mut(C).zip(spans) {
         let mut acc = [0f32; C];
         for &(base, w) in &flat[first..first + n] {
@@ -237,10 +271,22 @@ fn hpass<const C: usize>(row: &[f32], spans: &[(usize, usize)], flat: &[(usize, 
 /// `resize_area` for an 8-bit RGB image, rounded back to 8 bits as OpenCV does for `uint8` input.
 pub fn resize_area_u8(img: &RgbImage, dw: u32, dh: u32) -> Result<RgbImage, VisionError> {
     if dw == 0 || dh == 0 {
-        return Err(VisionError::Empty { width: dw, height: dh });
+        return Err(VisionError::Empty {
+            width: dw,
+            height: dh,
+        });
     }
-    let out = resize_area::<3, _>(&img.data, img.width as usize, img.height as usize, dw as usize, dh as usize);
-    let data = out.iter().map(|v| v.round_ties_even().clamp(0.0, 255.0) as u8).collect();
+    let out = resize_area::<3, _>(
+        &img.data,
+        img.width as usize,
+        img.height as usize,
+        dw as usize,
+        dh as usize,
+    );
+    let data = out
+        .iter()
+        .map(|v| v.round_ties_even().clamp(0.0, 255.0) as u8)
+        .collect();
     RgbImage::from_raw(dw, dh, data)
 }
 
@@ -267,7 +313,13 @@ pub fn warp_affine(src: &RgbImage, m: &[[f64; 3]; 2], dw: u32, dh: u32) -> Optio
         for x in 0..dw as usize {
             let sx = a * x as f64 + b * y as f64 + tx;
             let sy = c * x as f64 + d * y as f64 + ty;
-            if !sx.is_finite() || !sy.is_finite() || sx < -1.0 || sy < -1.0 || sx > w as f64 || sy > h as f64 {
+            if !sx.is_finite()
+                || !sy.is_finite()
+                || sx < -1.0
+                || sy < -1.0
+                || sx > w as f64
+                || sy > h as f64
+            {
                 continue;
             }
             // OpenCV quantises the fractional part to 1/32 pixel; doing the same keeps crops identical.
@@ -285,7 +337,11 @@ pub fn warp_affine(src: &RgbImage, m: &[[f64; 3]; 2], dw: u32, dh: u32) -> Optio
             }
         }
     }
-    Some(RgbImage { width: dw, height: dh, data })
+    Some(RgbImage {
+        width: dw,
+        height: dh,
+        data,
+    })
 }
 
 #[cfg(test)]
@@ -319,7 +375,10 @@ mod tests {
 
     #[test]
     fn garbage_is_a_decode_error() {
-        assert!(matches!(decode(b"definitely not an image"), Err(VisionError::Decode(_))));
+        assert!(matches!(
+            decode(b"definitely not an image"),
+            Err(VisionError::Decode(_))
+        ));
         assert!(matches!(decode(&[]), Err(VisionError::Decode(_))));
     }
 }

@@ -28,8 +28,8 @@ pub mod models;
 pub mod mtcnn;
 pub mod pipeline;
 pub mod pool;
-pub mod tract_ops;
 pub mod quality;
+pub mod tract_ops;
 
 pub use self::image::{decode, RgbImage};
 pub use self::models::{ModelSet, ModelVariant, Models};
@@ -47,7 +47,12 @@ pub enum VisionError {
     Decode(String),
     /// The image's declared size is beyond the configured limits; rejected before allocating pixels.
     #[error("image {width}x{height} exceeds the limit of {max_side} pixels per side / {max_pixels} pixels")]
-    TooLarge { width: u64, height: u64, max_side: u32, max_pixels: u64 },
+    TooLarge {
+        width: u64,
+        height: u64,
+        max_side: u32,
+        max_pixels: u64,
+    },
     /// A zero-sized image.
     #[error("image has no pixels ({width}x{height})")]
     Empty { width: u32, height: u32 },
@@ -59,7 +64,10 @@ pub enum VisionError {
     Inference { net: &'static str, reason: String },
     /// Reading an input file failed.
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// A configuration value is out of range.
     #[error("invalid vision configuration: {0}")]
     Config(String),
@@ -77,6 +85,9 @@ pub enum VisionError {
 impl VisionError {
     pub(crate) fn inference(net: &'static str, e: impl std::fmt::Display) -> Self {
         // tract errors carry a context chain; `{:#}` keeps it on one line.
-        VisionError::Inference { net, reason: format!("{e:#}") }
+        VisionError::Inference {
+            net,
+            reason: format!("{e:#}"),
+        }
     }
 }

@@ -17,7 +17,9 @@ use super::VisionError;
 pub type Output = (Vec<usize>, Vec<f32>);
 
 /// Which weights to run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, Default)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, Default,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ModelVariant {
     /// The float32 files as shipped by their packages.
@@ -59,7 +61,9 @@ impl std::str::FromStr for ModelVariant {
             "float" | "f32" => Ok(ModelVariant::Float),
             "f16" | "float16" => Ok(ModelVariant::F16),
             "int8" | "i8" => Ok(ModelVariant::Int8),
-            other => Err(VisionError::Config(format!("unknown model variant {other:?} (float, f16, int8)"))),
+            other => Err(VisionError::Config(format!(
+                "unknown model variant {other:?} (float, f16, int8)"
+            ))),
         }
     }
 }
@@ -77,11 +81,17 @@ pub struct ModelSet {
 impl ModelSet {
     /// `CAMGATE_MODELS` if set, else `models/` relative to the current directory.
     pub fn default_dir() -> PathBuf {
-        std::env::var_os("CAMGATE_MODELS").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("models"))
+        std::env::var_os("CAMGATE_MODELS")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("models"))
     }
 
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        ModelSet { dir: dir.into(), detector: ModelVariant::Float, embedder: ModelVariant::Float }
+        ModelSet {
+            dir: dir.into(),
+            detector: ModelVariant::Float,
+            embedder: ModelVariant::Float,
+        }
     }
 
     fn path(&self, net: &str, variant: ModelVariant) -> PathBuf {
@@ -104,7 +114,10 @@ pub struct Net {
 
 impl std::fmt::Debug for Net {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Net").field("name", &self.name).field("path", &self.path).finish()
+        f.debug_struct("Net")
+            .field("name", &self.name)
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -114,15 +127,27 @@ impl Net {
             path: path.to_owned(),
             reason: format!("{e} (set --models DIR or CAMGATE_MODELS)"),
         })?;
-        let model = super::graph_rewrite::parse(&bytes)
-            .map_err(|e| VisionError::Model { path: path.to_owned(), reason: format!("{e:#}") })?;
-        Ok(Net { name, path: path.to_owned(), model, plans: Mutex::new(HashMap::new()) })
+        let model = super::graph_rewrite::parse(&bytes).map_err(|e| VisionError::Model {
+            path: path.to_owned(),
+            reason: format!("{e:#}"),
+        })?;
+        Ok(Net {
+            name,
+            path: path.to_owned(),
+            model,
+            plans: Mutex::new(HashMap::new()),
+        })
     }
 
     /// The optimised plan for this exact input shape, built on first use.
     pub fn plan(&self, shape: &[usize]) -> Result<Plan, VisionError> {
         // A poisoned lock only means another thread panicked mid-insert; the map itself is still valid.
-        if let Some(p) = self.plans.lock().unwrap_or_else(|e| e.into_inner()).get(shape) {
+        if let Some(p) = self
+            .plans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(shape)
+        {
             return Ok(p.clone());
         }
         let plan = self
@@ -131,7 +156,10 @@ impl Net {
             .with_input_fact(0, f32::fact(shape).into())
             .and_then(|m| m.into_optimized())
             .and_then(|m| m.into_runnable())
-            .map_err(|e| VisionError::Model { path: self.path.clone(), reason: format!("{e:#}") })?;
+            .map_err(|e| VisionError::Model {
+                path: self.path.clone(),
+                reason: format!("{e:#}"),
+            })?;
         let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
         if plans.len() >= MAX_PLANS {
             plans.clear();
@@ -151,7 +179,9 @@ impl Net {
         outputs
             .iter()
             .map(|t| {
-                let v = t.to_plain_array_view::<f32>().map_err(|e| VisionError::inference(self.name, e))?;
+                let v = t
+                    .to_plain_array_view::<f32>()
+                    .map_err(|e| VisionError::inference(self.name, e))?;
                 Ok((v.shape().to_vec(), v.iter().copied().collect()))
             })
             .collect()
@@ -185,7 +215,10 @@ impl Models {
         rnet.plan(&[1, 24, 24, 3])?;
         onet.plan(&[1, 48, 48, 3])?;
         let plan = embedder.plan(&[1, 3, 112, 112])?;
-        let fact = plan.model().output_fact(0).map_err(|e| VisionError::inference("mobilefacenet", e))?;
+        let fact = plan
+            .model()
+            .output_fact(0)
+            .map_err(|e| VisionError::inference("mobilefacenet", e))?;
         let embedding_dim = match fact.shape.as_concrete() {
             Some([1, d]) if *d > 0 => *d,
             other => {
@@ -195,6 +228,13 @@ impl Models {
                 })
             }
         };
-        Ok(Models { pnet, rnet, onet, embedder, embedding_dim, set: set.clone() })
+        Ok(Models {
+            pnet,
+            rnet,
+            onet,
+            embedder,
+            embedding_dim,
+            set: set.clone(),
+        })
     }
 }

@@ -45,19 +45,31 @@ impl DetectorConfig {
     pub fn validate(&self) -> Result<(), VisionError> {
         let mut errs = Vec::new();
         if !(self.min_face_size.is_finite() && self.min_face_size >= 4.0) {
-            errs.push(format!("min_face_size must be >= 4, got {}", self.min_face_size));
+            errs.push(format!(
+                "min_face_size must be >= 4, got {}",
+                self.min_face_size
+            ));
         }
         if !(self.scale_factor > 0.1 && self.scale_factor < 0.95) {
-            errs.push(format!("scale_factor must be in (0.1, 0.95), got {}", self.scale_factor));
+            errs.push(format!(
+                "scale_factor must be in (0.1, 0.95), got {}",
+                self.scale_factor
+            ));
         }
         if self.thresholds.iter().any(|t| !(0.0..=1.0).contains(t)) {
-            errs.push(format!("thresholds must be in [0, 1], got {:?}", self.thresholds));
+            errs.push(format!(
+                "thresholds must be in [0, 1], got {:?}",
+                self.thresholds
+            ));
         }
         if matches!(self.max_working_side, Some(s) if s < 48) {
             errs.push("max_working_side must be >= 48".into());
         }
         if self.max_batch == 0 || self.max_batch > 256 {
-            errs.push(format!("max_batch must be in 1..=256, got {}", self.max_batch));
+            errs.push(format!(
+                "max_batch must be in 1..=256, got {}",
+                self.max_batch
+            ));
         }
         if errs.is_empty() {
             Ok(())
@@ -115,7 +127,11 @@ fn nms(c: &[Cand], threshold: f64, min_mode: bool) -> Vec<usize> {
             let w = (c[i].b[2].min(c[j].b[2]) - c[i].b[0].max(c[j].b[0]) + 1.0).max(0.0);
             let h = (c[i].b[3].min(c[j].b[3]) - c[i].b[1].max(c[j].b[1]) + 1.0).max(0.0);
             let inter = w * h;
-            let o = if min_mode { inter / area(i).min(area(j)) } else { inter / (area(i) + area(j) - inter) };
+            let o = if min_mode {
+                inter / area(i).min(area(j))
+            } else {
+                inter / (area(i) + area(j) - inter)
+            };
             // NaN (degenerate areas) compares false and drops the box, as numpy's `o <= t` does.
             o <= threshold
         });
@@ -138,7 +154,12 @@ fn rerec(b: &mut [f64; 4]) {
 fn bbreg(c: &mut Cand) {
     let w = c.b[2] - c.b[0] + 1.0;
     let h = c.b[3] - c.b[1] + 1.0;
-    c.b = [c.b[0] + c.reg[0] * w, c.b[1] + c.reg[1] * h, c.b[2] + c.reg[2] * w, c.b[3] + c.reg[3] * h];
+    c.b = [
+        c.b[0] + c.reg[0] * w,
+        c.b[1] + c.reg[1] * h,
+        c.b[2] + c.reg[2] * w,
+        c.b[3] + c.reg[3] * h,
+    ];
 }
 
 /// Largest crop side accepted for R-Net/O-Net; boxes can grow through regression, and a runaway box must
@@ -196,10 +217,16 @@ fn run_refine(
     let per = size * size * 3;
     let mut results = Vec::with_capacity(cands.len());
     for chunk in cands.chunks(max_batch) {
-        let n = chunk.len().next_power_of_two().min(max_batch.max(chunk.len()));
+        let n = chunk
+            .len()
+            .next_power_of_two()
+            .min(max_batch.max(chunk.len()));
         let mut data = vec![0f32; n * per];
-        let ok: Vec<bool> =
-            chunk.iter().enumerate().map(|(k, c)| crop_into(img, &c.b, size, &mut data[k * per..(k + 1) * per])).collect();
+        let ok: Vec<bool> = chunk
+            .iter()
+            .enumerate()
+            .map(|(k, c)| crop_into(img, &c.b, size, &mut data[k * per..(k + 1) * per]))
+            .collect();
         let outs = net.run(&[n, size, size, 3], data)?;
         for (k, good) in ok.iter().enumerate() {
             if !good {
@@ -210,7 +237,9 @@ fn run_refine(
                 .iter()
                 .map(|(shape, v)| {
                     let w = shape.get(1).copied().unwrap_or(0);
-                    v.get(k * w..(k + 1) * w).map(|s| s.to_vec()).unwrap_or_default()
+                    v.get(k * w..(k + 1) * w)
+                        .map(|s| s.to_vec())
+                        .unwrap_or_default()
                 })
                 .collect();
             results.push(Some(rows));
@@ -234,7 +263,11 @@ pub fn pyramid_scales(width: u32, height: u32, min_face: f64, factor: f64) -> Ve
 }
 
 /// Detects faces in `img`. Pure function of the image, the config and the models (no I/O).
-pub fn detect(models: &Models, cfg: &DetectorConfig, img: &RgbImage) -> Result<(Vec<Detection>, DetectTimes), VisionError> {
+pub fn detect(
+    models: &Models,
+    cfg: &DetectorConfig,
+    img: &RgbImage,
+) -> Result<(Vec<Detection>, DetectTimes), VisionError> {
     cfg.validate()?;
     let mut times = DetectTimes::default();
     // Working resolution: shrink once, detect, map back. Bounds the pyramid's cost on big frames.
@@ -245,8 +278,16 @@ pub fn detect(models: &Models, cfg: &DetectorConfig, img: &RgbImage) -> Result<(
             let w = ((f64::from(img.width) * s).round() as u32).max(1);
             let h = ((f64::from(img.height) * s).round() as u32).max(1);
             let small = resize_area_u8(img, w, h)?;
-            let (sx, sy) = (f64::from(img.width) / f64::from(w), f64::from(img.height) / f64::from(h));
-            (std::borrow::Cow::Owned(small), sx, sy, cfg.min_face_size / sx.max(sy))
+            let (sx, sy) = (
+                f64::from(img.width) / f64::from(w),
+                f64::from(img.height) / f64::from(h),
+            );
+            (
+                std::borrow::Cow::Owned(small),
+                sx,
+                sy,
+                cfg.min_face_size / sx.max(sy),
+            )
         }
         _ => (std::borrow::Cow::Borrowed(img), 1.0, 1.0, cfg.min_face_size),
     };
@@ -280,7 +321,10 @@ pub fn detect(models: &Models, cfg: &DetectorConfig, img: &RgbImage) -> Result<(
         let ((rs, reg), (ps, prob)) = (&outs[0], &outs[1]);
         let (ow, oh) = (ps[1], ps[2]);
         if rs[1] != ow || rs[2] != oh || rs[3] != 4 || ps[3] != 2 {
-            return Err(VisionError::inference("pnet", format!("unexpected output shapes {rs:?} {ps:?}")));
+            return Err(VisionError::inference(
+                "pnet",
+                format!("unexpected output shapes {rs:?} {ps:?}"),
+            ));
         }
         let mut hits = Vec::new();
         // Row-major over (col, row), the order numpy's `where` yields on the reference's transposed map.
@@ -309,7 +353,12 @@ pub fn detect(models: &Models, cfg: &DetectorConfig, img: &RgbImage) -> Result<(
                         ((2.0 * rw + 12.0) / scale).trunc(),
                     ],
                     score: f64::from(p),
-                    reg: [f64::from(r[0]), f64::from(r[1]), f64::from(r[2]), f64::from(r[3])],
+                    reg: [
+                        f64::from(r[0]),
+                        f64::from(r[1]),
+                        f64::from(r[2]),
+                        f64::from(r[3]),
+                    ],
                 }
             })
             .collect();
@@ -323,9 +372,18 @@ pub fn detect(models: &Models, cfg: &DetectorConfig, img: &RgbImage) -> Result<(
         .map(|i| {
             let c = total[i];
             let (w, h) = (c.b[2] - c.b[0], c.b[3] - c.b[1]);
-            let mut b = [c.b[0] + c.reg[0] * w, c.b[1] + c.reg[1] * h, c.b[2] + c.reg[2] * w, c.b[3] + c.reg[3] * h];
+            let mut b = [
+                c.b[0] + c.reg[0] * w,
+                c.b[1] + c.reg[1] * h,
+                c.b[2] + c.reg[2] * w,
+                c.b[3] + c.reg[3] * h,
+            ];
             rerec(&mut b);
-            Cand { b: b.map(f64::trunc), score: c.score, reg: [0.0; 4] }
+            Cand {
+                b: b.map(f64::trunc),
+                score: c.score,
+                reg: [0.0; 4],
+            }
         })
         .collect();
     times.pnet_candidates = boxes.len();
@@ -343,7 +401,11 @@ pub fn detect(models: &Models, cfg: &DetectorConfig, img: &RgbImage) -> Result<(
                 return Err(VisionError::inference("rnet", "unexpected output width"));
             }
             if prob[1] > cfg.thresholds[1] {
-                passed.push(Cand { b: c.b, score: f64::from(prob[1]), reg: [0, 1, 2, 3].map(|k| f64::from(reg[k])) });
+                passed.push(Cand {
+                    b: c.b,
+                    score: f64::from(prob[1]),
+                    reg: [0, 1, 2, 3].map(|k| f64::from(reg[k])),
+                });
             }
         }
         let keep = nms(&passed, 0.7, false);
@@ -382,7 +444,11 @@ pub fn detect(models: &Models, cfg: &DetectorConfig, img: &RgbImage) -> Result<(
                     p[k] = w * f64::from(pts[k]) + c.b[0] - 1.0;
                     p[k + 5] = h * f64::from(pts[k + 5]) + c.b[1] - 1.0;
                 }
-                let mut nc = Cand { b: c.b, score: f64::from(prob[1]), reg: [0, 1, 2, 3].map(|k| f64::from(reg[k])) };
+                let mut nc = Cand {
+                    b: c.b,
+                    score: f64::from(prob[1]),
+                    reg: [0, 1, 2, 3].map(|k| f64::from(reg[k])),
+                };
                 bbreg(&mut nc);
                 faces.push((nc, p));
             }
@@ -396,7 +462,12 @@ pub fn detect(models: &Models, cfg: &DetectorConfig, img: &RgbImage) -> Result<(
     let dets = faces
         .into_iter()
         .map(|(c, p)| Detection {
-            bbox: [(c.b[0] * sx) as f32, (c.b[1] * sy) as f32, (c.b[2] * sx) as f32, (c.b[3] * sy) as f32],
+            bbox: [
+                (c.b[0] * sx) as f32,
+                (c.b[1] * sy) as f32,
+                (c.b[2] * sx) as f32,
+                (c.b[3] * sy) as f32,
+            ],
             score: c.score as f32,
             landmarks: [0, 1, 2, 3, 4].map(|k| [(p[k] * sx) as f32, (p[k + 5] * sy) as f32]),
         })
@@ -404,10 +475,17 @@ pub fn detect(models: &Models, cfg: &DetectorConfig, img: &RgbImage) -> Result<(
     Ok((dets, times))
 }
 
-fn pnet_run(models: &Models, shape: &[usize], data: Vec<f32>) -> Result<Vec<super::models::Output>, VisionError> {
+fn pnet_run(
+    models: &Models,
+    shape: &[usize],
+    data: Vec<f32>,
+) -> Result<Vec<super::models::Output>, VisionError> {
     let outs = models.pnet.run(shape, data)?;
     if outs.len() != 2 || outs.iter().any(|(s, _)| s.len() != 4) {
-        return Err(VisionError::inference("pnet", "expected two rank-4 outputs"));
+        return Err(VisionError::inference(
+            "pnet",
+            "expected two rank-4 outputs",
+        ));
     }
     Ok(outs)
 }
@@ -417,12 +495,20 @@ mod tests {
     use super::*;
 
     fn cand(b: [f64; 4], score: f64) -> Cand {
-        Cand { b, score, reg: [0.0; 4] }
+        Cand {
+            b,
+            score,
+            reg: [0.0; 4],
+        }
     }
 
     #[test]
     fn nms_keeps_best_of_overlapping() {
-        let c = vec![cand([0., 0., 10., 10.], 0.8), cand([1., 1., 11., 11.], 0.9), cand([50., 50., 60., 60.], 0.7)];
+        let c = vec![
+            cand([0., 0., 10., 10.], 0.8),
+            cand([1., 1., 11., 11.], 0.9),
+            cand([50., 50., 60., 60.], 0.7),
+        ];
         assert_eq!(nms(&c, 0.5, false), vec![1, 2]);
     }
 

@@ -7,7 +7,7 @@ use super::align::align_face;
 use super::embed::embed;
 use super::image::{decode_with_limits, DecodeLimits, RgbImage};
 use super::models::{ModelSet, ModelVariant, Models};
-use super::mtcnn::{detect, DetectorConfig, Detection};
+use super::mtcnn::{detect, Detection, DetectorConfig};
 use super::quality::{measure, Quality};
 use super::VisionError;
 
@@ -66,7 +66,10 @@ impl VisionConfig {
 
     pub fn model_set(&self) -> ModelSet {
         ModelSet {
-            dir: self.models_dir.clone().unwrap_or_else(ModelSet::default_dir),
+            dir: self
+                .models_dir
+                .clone()
+                .unwrap_or_else(ModelSet::default_dir),
             detector: self.detector_variant,
             embedder: self.embedder_variant,
         }
@@ -125,7 +128,10 @@ impl FaceEngine {
     pub fn decode(&self, bytes: &[u8]) -> Result<RgbImage, VisionError> {
         decode_with_limits(
             bytes,
-            DecodeLimits { max_side: self.config.max_image_side, max_pixels: self.config.max_image_pixels },
+            DecodeLimits {
+                max_side: self.config.max_image_side,
+                max_pixels: self.config.max_image_pixels,
+            },
         )
     }
 
@@ -135,7 +141,11 @@ impl FaceEngine {
     }
 
     /// Full pipeline on a decoded image.
-    pub fn run(&self, img: &RgbImage, with_embeddings: bool) -> Result<(Vec<Face>, StageTimes), VisionError> {
+    pub fn run(
+        &self,
+        img: &RgbImage,
+        with_embeddings: bool,
+    ) -> Result<(Vec<Face>, StageTimes), VisionError> {
         let t0 = Instant::now();
         let mut times = StageTimes::default();
         let (dets, dt) = detect(&self.models, &self.config.detector, img)?;
@@ -144,17 +154,25 @@ impl FaceEngine {
         times.rnet_ms = dt.rnet_ms;
         times.onet_ms = dt.onet_ms;
         let t = Instant::now();
-        let crops: Vec<Option<RgbImage>> = dets.iter().map(|d| align_face(img, &d.landmarks)).collect();
+        let crops: Vec<Option<RgbImage>> =
+            dets.iter().map(|d| align_face(img, &d.landmarks)).collect();
         let mut faces: Vec<Face> = dets
             .into_iter()
             .zip(&crops)
-            .map(|(d, c)| Face { quality: measure(&d, c.as_ref()), detection: d, embedding: None })
+            .map(|(d, c)| Face {
+                quality: measure(&d, c.as_ref()),
+                detection: d,
+                embedding: None,
+            })
             .collect();
         times.align_ms = ms(t);
         if with_embeddings {
             let t = Instant::now();
-            let present: Vec<(usize, &RgbImage)> =
-                crops.iter().enumerate().filter_map(|(i, c)| c.as_ref().map(|c| (i, c))).collect();
+            let present: Vec<(usize, &RgbImage)> = crops
+                .iter()
+                .enumerate()
+                .filter_map(|(i, c)| c.as_ref().map(|c| (i, c)))
+                .collect();
             let refs: Vec<&RgbImage> = present.iter().map(|p| p.1).collect();
             let embs = embed(&self.models, &refs)?;
             for ((i, _), e) in present.into_iter().zip(embs) {
@@ -167,7 +185,11 @@ impl FaceEngine {
     }
 
     /// Decode + full pipeline; `decode_ms` and `total_ms` include decoding.
-    pub fn process(&self, bytes: &[u8], with_embeddings: bool) -> Result<(Vec<Face>, StageTimes), VisionError> {
+    pub fn process(
+        &self,
+        bytes: &[u8],
+        with_embeddings: bool,
+    ) -> Result<(Vec<Face>, StageTimes), VisionError> {
         let t = Instant::now();
         let img = self.decode(bytes)?;
         let decode_ms = ms(t);
@@ -179,6 +201,8 @@ impl FaceEngine {
 
     /// Embeds an already aligned 112×112 crop.
     pub fn embed_aligned(&self, crop: &RgbImage) -> Result<Vec<f32>, VisionError> {
-        embed(&self.models, &[crop])?.pop().ok_or_else(|| VisionError::inference("mobilefacenet", "no output"))
+        embed(&self.models, &[crop])?
+            .pop()
+            .ok_or_else(|| VisionError::inference("mobilefacenet", "no output"))
     }
 }

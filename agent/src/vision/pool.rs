@@ -21,7 +21,10 @@ pub struct VisionPool {
 impl VisionPool {
     pub fn new(engine: Arc<FaceEngine>) -> Self {
         let n = engine.config.workers.max(1);
-        VisionPool { engine, permits: Arc::new(Semaphore::new(n)) }
+        VisionPool {
+            engine,
+            permits: Arc::new(Semaphore::new(n)),
+        }
     }
 
     pub fn engine(&self) -> &Arc<FaceEngine> {
@@ -30,8 +33,17 @@ impl VisionPool {
 
     /// Decodes and runs the pipeline on a blocking thread; waits for a free worker first, so callers
     /// queue (back-pressure) instead of piling up threads.
-    pub async fn process(&self, bytes: Vec<u8>, with_embeddings: bool) -> Result<(Vec<Face>, StageTimes), VisionError> {
-        let _permit = self.permits.clone().acquire_owned().await.map_err(|e| VisionError::Pool(e.to_string()))?;
+    pub async fn process(
+        &self,
+        bytes: Vec<u8>,
+        with_embeddings: bool,
+    ) -> Result<(Vec<Face>, StageTimes), VisionError> {
+        let _permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| VisionError::Pool(e.to_string()))?;
         let engine = self.engine.clone();
         tokio::task::spawn_blocking(move || engine.process(&bytes, with_embeddings))
             .await

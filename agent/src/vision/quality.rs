@@ -44,7 +44,11 @@ pub fn measure(det: &Detection, aligned: Option<&RgbImage>) -> Quality {
     let t = ARCFACE_TEMPLATE;
     let t_eye = (t[0][1] + t[1][1]) / 2.0;
     let t_ratio = ((t[2][1] - t_eye) / ((t[3][1] + t[4][1]) / 2.0 - t_eye)) as f32;
-    let pitch = if m[1].abs() > 1e-3 { n[1] / m[1] - t_ratio } else { 0.0 };
+    let pitch = if m[1].abs() > 1e-3 {
+        n[1] / m[1] - t_ratio
+    } else {
+        0.0
+    };
     Quality {
         box_size: (x2 - x1).min(y2 - y1),
         score: det.score,
@@ -70,7 +74,8 @@ pub fn laplacian_variance(img: &RgbImage) -> f32 {
     for y in 1..h - 1 {
         for x in 1..w - 1 {
             let i = y * w + x;
-            let v = f64::from(luma[i - 1] + luma[i + 1] + luma[i - w] + luma[i + w] - 4.0 * luma[i]);
+            let v =
+                f64::from(luma[i - 1] + luma[i + 1] + luma[i - w] + luma[i + w] - 4.0 * luma[i]);
             sum += v;
             sq += v * v;
             n += 1.0;
@@ -92,7 +97,10 @@ mod tests {
             landmarks: ARCFACE_TEMPLATE.map(|p| [p[0] as f32, p[1] as f32]),
         };
         let q = measure(&det, None);
-        assert!(q.yaw.abs() < 0.05 && q.pitch.abs() < 0.01 && q.roll_deg.abs() < 0.5, "{q:?}");
+        assert!(
+            q.yaw.abs() < 0.05 && q.pitch.abs() < 0.01 && q.roll_deg.abs() < 0.5,
+            "{q:?}"
+        );
     }
 
     #[test]

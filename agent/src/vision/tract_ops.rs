@@ -16,12 +16,13 @@
 //!   as multiply-adds over contiguous channel planes, tile by tile (summing in another order than
 //!   a matrix product, so results differ in the last bits). Other convolutions are tract's.
 
-use tract_onnx::prelude::*;
-use tract_onnx::tract_core::internal::{
-    args_1, args_2, as_op, bail, format_err, op_as_typed_op, op_out_of_plan, tvec, EvalContext, EvalOp, Op, StaticName, TypedOp,
-};
 use tract_onnx::model::ParsingContext;
 use tract_onnx::pb::NodeProto;
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::{
+    args_1, args_2, as_op, bail, format_err, op_as_typed_op, op_out_of_plan, tvec, EvalContext,
+    EvalOp, Op, StaticName, TypedOp,
+};
 use tract_onnx::tract_hir::internal::{
     check_input_arity, check_output_arity, expand, Expansion, InferenceOp, InferenceResult, Solver,
     TensorProxy,
@@ -30,9 +31,13 @@ use tract_onnx::tract_hir::internal::{
 /// tract's ONNX parser with the four builders above swapped in.
 pub fn onnx() -> tract_onnx::Onnx {
     let mut onnx = tract_onnx::onnx();
-    onnx.op_register.insert("PRelu", |_, _| Ok((expand(PreluExpansion), vec![])));
+    onnx.op_register
+        .insert("PRelu", |_, _| Ok((expand(PreluExpansion), vec![])));
     onnx.op_register.insert("Softmax", softmax);
-    for (op, ours, slot) in [("MaxPool", max_pool as OpBuilder, &TRACT_MAX_POOL), ("Conv", conv, &TRACT_CONV)] {
+    for (op, ours, slot) in [
+        ("MaxPool", max_pool as OpBuilder, &TRACT_MAX_POOL),
+        ("Conv", conv, &TRACT_CONV),
+    ] {
         if let Some(original) = onnx.op_register.0.get(op) {
             slot.get_or_init(|| *original);
         }
@@ -42,7 +47,11 @@ pub fn onnx() -> tract_onnx::Onnx {
 }
 
 /// Parses `node` with tract's own builder kept in `slot` (the cases our op does not cover).
-fn tracts_own(slot: &std::sync::OnceLock<OpBuilder>, ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+fn tracts_own(
+    slot: &std::sync::OnceLock<OpBuilder>,
+    ctx: &ParsingContext,
+    node: &NodeProto,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
     match slot.get() {
         Some(original) => original(ctx, node),
         None => bail!("{}: tract has no builder for it", node.op_type),
@@ -56,7 +65,10 @@ static TRACT_CONV: std::sync::OnceLock<OpBuilder> = std::sync::OnceLock::new();
 /// products that tract's kernels do better.
 pub const SMALL_CONV_OUTPUTS: i64 = 8;
 
-fn conv(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+fn conv(
+    ctx: &ParsingContext,
+    node: &NodeProto,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
     if is_small_pointwise_conv(ctx, node)? {
         let bias = node.input.len() == 3 && !node.input[2].is_empty();
         return Ok((expand(Conv1x1Expansion { bias }), vec![]));
@@ -68,12 +80,17 @@ fn conv(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn Inferenc
 /// `[O, K, 1, 1]` initializer, or a Cast of one (the f16 files), with `O <= SMALL_CONV_OUTPUTS`.
 fn is_small_pointwise_conv(ctx: &ParsingContext, node: &NodeProto) -> TractResult<bool> {
     let all = |name: &str, v: isize| -> TractResult<bool> {
-        Ok(node.get_attr_opt_tvec::<isize>(name)?.is_none_or(|xs| xs.iter().all(|&x| x == v)))
+        Ok(node
+            .get_attr_opt_tvec::<isize>(name)?
+            .is_none_or(|xs| xs.iter().all(|&x| x == v)))
     };
     let plain = all("strides", 1)?
         && all("dilations", 1)?
         && all("pads", 0)?
-        && matches!(node.get_attr_opt::<&str>("auto_pad")?, None | Some("NOTSET" | "VALID"))
+        && matches!(
+            node.get_attr_opt::<&str>("auto_pad")?,
+            None | Some("NOTSET" | "VALID")
+        )
         && node.get_attr_opt::<i64>("group")?.unwrap_or(1) == 1;
     let (Some(graph), Some(mut weights)) = (ctx.model.graph.as_ref(), node.input.get(1)) else {
         return Ok(false);
@@ -81,7 +98,11 @@ fn is_small_pointwise_conv(ctx: &ParsingContext, node: &NodeProto) -> TractResul
     if !plain {
         return Ok(false);
     }
-    if let Some(cast) = graph.node.iter().find(|n| n.op_type == "Cast" && n.output.first() == Some(weights)) {
+    if let Some(cast) = graph
+        .node
+        .iter()
+        .find(|n| n.op_type == "Cast" && n.output.first() == Some(weights))
+    {
         weights = &cast.input[0];
     }
     Ok(graph
@@ -120,7 +141,12 @@ impl Expansion for Conv1x1Expansion {
         Ok(())
     }
 
-    fn wire(&self, name: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
+    fn wire(
+        &self,
+        name: &str,
+        model: &mut TypedModel,
+        inputs: &[OutletId],
+    ) -> TractResult<TVec<OutletId>> {
         for i in inputs {
             if model.outlet_fact(*i)?.datum_type != f32::datum_type() {
                 bail!("{name}: 1x1 Conv supported on float32 only");
@@ -149,11 +175,20 @@ impl EvalOp for Conv1x1 {
         let shape = inputs[0].shape().to_vec();
         let (n, k, plane) = (shape[0], shape[1], shape[2] * shape[3]);
         let x = inputs[0].to_plain_array_view::<f32>()?;
-        let x = x.as_slice().ok_or_else(|| format_err!("Conv1x1: input not contiguous"))?;
-        let w: Vec<f32> = inputs[1].to_plain_array_view::<f32>()?.iter().copied().collect();
+        let x = x
+            .as_slice()
+            .ok_or_else(|| format_err!("Conv1x1: input not contiguous"))?;
+        let w: Vec<f32> = inputs[1]
+            .to_plain_array_view::<f32>()?
+            .iter()
+            .copied()
+            .collect();
         let o = inputs[1].shape()[0];
         if w.len() != o * k {
-            bail!("Conv1x1: weights {:?} for {k} input channels", inputs[1].shape());
+            bail!(
+                "Conv1x1: weights {:?} for {k} input channels",
+                inputs[1].shape()
+            );
         }
         let bias: Vec<f32> = match inputs.get(2) {
             Some(b) => b.to_plain_array_view::<f32>()?.iter().copied().collect(),
@@ -175,7 +210,10 @@ impl EvalOp for Conv1x1 {
             let out = view.as_slice_mut::<f32>()?;
             // Tiles of pixels keep the K input rows of a tile in cache while every output uses them.
             const TILE: usize = 1024;
-            for (xs, ys) in x.chunks_exact(k * plane).zip(out.chunks_exact_mut(o * plane)) {
+            for (xs, ys) in x
+                .chunks_exact(k * plane)
+                .zip(out.chunks_exact_mut(o * plane))
+            {
                 for t0 in (0..plane).step_by(TILE) {
                     let t1 = (t0 + TILE).min(plane);
                     for oi in 0..o {
@@ -183,7 +221,8 @@ impl EvalOp for Conv1x1 {
                         dst.fill(bias[oi]);
                         for ki in 0..k {
                             let a = w[oi * k + ki];
-                            for (d, v) in dst.iter_mut().zip(&xs[ki * plane + t0..ki * plane + t1]) {
+                            for (d, v) in dst.iter_mut().zip(&xs[ki * plane + t0..ki * plane + t1])
+                            {
                                 *d += a * v;
                             }
                         }
@@ -198,19 +237,28 @@ impl EvalOp for Conv1x1 {
 impl TypedOp for Conv1x1 {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         let (x, w) = (&inputs[0].shape, &inputs[1].shape);
-        Ok(tvec!(f32::fact([x[0].clone(), w[0].clone(), x[2].clone(), x[3].clone()])))
+        Ok(tvec!(f32::fact([
+            x[0].clone(),
+            w[0].clone(),
+            x[2].clone(),
+            x[3].clone()
+        ])))
     }
 
     as_op!();
 }
 
-type OpBuilder = fn(&ParsingContext, &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)>;
+type OpBuilder =
+    fn(&ParsingContext, &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)>;
 
 /// tract's own `MaxPool` builder, for the cases [`MaxPool2d`] does not cover.
 static TRACT_MAX_POOL: std::sync::OnceLock<OpBuilder> = std::sync::OnceLock::new();
 
 /// ONNX `MaxPool`: the plain 2-D case becomes [`MaxPoolExpansion`], the rest tract's op.
-fn max_pool(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+fn max_pool(
+    ctx: &ParsingContext,
+    node: &NodeProto,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
     use tract_onnx::tract_hir::ops::cnn::{HirMaxPool, PaddingSpec, PoolSpec};
     let kernel: Option<TVec<usize>> = node.get_attr_opt_tvec("kernel_shape")?;
     let dilations: Option<TVec<usize>> = node.get_attr_opt_tvec("dilations")?;
@@ -220,7 +268,11 @@ fn max_pool(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn Infe
         Some("SAME_UPPER") => Some(PaddingSpec::SameUpper),
         Some("SAME_LOWER") => Some(PaddingSpec::SameLower),
         Some("VALID") => Some(PaddingSpec::Valid),
-        None | Some("NOTSET") if pads.is_none() => Some(PaddingSpec::ExplicitOnnxPool(tvec!(0, 0), tvec!(0, 0), false)),
+        None | Some("NOTSET") if pads.is_none() => Some(PaddingSpec::ExplicitOnnxPool(
+            tvec!(0, 0),
+            tvec!(0, 0),
+            false,
+        )),
         _ => None,
     };
     match (kernel, padding) {
@@ -231,8 +283,19 @@ fn max_pool(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn Infe
                 && dilations.is_none_or(|d| d.iter().all(|&x| x == 1)) =>
         {
             let strides: Option<TVec<usize>> = node.get_attr_opt_tvec("strides")?;
-            let spec = PoolSpec::new(tract_onnx::tract_hir::ops::nn::DataFormat::NCHW, kernel, padding, None, strides, 0, 0);
-            Ok((expand(MaxPoolExpansion(HirMaxPool::new(spec, None))), vec![]))
+            let spec = PoolSpec::new(
+                tract_onnx::tract_hir::ops::nn::DataFormat::NCHW,
+                kernel,
+                padding,
+                None,
+                strides,
+                0,
+                0,
+            );
+            Ok((
+                expand(MaxPoolExpansion(HirMaxPool::new(spec, None))),
+                vec![],
+            ))
         }
         _ => tracts_own(&TRACT_MAX_POOL, ctx, node),
     }
@@ -256,13 +319,23 @@ impl Expansion for MaxPoolExpansion {
         self.0.rules(s, inputs, outputs)
     }
 
-    fn wire(&self, name: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
+    fn wire(
+        &self,
+        name: &str,
+        model: &mut TypedModel,
+        inputs: &[OutletId],
+    ) -> TractResult<TVec<OutletId>> {
         let fact = model.outlet_fact(inputs[0])?.clone();
         let spec = &self.0.pool_spec;
-        if let (true, Some(shape)) = (fact.datum_type == f32::datum_type() && fact.rank() == 4, fact.shape.as_concrete()) {
+        if let (true, Some(shape)) = (
+            fact.datum_type == f32::datum_type() && fact.rank() == 4,
+            fact.shape.as_concrete(),
+        ) {
             let ones = [1usize, 1];
             let strides = spec.strides.as_deref().unwrap_or(&ones);
-            let dims = spec.padding.compute(&shape[2..], &spec.kernel_shape, &ones, strides);
+            let dims = spec
+                .padding
+                .compute(&shape[2..], &spec.kernel_shape, &ones, strides);
             let op = MaxPool2d {
                 kernel: [spec.kernel_shape[0], spec.kernel_shape[1]],
                 stride: [strides[0], strides[1]],
@@ -311,7 +384,9 @@ impl EvalOp for MaxPool2d {
         let (h, w) = (shape[2], shape[3]);
         let (oh, ow) = (self.output[0], self.output[1]);
         let input = x.to_plain_array_view::<f32>()?;
-        let input = input.as_slice().ok_or_else(|| format_err!("MaxPool2d: input not contiguous"))?;
+        let input = input
+            .as_slice()
+            .ok_or_else(|| format_err!("MaxPool2d: input not contiguous"))?;
         let mut y = Tensor::zero::<f32>(&[shape[0], shape[1], oh, ow])?;
         if h * w == 0 || oh * ow == 0 {
             // Nothing to pool (chunks of zero elements would panic).
@@ -322,7 +397,10 @@ impl EvalOp for MaxPool2d {
             let out = view.as_slice_mut::<f32>()?;
             let cols: Vec<(usize, usize)> = (0..ow).map(|o| self.window(1, o, w)).collect();
             // 2-wide, stride-2 windows all inside the row (P-Net, O-Net): pairwise maxima.
-            let pairs = cols.iter().enumerate().all(|(o, &(x0, x1))| x0 == 2 * o && x1 == x0 + 2);
+            let pairs = cols
+                .iter()
+                .enumerate()
+                .all(|(o, &(x0, x1))| x0 == 2 * o && x1 == x0 + 2);
             let mut rowmax = vec![0f32; w];
             for (plane, dst) in input.chunks_exact(h * w).zip(out.chunks_exact_mut(oh * ow)) {
                 for (oy, drow) in dst.chunks_exact_mut(ow).enumerate() {
@@ -344,7 +422,10 @@ impl EvalOp for MaxPool2d {
                         }
                     } else {
                         for (d, &(x0, x1)) in drow.iter_mut().zip(&cols) {
-                            *d = rowmax[x0..x1].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                            *d = rowmax[x0..x1]
+                                .iter()
+                                .copied()
+                                .fold(f32::NEG_INFINITY, f32::max);
                         }
                     }
                 }
@@ -357,7 +438,12 @@ impl EvalOp for MaxPool2d {
 impl TypedOp for MaxPool2d {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         let s = &inputs[0].shape;
-        Ok(tvec!(f32::fact([s[0].clone(), s[1].clone(), self.output[0].to_dim(), self.output[1].to_dim()])))
+        Ok(tvec!(f32::fact([
+            s[0].clone(),
+            s[1].clone(),
+            self.output[0].to_dim(),
+            self.output[1].to_dim()
+        ])))
     }
 
     as_op!();
@@ -366,14 +452,21 @@ impl TypedOp for MaxPool2d {
 /// ONNX `Softmax`. Before opset 13 the input is flattened to 2-D at `axis` (default 1), so each
 /// row is contiguous whatever the axis; from 13 on it is one axis (default -1), contiguous only
 /// when it is the last. Other cases go to tract's own ops.
-fn softmax(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+fn softmax(
+    ctx: &ParsingContext,
+    node: &NodeProto,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
     let axis: Option<i64> = node.get_attr_opt("axis")?;
     let op = if ctx.onnx_operator_set_version < 13 {
-        expand(RowSoftmaxExpansion { axis: axis.unwrap_or(1) })
+        expand(RowSoftmaxExpansion {
+            axis: axis.unwrap_or(1),
+        })
     } else if axis.unwrap_or(-1) == -1 {
         expand(RowSoftmaxExpansion { axis: -1 })
     } else {
-        expand(tract_onnx::tract_hir::ops::nn::Softmax::new(axis.unwrap_or(-1) as isize))
+        expand(tract_onnx::tract_hir::ops::nn::Softmax::new(
+            axis.unwrap_or(-1) as isize,
+        ))
     };
     Ok((op, vec![]))
 }
@@ -399,17 +492,35 @@ impl Expansion for RowSoftmaxExpansion {
         same_shape_rules(s, inputs, outputs, 1)
     }
 
-    fn wire(&self, name: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
+    fn wire(
+        &self,
+        name: &str,
+        model: &mut TypedModel,
+        inputs: &[OutletId],
+    ) -> TractResult<TVec<OutletId>> {
         let x = model.outlet_fact(inputs[0])?.clone();
         if x.datum_type != f32::datum_type() {
-            bail!("{name}: Softmax supported on float32 only, got {:?}", x.datum_type);
+            bail!(
+                "{name}: Softmax supported on float32 only, got {:?}",
+                x.datum_type
+            );
         }
         let rank = x.rank() as i64;
-        let axis = if self.axis < 0 { self.axis + rank } else { self.axis };
+        let axis = if self.axis < 0 {
+            self.axis + rank
+        } else {
+            self.axis
+        };
         if !(0..rank).contains(&axis) {
             bail!("{name}: axis {} out of range for rank {rank}", self.axis);
         }
-        model.wire_node(name, RowSoftmax { axis: axis as usize }, inputs)
+        model.wire_node(
+            name,
+            RowSoftmax {
+                axis: axis as usize,
+            },
+            inputs,
+        )
     }
 }
 
@@ -495,26 +606,50 @@ impl Expansion for PreluExpansion {
         same_shape_rules(s, inputs, outputs, 2)
     }
 
-    fn wire(&self, name: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
+    fn wire(
+        &self,
+        name: &str,
+        model: &mut TypedModel,
+        inputs: &[OutletId],
+    ) -> TractResult<TVec<OutletId>> {
         let x = model.outlet_fact(inputs[0])?.clone();
         let slope = model.outlet_fact(inputs[1])?.clone();
         if x.datum_type != f32::datum_type() || slope.datum_type != f32::datum_type() {
-            bail!("{name}: PRelu supported on float32 only, got {:?} / {:?}", x.datum_type, slope.datum_type);
+            bail!(
+                "{name}: PRelu supported on float32 only, got {:?} / {:?}",
+                x.datum_type,
+                slope.datum_type
+            );
         }
         // ONNX broadcasting aligns the slope's shape to the right of x's. The slope may vary along at
         // most one axis (the channels); anything else is not a PReLU these models use.
         let rank = x.rank();
-        let sshape = slope.shape.as_concrete().ok_or_else(|| format_err!("{name}: slope shape not known"))?;
+        let sshape = slope
+            .shape
+            .as_concrete()
+            .ok_or_else(|| format_err!("{name}: slope shape not known"))?;
         if sshape.len() > rank {
-            bail!("{name}: slope of rank {} for input of rank {rank}", sshape.len());
+            bail!(
+                "{name}: slope of rank {} for input of rank {rank}",
+                sshape.len()
+            );
         }
         let offset = rank - sshape.len();
-        let varying: Vec<usize> = sshape.iter().enumerate().filter(|(_, d)| **d != 1).map(|(k, _)| k + offset).collect();
+        let varying: Vec<usize> = sshape
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| **d != 1)
+            .map(|(k, _)| k + offset)
+            .collect();
         let axis = match varying.as_slice() {
             [] => None,
             [a] => {
                 if x.shape[*a] != sshape[*a - offset].to_dim() {
-                    bail!("{name}: slope has {} values for axis {a} of {}", sshape[*a - offset], x.shape[*a]);
+                    bail!(
+                        "{name}: slope has {} values for axis {a} of {}",
+                        sshape[*a - offset],
+                        x.shape[*a]
+                    );
                 }
                 Some(*a)
             }
@@ -543,7 +678,11 @@ impl EvalOp for ChannelPrelu {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let (x, slope) = args_2!(inputs);
-        let slopes: Vec<f32> = slope.to_plain_array_view::<f32>()?.iter().copied().collect();
+        let slopes: Vec<f32> = slope
+            .to_plain_array_view::<f32>()?
+            .iter()
+            .copied()
+            .collect();
         // Takes the buffer over when this node is its only reader (the usual case), else copies it.
         let mut y = x.into_tensor();
         let shape = y.shape().to_vec();
@@ -553,7 +692,10 @@ impl EvalOp for ChannelPrelu {
             None => (y.len(), 1),
         };
         if slopes.len() != channels {
-            bail!("ChannelPrelu: {} slopes for {channels} channels", slopes.len());
+            bail!(
+                "ChannelPrelu: {} slopes for {channels} channels",
+                slopes.len()
+            );
         }
         {
             let mut view = y.try_as_plain_ram_mut()?;
@@ -589,13 +731,30 @@ mod tests {
     fn matches_the_onnx_definition() {
         let mut model = TypedModel::default();
         let x = model.add_source("x", f32::fact([1, 2, 2, 2])).unwrap();
-        let s = model.add_const("s", tract_ndarray::arr1(&[0.5f32, -2.0]).into_shape_with_order((2, 1, 1)).unwrap().into_tensor()).unwrap();
+        let s = model
+            .add_const(
+                "s",
+                tract_ndarray::arr1(&[0.5f32, -2.0])
+                    .into_shape_with_order((2, 1, 1))
+                    .unwrap()
+                    .into_tensor(),
+            )
+            .unwrap();
         let y = PreluExpansion.wire("p", &mut model, &[x, s]).unwrap();
         model.select_output_outlets(&y).unwrap();
         let plan = model.into_runnable().unwrap();
         let input: Vec<f32> = vec![1.0, -1.0, 0.0, -4.0, 3.0, -3.0, 2.0, -0.5];
-        let out = plan.run(tvec!(Tensor::from_shape(&[1, 2, 2, 2], &input).unwrap().into_tvalue())).unwrap();
-        let got: Vec<f32> = out[0].to_plain_array_view::<f32>().unwrap().iter().copied().collect();
+        let out = plan
+            .run(tvec!(Tensor::from_shape(&[1, 2, 2, 2], &input)
+                .unwrap()
+                .into_tvalue()))
+            .unwrap();
+        let got: Vec<f32> = out[0]
+            .to_plain_array_view::<f32>()
+            .unwrap()
+            .iter()
+            .copied()
+            .collect();
         let want: Vec<f32> = input
             .iter()
             .enumerate()
@@ -608,12 +767,23 @@ mod tests {
     fn softmax_rows_sum_to_one_and_keep_order() {
         let mut model = TypedModel::default();
         let x = model.add_source("x", f32::fact([3, 2])).unwrap();
-        let y = RowSoftmaxExpansion { axis: -1 }.wire("s", &mut model, &[x]).unwrap();
+        let y = RowSoftmaxExpansion { axis: -1 }
+            .wire("s", &mut model, &[x])
+            .unwrap();
         model.select_output_outlets(&y).unwrap();
         let plan = model.into_runnable().unwrap();
         let input = [0.0f32, 0.0, 1.0, 3.0, 1000.0, -1000.0];
-        let out = plan.run(tvec!(Tensor::from_shape(&[3, 2], &input).unwrap().into_tvalue())).unwrap();
-        let got: Vec<f32> = out[0].to_plain_array_view::<f32>().unwrap().iter().copied().collect();
+        let out = plan
+            .run(tvec!(Tensor::from_shape(&[3, 2], &input)
+                .unwrap()
+                .into_tvalue()))
+            .unwrap();
+        let got: Vec<f32> = out[0]
+            .to_plain_array_view::<f32>()
+            .unwrap()
+            .iter()
+            .copied()
+            .collect();
         let p = 1.0 / (1.0 + (-2.0f32).exp());
         let want = [0.5, 0.5, 1.0 - p, p, 1.0, 0.0];
         for (g, w) in got.iter().zip(want) {
@@ -627,18 +797,40 @@ mod tests {
         use tract_onnx::tract_hir::ops::cnn::{HirMaxPool, PaddingSpec, PoolSpec};
         use tract_onnx::tract_hir::ops::nn::DataFormat;
         let shape = [2usize, 3, 11, 14];
-        let input: Vec<f32> = (0..shape.iter().product::<usize>()).map(|i| ((i * 7919) % 97) as f32 - 48.0).collect();
-        let run = |wire: &dyn Fn(&mut TypedModel, OutletId) -> TVec<OutletId>| -> (Vec<usize>, Vec<f32>) {
-            let mut model = TypedModel::default();
-            let x = model.add_source("x", f32::fact(shape)).unwrap();
-            let y = wire(&mut model, x);
-            model.select_output_outlets(&y).unwrap();
-            let out = model.into_runnable().unwrap().run(tvec!(Tensor::from_shape(&shape, &input).unwrap().into_tvalue())).unwrap();
-            let v = out[0].to_plain_array_view::<f32>().unwrap();
-            (v.shape().to_vec(), v.iter().copied().collect())
-        };
-        for (k, st, pad) in [(2, 2, PaddingSpec::SameUpper), (3, 2, PaddingSpec::SameUpper), (3, 2, PaddingSpec::Valid), (3, 1, PaddingSpec::SameLower)] {
-            let spec = PoolSpec::new(DataFormat::NCHW, tvec!(k, k), pad.clone(), None, Some(tvec!(st, st)), 0, 0);
+        let input: Vec<f32> = (0..shape.iter().product::<usize>())
+            .map(|i| ((i * 7919) % 97) as f32 - 48.0)
+            .collect();
+        let run =
+            |wire: &dyn Fn(&mut TypedModel, OutletId) -> TVec<OutletId>| -> (Vec<usize>, Vec<f32>) {
+                let mut model = TypedModel::default();
+                let x = model.add_source("x", f32::fact(shape)).unwrap();
+                let y = wire(&mut model, x);
+                model.select_output_outlets(&y).unwrap();
+                let out = model
+                    .into_runnable()
+                    .unwrap()
+                    .run(tvec!(Tensor::from_shape(&shape, &input)
+                        .unwrap()
+                        .into_tvalue()))
+                    .unwrap();
+                let v = out[0].to_plain_array_view::<f32>().unwrap();
+                (v.shape().to_vec(), v.iter().copied().collect())
+            };
+        for (k, st, pad) in [
+            (2, 2, PaddingSpec::SameUpper),
+            (3, 2, PaddingSpec::SameUpper),
+            (3, 2, PaddingSpec::Valid),
+            (3, 1, PaddingSpec::SameLower),
+        ] {
+            let spec = PoolSpec::new(
+                DataFormat::NCHW,
+                tvec!(k, k),
+                pad.clone(),
+                None,
+                Some(tvec!(st, st)),
+                0,
+                0,
+            );
             let hir = HirMaxPool::new(spec, None);
             let ours = run(&|m, x| MaxPoolExpansion(hir.clone()).wire("p", m, &[x]).unwrap());
             let theirs = run(&|m, x| hir.wire("p", m, &[x]).unwrap());
@@ -649,23 +841,40 @@ mod tests {
     #[test]
     fn conv1x1_is_a_per_pixel_matrix_product() {
         let (n, k, o, h, w) = (2usize, 3usize, 2usize, 3usize, 5usize);
-        let x: Vec<f32> = (0..n * k * h * w).map(|i| ((i * 31) % 17) as f32 - 8.0).collect();
+        let x: Vec<f32> = (0..n * k * h * w)
+            .map(|i| ((i * 31) % 17) as f32 - 8.0)
+            .collect();
         let wt = [0.5f32, -1.0, 2.0, 0.25, 0.0, -3.0];
         let b = [1.0f32, -2.0];
         let mut model = TypedModel::default();
         let xi = model.add_source("x", f32::fact([n, k, h, w])).unwrap();
-        let wi = model.add_const("w", Tensor::from_shape(&[o, k, 1, 1], &wt).unwrap()).unwrap();
-        let bi = model.add_const("b", Tensor::from_shape(&[o], &b).unwrap()).unwrap();
-        let y = Conv1x1Expansion { bias: true }.wire("c", &mut model, &[xi, wi, bi]).unwrap();
+        let wi = model
+            .add_const("w", Tensor::from_shape(&[o, k, 1, 1], &wt).unwrap())
+            .unwrap();
+        let bi = model
+            .add_const("b", Tensor::from_shape(&[o], &b).unwrap())
+            .unwrap();
+        let y = Conv1x1Expansion { bias: true }
+            .wire("c", &mut model, &[xi, wi, bi])
+            .unwrap();
         model.select_output_outlets(&y).unwrap();
-        let out = model.into_runnable().unwrap().run(tvec!(Tensor::from_shape(&[n, k, h, w], &x).unwrap().into_tvalue())).unwrap();
+        let out = model
+            .into_runnable()
+            .unwrap()
+            .run(tvec!(Tensor::from_shape(&[n, k, h, w], &x)
+                .unwrap()
+                .into_tvalue()))
+            .unwrap();
         let got = out[0].to_plain_array_view::<f32>().unwrap();
         assert_eq!(got.shape(), &[n, o, h, w]);
         let plane = h * w;
         for ni in 0..n {
             for oi in 0..o {
                 for p in 0..plane {
-                    let want = b[oi] + (0..k).map(|ki| wt[oi * k + ki] * x[(ni * k + ki) * plane + p]).sum::<f32>();
+                    let want = b[oi]
+                        + (0..k)
+                            .map(|ki| wt[oi * k + ki] * x[(ni * k + ki) * plane + p])
+                            .sum::<f32>();
                     let g = got.as_slice().unwrap()[(ni * o + oi) * plane + p];
                     assert!((g - want).abs() < 1e-5, "n{ni} o{oi} p{p}: {g} vs {want}");
                 }

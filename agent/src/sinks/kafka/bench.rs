@@ -52,7 +52,16 @@ fn other(e: impl std::fmt::Display) -> BenchError {
 fn envelope(i: u64) -> Bytes {
     let raw = FACE_EVENT.replacen("\"event_id\":2,", &format!("\"event_id\":{i},"), 1);
     let view = EventView::parse(raw.as_bytes()).expect("valid event");
-    Bytes::from(Envelope::encode("bench-cam", Source::Channel, crate::sign::unix_now_ms(), &view, raw.as_bytes()).expect("encodes"))
+    Bytes::from(
+        Envelope::encode(
+            "bench-cam",
+            Source::Channel,
+            crate::sign::unix_now_ms(),
+            &view,
+            raw.as_bytes(),
+        )
+        .expect("encodes"),
+    )
 }
 
 pub struct Figures {
@@ -71,9 +80,16 @@ pub async fn run(args: KafkaBenchArgs) -> Result<(), BenchError> {
     mock.create_topic(&args.topic, 3, 1).map_err(other)?;
     let n = args.events;
     let size = envelope(1).len();
-    println!("kafka bench: {n} events of {size} B, window {} records", args.window);
+    println!(
+        "kafka bench: {n} events of {size} B, window {} records",
+        args.window
+    );
     let f = measure(&mock.bootstrap_servers(), &args).await?;
-    print("mock cluster (librdkafka, 1 broker, 3 partitions)", &f, &args);
+    print(
+        "mock cluster (librdkafka, 1 broker, 3 partitions)",
+        &f,
+        &args,
+    );
     let e2e = camera_to_kafka(&mock.bootstrap_servers(), &args).await?;
     println!("  {e2e}");
     if let Some(b) = &args.brokers {
@@ -87,32 +103,48 @@ pub async fn run(args: KafkaBenchArgs) -> Result<(), BenchError> {
 
 /// A simulated camera -> `camgate run` (channel session, outbox, this sink) -> `brokers`, timed
 /// by an independent consumer assigned to the end of every partition of the topic.
-async fn camera_to_kafka(brokers: &str, args: &KafkaBenchArgs) -> Result<crate::bench::EndToEnd, BenchError> {
+async fn camera_to_kafka(
+    brokers: &str,
+    args: &KafkaBenchArgs,
+) -> Result<crate::bench::EndToEnd, BenchError> {
     use rdkafka::consumer::{Consumer, StreamConsumer};
     use rdkafka::{Message, Offset, TopicPartitionList};
     let consumer: StreamConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers)
-        .set("group.id", format!("camgate-bench-e2e-{}", std::process::id()))
+        .set(
+            "group.id",
+            format!("camgate-bench-e2e-{}", std::process::id()),
+        )
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "10")
         .create()
         .map_err(other)?;
-    let meta = consumer.fetch_metadata(Some(&args.topic), Duration::from_secs(10)).map_err(other)?;
+    let meta = consumer
+        .fetch_metadata(Some(&args.topic), Duration::from_secs(10))
+        .map_err(other)?;
     let mut tpl = TopicPartitionList::new();
     for t in meta.topics() {
         for p in t.partitions() {
-            tpl.add_partition_offset(&args.topic, p.id(), Offset::End).map_err(other)?;
+            tpl.add_partition_offset(&args.topic, p.id(), Offset::End)
+                .map_err(other)?;
         }
     }
     if tpl.count() == 0 {
-        return Err(other(format!("topic {} has no partitions on {brokers}", args.topic)));
+        return Err(other(format!(
+            "topic {} has no partitions on {brokers}",
+            args.topic
+        )));
     }
     consumer.assign(&tpl).map_err(other)?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let prefix = format!("{}/", crate::bench::E2E_SERIAL);
     let reader = tokio::spawn(async move {
         while let Ok(m) = consumer.recv().await {
-            let id = m.key().and_then(|k| std::str::from_utf8(k).ok()).and_then(|k| k.strip_prefix(&prefix)).and_then(|id| id.parse().ok());
+            let id = m
+                .key()
+                .and_then(|k| std::str::from_utf8(k).ok())
+                .and_then(|k| k.strip_prefix(&prefix))
+                .and_then(|id| id.parse().ok());
             if let Some(id) = id {
                 if tx.send((id, tokio::time::Instant::now())).is_err() {
                     break;
@@ -121,7 +153,10 @@ async fn camera_to_kafka(brokers: &str, args: &KafkaBenchArgs) -> Result<crate::
         }
     });
     let dead = std::env::temp_dir().join("camgate-bench-e2e-dead.jsonl");
-    let sink = format!("[kafka]\nbrokers = {brokers:?}\ntopic = {:?}\ndead_letter_path = {dead:?}\n", args.topic);
+    let sink = format!(
+        "[kafka]\nbrokers = {brokers:?}\ntopic = {:?}\ndead_letter_path = {dead:?}\n",
+        args.topic
+    );
     let r = crate::bench::camera_to_broker(&sink, args.e2e_rate, args.seconds, rx).await;
     reader.abort();
     r
@@ -137,7 +172,10 @@ fn print(name: &str, f: &Figures, args: &KafkaBenchArgs) {
         "  camgate kafka sink (outbox -> kafka, commit after delivery): {:>9.0} events/s",
         f.sink_per_sec
     );
-    println!("  ratio sink/raw: {:.2} (goal >= 0.8)", f.sink_per_sec / f.raw_per_sec);
+    println!(
+        "  ratio sink/raw: {:.2} (goal >= 0.8)",
+        f.sink_per_sec / f.raw_per_sec
+    );
     println!(
         "  append -> delivery latency at {:.0} events/s for {} s: p50 {:.1} ms, p99 {:.1} ms ({} samples)",
         args.rate, args.seconds, f.p50_ms, f.p99_ms, f.latency_samples
@@ -160,7 +198,8 @@ pub async fn measure(brokers: &str, args: &KafkaBenchArgs) -> Result<Figures, Be
     // The reference runs before and after the sink: a broker whose speed drifts during the run
     // (its log growing, other load) must not favour whichever runs first.
     let raw_before = raw(&kcfg, &records, args).await?;
-    let (sink_per_sec, p50_ms, p99_ms, latency_samples) = through_sink(&kcfg, &records, args).await?;
+    let (sink_per_sec, p50_ms, p99_ms, latency_samples) =
+        through_sink(&kcfg, &records, args).await?;
     let raw_after = raw(&kcfg, &records, args).await?;
     Ok(Figures {
         raw_before,
@@ -175,7 +214,11 @@ pub async fn measure(brokers: &str, args: &KafkaBenchArgs) -> Result<Figures, Be
 
 /// The reference: the same records (key, value, headers), same producer settings, same window,
 /// no outbox.
-async fn raw(kcfg: &KafkaConfig, records: &[Bytes], args: &KafkaBenchArgs) -> Result<f64, BenchError> {
+async fn raw(
+    kcfg: &KafkaConfig,
+    records: &[Bytes],
+    args: &KafkaBenchArgs,
+) -> Result<f64, BenchError> {
     let producer: FutureProducer = kcfg.client_config("bench").create().map_err(other)?;
     let t0 = Instant::now();
     let mut in_flight = FuturesUnordered::new();
@@ -187,10 +230,24 @@ async fn raw(kcfg: &KafkaConfig, records: &[Bytes], args: &KafkaBenchArgs) -> Re
             }
             // The same record the sink sends: key, value and its three headers.
             let headers = OwnedHeaders::new_with_capacity(3)
-                .insert(Header { key: "camera", value: Some("bench-cam") })
-                .insert(Header { key: "event_type", value: Some("face_recog_event") })
-                .insert(Header { key: "gateway_id", value: Some("bench") });
-            match producer.send_result(FutureRecord::to(&kcfg.topic).key(&key).payload(&data[..]).headers(headers)) {
+                .insert(Header {
+                    key: "camera",
+                    value: Some("bench-cam"),
+                })
+                .insert(Header {
+                    key: "event_type",
+                    value: Some("face_recog_event"),
+                })
+                .insert(Header {
+                    key: "gateway_id",
+                    value: Some("bench"),
+                });
+            match producer.send_result(
+                FutureRecord::to(&kcfg.topic)
+                    .key(&key)
+                    .payload(&data[..])
+                    .headers(headers),
+            ) {
                 Ok(f) => {
                     in_flight.push(f);
                     break;
@@ -208,7 +265,9 @@ async fn raw(kcfg: &KafkaConfig, records: &[Bytes], args: &KafkaBenchArgs) -> Re
     Ok(records.len() as f64 / t0.elapsed().as_secs_f64())
 }
 
-fn check<C>(r: Option<Result<rdkafka::producer::future_producer::OwnedDeliveryResult, C>>) -> Result<(), BenchError> {
+fn check<C>(
+    r: Option<Result<rdkafka::producer::future_producer::OwnedDeliveryResult, C>>,
+) -> Result<(), BenchError> {
     match r {
         Some(Ok(Ok(_))) | None => Ok(()),
         Some(Ok(Err((e, _)))) => Err(other(format!("raw delivery failed: {e}"))),
@@ -218,8 +277,16 @@ fn check<C>(r: Option<Result<rdkafka::producer::future_producer::OwnedDeliveryRe
 
 /// The outbox filled with `records` first, then drained by the sink (the throughput), then a
 /// steady append rate with the sink running (the latency).
-async fn through_sink(kcfg: &KafkaConfig, records: &[Bytes], args: &KafkaBenchArgs) -> Result<(f64, f64, f64, usize), BenchError> {
-    let dir = std::env::temp_dir().join(format!("camgate-bench-kafka-{}-{}", std::process::id(), crate::sign::unix_now_ms()));
+async fn through_sink(
+    kcfg: &KafkaConfig,
+    records: &[Bytes],
+    args: &KafkaBenchArgs,
+) -> Result<(f64, f64, f64, usize), BenchError> {
+    let dir = std::env::temp_dir().join(format!(
+        "camgate-bench-kafka-{}-{}",
+        std::process::id(),
+        crate::sign::unix_now_ms()
+    ));
     let ocfg = OutboxConfig {
         dir: dir.join("outbox"),
         max_bytes: 2 * 1024 * 1024 * 1024,
@@ -234,7 +301,8 @@ async fn through_sink(kcfg: &KafkaConfig, records: &[Bytes], args: &KafkaBenchAr
             r.map_err(other)?;
         }
     }
-    let deliveries: Arc<Mutex<Vec<(Offset, Instant)>>> = Arc::new(Mutex::new(Vec::with_capacity(records.len() * 2)));
+    let deliveries: Arc<Mutex<Vec<(Offset, Instant)>>> =
+        Arc::new(Mutex::new(Vec::with_capacity(records.len() * 2)));
     let d2 = deliveries.clone();
     let status = Arc::new(SinkStatus::default());
     let stop = CancellationToken::new();
@@ -243,7 +311,9 @@ async fn through_sink(kcfg: &KafkaConfig, records: &[Bytes], args: &KafkaBenchAr
         gateway_id: "bench".into(),
         status: status.clone(),
         observer: Some(Arc::new(move |o| {
-            d2.lock().unwrap_or_else(|p| p.into_inner()).push((o, Instant::now()))
+            d2.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((o, Instant::now()))
         })),
     };
     let t0 = Instant::now();
@@ -265,7 +335,9 @@ async fn through_sink(kcfg: &KafkaConfig, records: &[Bytes], args: &KafkaBenchAr
             return Err(other("sink stopped early"));
         }
         if t0.elapsed() > Duration::from_secs(600) {
-            return Err(other(format!("sink did not deliver {n} events in 600 s: {snap:?}")));
+            return Err(other(format!(
+                "sink did not deliver {n} events in 600 s: {snap:?}"
+            )));
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     };
@@ -306,13 +378,21 @@ async fn through_sink(kcfg: &KafkaConfig, records: &[Bytes], args: &KafkaBenchAr
     task.await.map_err(other)?.map_err(other)?;
     outbox.shutdown().await.map_err(other)?;
     let _ = std::fs::remove_dir_all(&dir);
-    let delivered: std::collections::HashMap<Offset, Instant> =
-        deliveries.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect();
+    let delivered: std::collections::HashMap<Offset, Instant> = deliveries
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .copied()
+        .collect();
     let mut lat: Vec<f64> = appended
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .iter()
-        .filter_map(|(o, t)| delivered.get(o).map(|d| d.saturating_duration_since(*t).as_secs_f64() * 1000.0))
+        .filter_map(|(o, t)| {
+            delivered
+                .get(o)
+                .map(|d| d.saturating_duration_since(*t).as_secs_f64() * 1000.0)
+        })
         .collect();
     lat.sort_by(f64::total_cmp);
     let pct = |p: f64| {

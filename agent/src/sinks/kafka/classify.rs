@@ -22,7 +22,9 @@ pub fn classify(e: &KafkaError) -> ErrorClass {
     match e {
         // The producer was dropped under a pending delivery (e.g. replaced after a fatal error).
         KafkaError::Canceled => ErrorClass::Transient,
-        _ => e.rdkafka_error_code().map_or(ErrorClass::Transient, classify_code),
+        _ => e
+            .rdkafka_error_code()
+            .map_or(ErrorClass::Transient, classify_code),
     }
 }
 
@@ -80,7 +82,11 @@ mod tests {
             (C::PurgeQueue, ErrorClass::Transient),
         ] {
             assert_eq!(classify_code(code), class, "{code:?}");
-            assert_eq!(classify(&KafkaError::MessageProduction(code)), class, "{code:?}");
+            assert_eq!(
+                classify(&KafkaError::MessageProduction(code)),
+                class,
+                "{code:?}"
+            );
         }
         assert_eq!(classify(&KafkaError::Canceled), ErrorClass::Transient);
     }

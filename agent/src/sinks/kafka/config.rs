@@ -100,7 +100,12 @@ impl KafkaConfig {
         if self.brokers.trim().is_empty() {
             errs.push("kafka.brokers: must not be empty (host:port[,host:port...])".into());
         }
-        if self.topic.is_empty() || self.topic.len() > 249 || !self.topic.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        if self.topic.is_empty()
+            || self.topic.len() > 249
+            || !self
+                .topic
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
         {
             errs.push(format!(
                 "kafka.topic: {:?} is not a valid topic name ([A-Za-z0-9._-], 1..=249)",
@@ -111,7 +116,9 @@ impl KafkaConfig {
             errs.push("kafka.dead_letter_path: must not be empty".into());
         }
         if self.max_in_flight == 0 || self.max_in_flight_bytes == 0 {
-            errs.push("kafka.max_in_flight and kafka.max_in_flight_bytes: must be at least 1".into());
+            errs.push(
+                "kafka.max_in_flight and kafka.max_in_flight_bytes: must be at least 1".into(),
+            );
         }
         if self.retry_backoff_min_ms == 0 || self.retry_backoff_max_ms < self.retry_backoff_min_ms {
             errs.push(format!(
@@ -120,7 +127,10 @@ impl KafkaConfig {
             ));
         }
         if self.producer_reset_ms < 1000 {
-            errs.push(format!("kafka.producer_reset_ms: {} is below 1000", self.producer_reset_ms));
+            errs.push(format!(
+                "kafka.producer_reset_ms: {} is below 1000",
+                self.producer_reset_ms
+            ));
         }
         if self.commit_interval_ms == 0 || self.lag_log_secs == 0 {
             errs.push("kafka.commit_interval_ms and kafka.lag_log_secs: must be at least 1".into());
@@ -159,10 +169,12 @@ impl KafkaConfig {
 pub fn guarded_option(key: &str, value: &str) -> Option<String> {
     let v = value.trim().to_ascii_lowercase();
     match key {
-        "enable.idempotence" if v != "true" => Some("camgate requires the idempotent producer; it cannot be turned off".into()),
-        "acks" | "request.required.acks" if v != "all" && v != "-1" => {
-            Some("camgate requires acks=all (an ack must mean replicated, not just received)".into())
+        "enable.idempotence" if v != "true" => {
+            Some("camgate requires the idempotent producer; it cannot be turned off".into())
         }
+        "acks" | "request.required.acks" if v != "all" && v != "-1" => Some(
+            "camgate requires acks=all (an ack must mean replicated, not just received)".into(),
+        ),
         "bootstrap.servers" | "metadata.broker.list" => Some("set kafka.brokers instead".into()),
         "transactional.id" => Some("transactions are not supported by the camgate sink".into()),
         _ => None,
@@ -222,10 +234,15 @@ mod tests {
     #[test]
     fn options_override_defaults_but_not_the_guarantee() {
         let mut c = valid();
-        c.options.insert("message.timeout.ms".into(), OptionValue::Int(5000));
-        c.options.insert("enable.idempotence".into(), OptionValue::Bool(false));
+        c.options
+            .insert("message.timeout.ms".into(), OptionValue::Int(5000));
+        c.options
+            .insert("enable.idempotence".into(), OptionValue::Bool(false));
         c.options.insert("acks".into(), OptionValue::Int(1));
-        c.options.insert("bootstrap.servers".into(), OptionValue::Str("elsewhere:1".into()));
+        c.options.insert(
+            "bootstrap.servers".into(),
+            OptionValue::Str("elsewhere:1".into()),
+        );
         let mut errs = Vec::new();
         c.validate(&mut errs);
         let all = errs.join("\n");
@@ -233,14 +250,23 @@ mod tests {
             assert!(all.contains(needle), "missing {needle} in {all}");
         }
         let cc = c.client_config("gw");
-        assert_eq!(cc.get("message.timeout.ms"), Some("5000"), "a plain option overrides the default");
-        assert_eq!(cc.get("enable.idempotence"), Some("true"), "forced even without validation");
+        assert_eq!(
+            cc.get("message.timeout.ms"),
+            Some("5000"),
+            "a plain option overrides the default"
+        );
+        assert_eq!(
+            cc.get("enable.idempotence"),
+            Some("true"),
+            "forced even without validation"
+        );
         assert_eq!(cc.get("acks"), Some("all"));
         assert_eq!(cc.get("bootstrap.servers"), Some("127.0.0.1:9092"));
         // Saying what camgate sets anyway is fine.
         let mut ok = valid();
         ok.options.insert("acks".into(), OptionValue::Int(-1));
-        ok.options.insert("enable.idempotence".into(), OptionValue::Str("true".into()));
+        ok.options
+            .insert("enable.idempotence".into(), OptionValue::Str("true".into()));
         let mut errs = Vec::new();
         ok.validate(&mut errs);
         assert!(errs.is_empty(), "{errs:?}");

@@ -32,7 +32,13 @@ impl DeadLetter {
         Self { path, file: None }
     }
 
-    pub async fn write(&mut self, offset: u64, key: &str, reason: &str, record: &[u8]) -> std::io::Result<()> {
+    pub async fn write(
+        &mut self,
+        offset: u64,
+        key: &str,
+        reason: &str,
+        record: &[u8],
+    ) -> std::io::Result<()> {
         let res = self.try_write(offset, key, reason, record).await;
         if let Err(e) = &res {
             error!(path = %self.path.display(), offset, error = %e, "cannot write the kafka dead-letter file");
@@ -42,7 +48,13 @@ impl DeadLetter {
         res
     }
 
-    async fn try_write(&mut self, offset: u64, key: &str, reason: &str, record: &[u8]) -> std::io::Result<()> {
+    async fn try_write(
+        &mut self,
+        offset: u64,
+        key: &str,
+        reason: &str,
+        record: &[u8],
+    ) -> std::io::Result<()> {
         let raw = std::str::from_utf8(record)
             .ok()
             .and_then(|s| serde_json::from_str::<&RawValue>(s).ok());
@@ -52,7 +64,9 @@ impl DeadLetter {
             reason,
             at_ms: crate::sign::unix_now_ms(),
             record: raw,
-            record_text: raw.is_none().then(|| String::from_utf8_lossy(record).into_owned()),
+            record_text: raw
+                .is_none()
+                .then(|| String::from_utf8_lossy(record).into_owned()),
         };
         let mut buf = serde_json::to_vec(&line).map_err(std::io::Error::other)?;
         buf.push(b'\n');
@@ -60,7 +74,13 @@ impl DeadLetter {
             if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 tokio::fs::create_dir_all(dir).await?;
             }
-            self.file = Some(tokio::fs::OpenOptions::new().create(true).append(true).open(&self.path).await?);
+            self.file = Some(
+                tokio::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.path)
+                    .await?,
+            );
         }
         let f = self.file.as_mut().expect("opened above");
         f.write_all(&buf).await?;

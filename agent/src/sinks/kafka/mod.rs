@@ -70,7 +70,8 @@ struct Prepared {
 
 impl Prepared {
     fn parse(r: &Record) -> Result<Prepared, String> {
-        let e: StoredEnvelope = serde_json::from_slice(&r.data).map_err(|e| format!("not a stored event envelope: {e}"))?;
+        let e: StoredEnvelope = serde_json::from_slice(&r.data)
+            .map_err(|e| format!("not a stored event envelope: {e}"))?;
         Ok(Prepared {
             offset: r.offset,
             key: format!("{}/{}", e.sn, e.event_id),
@@ -137,7 +138,11 @@ struct State {
 }
 
 impl KafkaSink {
-    pub async fn run(self, outbox: Outbox, shutdown: CancellationToken) -> Result<u64, KafkaSinkError> {
+    pub async fn run(
+        self,
+        outbox: Outbox,
+        shutdown: CancellationToken,
+    ) -> Result<u64, KafkaSinkError> {
         let consumer = outbox.consumer(CONSUMER)?;
         let producer = create_producer(&self.cfg, &self.gateway_id)?;
         let cfg = self.cfg;
@@ -157,7 +162,11 @@ impl KafkaSink {
             window: CommitWindow::new(cfg.max_in_flight, cfg.max_in_flight_bytes),
             backoff: Backoff::new(
                 Duration::from_millis(cfg.retry_backoff_min_ms.max(1)),
-                Duration::from_millis(cfg.retry_backoff_max_ms.max(cfg.retry_backoff_min_ms).max(1)),
+                Duration::from_millis(
+                    cfg.retry_backoff_max_ms
+                        .max(cfg.retry_backoff_min_ms)
+                        .max(1),
+                ),
             ),
             dead: DeadLetter::new(cfg.dead_letter_path.clone()),
             gateway_id: self.gateway_id,
@@ -204,7 +213,9 @@ impl KafkaSink {
         reader_stop.cancel();
         match reader.await {
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => warn!(error = %e, "kafka sink: final commit failed; those events will be sent again"),
+            Ok(Err(e)) => {
+                warn!(error = %e, "kafka sink: final commit failed; those events will be sent again")
+            }
             Err(e) => warn!(error = %e, "kafka sink: outbox reader task failed"),
         }
         Ok(st.delivered)
@@ -212,7 +223,9 @@ impl KafkaSink {
 }
 
 fn create_producer(cfg: &KafkaConfig, gateway_id: &str) -> Result<FutureProducer, KafkaSinkError> {
-    cfg.client_config(gateway_id).create().map_err(KafkaSinkError::Producer)
+    cfg.client_config(gateway_id)
+        .create()
+        .map_err(KafkaSinkError::Producer)
 }
 
 impl State {
@@ -224,7 +237,12 @@ impl State {
                     // Not ours to fix: set aside so the stream goes on.
                     self.window.push(r.offset, r.data.len(), 0)?;
                     let key = format!("offset/{}", r.offset);
-                    if self.dead.write(r.offset, &key, &reason, &r.data).await.is_ok() {
+                    if self
+                        .dead
+                        .write(r.offset, &key, &reason, &r.data)
+                        .await
+                        .is_ok()
+                    {
                         self.status.dead_lettered.fetch_add(1, Ordering::Relaxed);
                         self.window.settle(r.offset)?;
                     } else {
@@ -302,7 +320,11 @@ impl State {
         self.on_failure(p, err, true).await
     }
 
-    async fn on_delivery(&mut self, p: Arc<Prepared>, res: Result<(), KafkaError>) -> Result<(), KafkaSinkError> {
+    async fn on_delivery(
+        &mut self,
+        p: Arc<Prepared>,
+        res: Result<(), KafkaError>,
+    ) -> Result<(), KafkaSinkError> {
         match res {
             Ok(()) => {
                 self.window.settle(p.offset)?;
@@ -324,17 +346,29 @@ impl State {
         }
     }
 
-    async fn on_failure(&mut self, p: Arc<Prepared>, e: KafkaError, at_enqueue: bool) -> Result<(), KafkaSinkError> {
+    async fn on_failure(
+        &mut self,
+        p: Arc<Prepared>,
+        e: KafkaError,
+        at_enqueue: bool,
+    ) -> Result<(), KafkaSinkError> {
         match classify(&e) {
             ErrorClass::Permanent => {
                 let reason = e.to_string();
                 warn!(offset = p.offset, key = %p.key, error = %reason, "kafka refuses the record for good; dead-lettering it");
-                if self.dead.write(p.offset, &p.key, &reason, &p.data).await.is_ok() {
+                if self
+                    .dead
+                    .write(p.offset, &p.key, &reason, &p.data)
+                    .await
+                    .is_ok()
+                {
                     self.status.dead_lettered.fetch_add(1, Ordering::Relaxed);
                     self.window.settle(p.offset)?;
                 } else {
-                    self.status
-                        .set_error(format!("dead-letter file {} not writable", self.cfg.dead_letter_path.display()));
+                    self.status.set_error(format!(
+                        "dead-letter file {} not writable",
+                        self.cfg.dead_letter_path.display()
+                    ));
                     self.schedule_retry(p);
                 }
             }
@@ -408,7 +442,9 @@ impl State {
     }
 
     fn log_lag(&self, outbox: &Outbox) {
-        let snap = self.status.snapshot(&outbox.stats(), crate::sign::unix_now_ms());
+        let snap = self
+            .status
+            .snapshot(&outbox.stats(), crate::sign::unix_now_ms());
         if snap.lag_events > 0 {
             info!(
                 lag_events = snap.lag_events,
@@ -441,7 +477,11 @@ impl State {
         }
         self.progress();
         let left = self.in_flight.len() + self.retry.len() + self.window.len();
-        info!(delivered = self.delivered, not_confirmed = left, "kafka sink stopped");
+        info!(
+            delivered = self.delivered,
+            not_confirmed = left,
+            "kafka sink stopped"
+        );
         self.in_flight = FuturesUnordered::new();
         let p = self.producer.clone();
         let _ = tokio::task::spawn_blocking(move || {

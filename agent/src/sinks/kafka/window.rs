@@ -55,12 +55,18 @@ impl CommitWindow {
     /// Whether another record may be read. An empty window always has room, so that a record
     /// larger than `max_bytes` still goes through (alone).
     pub fn has_room(&self) -> bool {
-        self.slots.is_empty() || (self.slots.len() < self.max_records && self.bytes < self.max_bytes)
+        self.slots.is_empty()
+            || (self.slots.len() < self.max_records && self.bytes < self.max_bytes)
     }
 
     /// Records a record handed to the producer. Offsets must increase (outbox order); gaps are
     /// fine (corrupt records the outbox skipped).
-    pub fn push(&mut self, offset: Offset, bytes: usize, received_at_ms: u64) -> Result<(), WindowError> {
+    pub fn push(
+        &mut self,
+        offset: Offset,
+        bytes: usize,
+        received_at_ms: u64,
+    ) -> Result<(), WindowError> {
         if let Some(last) = self.last_pushed.filter(|&l| offset <= l) {
             return Err(WindowError::OutOfOrder { offset, last });
         }
@@ -149,7 +155,10 @@ mod tests {
         let mut w = CommitWindow::new(10, 1 << 20);
         w.push(5, 1, 0).unwrap();
         w.push(9, 1, 0).unwrap();
-        assert_eq!(w.push(9, 1, 0), Err(WindowError::OutOfOrder { offset: 9, last: 9 }));
+        assert_eq!(
+            w.push(9, 1, 0),
+            Err(WindowError::OutOfOrder { offset: 9, last: 9 })
+        );
         assert_eq!(w.settle(7), Err(WindowError::Unknown(7)));
         w.settle(9).unwrap();
         w.settle(5).unwrap();

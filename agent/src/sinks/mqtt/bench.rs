@@ -61,9 +61,17 @@ fn other(e: impl std::fmt::Display) -> MqttBenchError {
 
 /// A stored envelope around the spec's face event, as the intake would write it.
 pub fn sample_envelope(camera: &str, event_id: i64, received_at_ms: u64) -> Vec<u8> {
-    let raw = crate::bench::FACE_EVENT.replacen("\"event_id\":2", &format!("\"event_id\":{event_id}"), 1);
+    let raw =
+        crate::bench::FACE_EVENT.replacen("\"event_id\":2", &format!("\"event_id\":{event_id}"), 1);
     let view = EventView::parse(raw.as_bytes()).expect("the sample event parses");
-    Envelope::encode(camera, Source::Channel, received_at_ms, &view, raw.as_bytes()).expect("the sample envelope encodes")
+    Envelope::encode(
+        camera,
+        Source::Channel,
+        received_at_ms,
+        &view,
+        raw.as_bytes(),
+    )
+    .expect("the sample envelope encodes")
 }
 
 /// A scratch directory removed on drop (tempfile is a dev-dependency only).
@@ -71,7 +79,11 @@ struct ScratchDir(std::path::PathBuf);
 
 impl ScratchDir {
     fn new(tag: &str) -> Result<Self, MqttBenchError> {
-        let d = std::env::temp_dir().join(format!("camgate-bench-mqtt-{tag}-{}-{}", std::process::id(), crate::sign::unix_now_ms()));
+        let d = std::env::temp_dir().join(format!(
+            "camgate-bench-mqtt-{tag}-{}-{}",
+            std::process::id(),
+            crate::sign::unix_now_ms()
+        ));
         std::fs::create_dir_all(&d)?;
         Ok(ScratchDir(d))
     }
@@ -97,7 +109,9 @@ pub struct BenchBroker {
 impl BenchBroker {
     pub fn start() -> Result<Self, MqttBenchError> {
         let dir = ScratchDir::new("broker")?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let conf = dir.path().join("mosquitto.conf");
         std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\nlog_dest none\n"))?;
         let child = Command::new("mosquitto")
@@ -107,12 +121,22 @@ impl BenchBroker {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|e| other(format!("cannot start mosquitto (Debian package mosquitto): {e}")))?;
-        let b = BenchBroker { child, port, _dir: dir };
+            .map_err(|e| {
+                other(format!(
+                    "cannot start mosquitto (Debian package mosquitto): {e}"
+                ))
+            })?;
+        let b = BenchBroker {
+            child,
+            port,
+            _dir: dir,
+        };
         let t0 = Instant::now();
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             if t0.elapsed() > Duration::from_secs(10) {
-                return Err(other(format!("mosquitto did not listen on {port} within 10 s")));
+                return Err(other(format!(
+                    "mosquitto did not listen on {port} within 10 s"
+                )));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -130,19 +154,32 @@ impl Drop for BenchBroker {
 const CAMERAS: [&str; 4] = ["door-1", "door-2", "hall", "yard"];
 
 async fn fresh_outbox(dir: &Path) -> Result<Outbox, MqttBenchError> {
-    let cfg = OutboxConfig { dir: dir.to_owned(), max_bytes: 1 << 30, ..OutboxConfig::default() };
+    let cfg = OutboxConfig {
+        dir: dir.to_owned(),
+        max_bytes: 1 << 30,
+        ..OutboxConfig::default()
+    };
     Outbox::open(&cfg).await.map_err(other)
 }
 
 /// Appends `n` envelopes with up to 256 appends in flight (group commit), ids from `first_id`.
 async fn fill(outbox: &Outbox, n: usize, first_id: i64) -> Result<(), MqttBenchError> {
-    let mut set: tokio::task::JoinSet<Result<Offset, crate::outbox::OutboxError>> = tokio::task::JoinSet::new();
+    let mut set: tokio::task::JoinSet<Result<Offset, crate::outbox::OutboxError>> =
+        tokio::task::JoinSet::new();
     for i in 0..n {
         if set.len() >= 256 {
-            set.join_next().await.expect("non-empty").map_err(other)?.map_err(other)?;
+            set.join_next()
+                .await
+                .expect("non-empty")
+                .map_err(other)?
+                .map_err(other)?;
         }
         let ob = outbox.clone();
-        let data = Bytes::from(sample_envelope(CAMERAS[i % CAMERAS.len()], first_id + i as i64, crate::sign::unix_now_ms()));
+        let data = Bytes::from(sample_envelope(
+            CAMERAS[i % CAMERAS.len()],
+            first_id + i as i64,
+            crate::sign::unix_now_ms(),
+        ));
         set.spawn(async move { ob.append(data).await });
     }
     while let Some(r) = set.join_next().await {
@@ -160,17 +197,32 @@ struct SinkRun {
 fn start_sink(outbox: &Outbox, host: &str, port: u16, inflight: u16, gateway: &str) -> SinkRun {
     let acks: Arc<Mutex<Vec<(Offset, Instant)>>> = Arc::new(Mutex::new(Vec::new()));
     let a2 = acks.clone();
-    let observer: super::AckObserver = Arc::new(move |o| a2.lock().unwrap_or_else(|p| p.into_inner()).push((o, Instant::now())));
+    let observer: super::AckObserver = Arc::new(move |o| {
+        a2.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((o, Instant::now()))
+    });
     let mut cfg = MqttConfig::new(host, port, gateway);
     cfg.max_inflight = inflight;
     cfg.backoff_min_ms = 100;
     cfg.backoff_max_ms = 1000;
     let stop = CancellationToken::new();
-    let task = tokio::spawn(run_observed(outbox.clone(), cfg, gateway.into(), Arc::new(SinkStatus::default()), stop.clone(), Some(observer)));
+    let task = tokio::spawn(run_observed(
+        outbox.clone(),
+        cfg,
+        gateway.into(),
+        Arc::new(SinkStatus::default()),
+        stop.clone(),
+        Some(observer),
+    ));
     SinkRun { stop, task, acks }
 }
 
-async fn wait_acks(acks: &Mutex<Vec<(Offset, Instant)>>, n: usize, limit: Duration) -> Result<Instant, MqttBenchError> {
+async fn wait_acks(
+    acks: &Mutex<Vec<(Offset, Instant)>>,
+    n: usize,
+    limit: Duration,
+) -> Result<Instant, MqttBenchError> {
     let t0 = Instant::now();
     loop {
         {
@@ -179,7 +231,10 @@ async fn wait_acks(acks: &Mutex<Vec<(Offset, Instant)>>, n: usize, limit: Durati
                 return Ok(a.iter().map(|x| x.1).max().unwrap_or_else(Instant::now));
             }
             if t0.elapsed() > limit {
-                return Err(other(format!("only {} of {n} events acknowledged within {limit:?}", a.len())));
+                return Err(other(format!(
+                    "only {} of {n} events acknowledged within {limit:?}",
+                    a.len()
+                )));
             }
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -187,9 +242,16 @@ async fn wait_acks(acks: &Mutex<Vec<(Offset, Instant)>>, n: usize, limit: Durati
 }
 
 /// The reference: publish every payload QoS 1 and count PubAcks, nothing else.
-async fn raw(host: &str, port: u16, inflight: u16, payloads: &[(String, Vec<u8>)]) -> Result<Duration, MqttBenchError> {
+async fn raw(
+    host: &str,
+    port: u16,
+    inflight: u16,
+    payloads: &[(String, Vec<u8>)],
+) -> Result<Duration, MqttBenchError> {
     let mut o = MqttOptions::new("camgate-bench-raw", host, port);
-    o.set_inflight(inflight).set_max_packet_size(1 << 20, 1 << 20).set_keep_alive(Duration::from_secs(30));
+    o.set_inflight(inflight)
+        .set_max_packet_size(1 << 20, 1 << 20)
+        .set_keep_alive(Duration::from_secs(30));
     let (client, mut el) = AsyncClient::new(o, usize::from(inflight) + 4);
     // Connect before the clock starts, like the sink (whose start-up is inside its figure; it
     // is one round trip).
@@ -238,7 +300,11 @@ pub async fn run(args: MqttBenchArgs) -> Result<(), MqttBenchError> {
     let host = args.host.clone().unwrap_or_else(|| "127.0.0.1".into());
     let port = broker.as_ref().map_or(args.port, |b| b.port);
     let n = args.events.max(1);
-    println!("mqtt bench: broker {host}:{port}, {n} events of ~{} B, inflight {}", sample_envelope("door-1", 1, 0).len(), args.inflight);
+    println!(
+        "mqtt bench: broker {host}:{port}, {n} events of ~{} B, inflight {}",
+        sample_envelope("door-1", 1, 0).len(),
+        args.inflight
+    );
 
     // 1. Sink throughput, from a full outbox.
     let dir = ScratchDir::new("outbox")?;
@@ -253,9 +319,17 @@ pub async fn run(args: MqttBenchArgs) -> Result<(), MqttBenchError> {
 
     // 2. Raw client, same payloads and topics.
     let topics = Topics::new("camgate", "bench-raw");
-    let payloads: Vec<(String, Vec<u8>)> =
-        (0..n).map(|i| (topics.event(CAMERAS[i % CAMERAS.len()], "face_recog_event"), sample_envelope(CAMERAS[i % CAMERAS.len()], 1 + i as i64, 0))).collect();
-    let raw_secs = raw(&host, port, args.inflight, &payloads).await?.as_secs_f64();
+    let payloads: Vec<(String, Vec<u8>)> = (0..n)
+        .map(|i| {
+            (
+                topics.event(CAMERAS[i % CAMERAS.len()], "face_recog_event"),
+                sample_envelope(CAMERAS[i % CAMERAS.len()], 1 + i as i64, 0),
+            )
+        })
+        .collect();
+    let raw_secs = raw(&host, port, args.inflight, &payloads)
+        .await?
+        .as_secs_f64();
     let raw_rate = n as f64 / raw_secs;
 
     // 3. Latency at a fixed rate, append start -> PubAck, through the running sink.
@@ -269,11 +343,17 @@ pub async fn run(args: MqttBenchArgs) -> Result<(), MqttBenchError> {
     for i in 0..total {
         tick.tick().await;
         let (ob, st) = (outbox.clone(), starts.clone());
-        let data = Bytes::from(sample_envelope(CAMERAS[i % CAMERAS.len()], 1_000_000 + i as i64, crate::sign::unix_now_ms()));
+        let data = Bytes::from(sample_envelope(
+            CAMERAS[i % CAMERAS.len()],
+            1_000_000 + i as i64,
+            crate::sign::unix_now_ms(),
+        ));
         set.spawn(async move {
             let t = Instant::now();
             if let Ok(o) = ob.append(data).await {
-                st.lock().unwrap_or_else(|p| p.into_inner()).push((o, t, Instant::now()));
+                st.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((o, t, Instant::now()));
             }
         });
         while set.len() > 1024 {
@@ -282,14 +362,29 @@ pub async fn run(args: MqttBenchArgs) -> Result<(), MqttBenchError> {
     }
     while set.join_next().await.is_some() {}
     wait_acks(&sink.acks, total, Duration::from_secs(60)).await?;
-    let acks: std::collections::HashMap<Offset, Instant> = sink.acks.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect();
+    let acks: std::collections::HashMap<Offset, Instant> = sink
+        .acks
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .copied()
+        .collect();
     let starts = starts.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let mut lat: Vec<Duration> = starts.iter().filter_map(|(o, t, _)| acks.get(o).map(|a| a.saturating_duration_since(*t))).collect();
+    let mut lat: Vec<Duration> = starts
+        .iter()
+        .filter_map(|(o, t, _)| acks.get(o).map(|a| a.saturating_duration_since(*t)))
+        .collect();
     lat.sort_unstable();
     // The outbox part alone (append until durable), to tell fsync stalls from forwarding ones.
-    let mut append: Vec<Duration> = starts.iter().map(|(_, t, d)| d.saturating_duration_since(*t)).collect();
+    let mut append: Vec<Duration> = starts
+        .iter()
+        .map(|(_, t, d)| d.saturating_duration_since(*t))
+        .collect();
     append.sort_unstable();
-    let mut forward: Vec<Duration> = starts.iter().filter_map(|(o, _, d)| acks.get(o).map(|a| a.saturating_duration_since(*d))).collect();
+    let mut forward: Vec<Duration> = starts
+        .iter()
+        .filter_map(|(o, _, d)| acks.get(o).map(|a| a.saturating_duration_since(*d)))
+        .collect();
     forward.sort_unstable();
     sink.stop.cancel();
     let delivered = sink.task.await.map_err(other)?.map_err(other)?;
@@ -323,12 +418,20 @@ pub async fn run(args: MqttBenchArgs) -> Result<(), MqttBenchError> {
 
 /// A simulated camera -> `camgate run` (channel session, outbox, this sink) -> the broker, timed
 /// by an independent QoS 1 subscriber.
-async fn camera_to_mqtt(host: &str, port: u16, args: &MqttBenchArgs) -> Result<crate::bench::EndToEnd, MqttBenchError> {
+async fn camera_to_mqtt(
+    host: &str,
+    port: u16,
+    args: &MqttBenchArgs,
+) -> Result<crate::bench::EndToEnd, MqttBenchError> {
     let gateway = format!("bench-e2e-{}", std::process::id());
     let mut o = MqttOptions::new(format!("{gateway}-sub"), host, port);
-    o.set_clean_session(true).set_max_packet_size(1 << 20, 1 << 20);
+    o.set_clean_session(true)
+        .set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut el) = AsyncClient::new(o, 16);
-    client.subscribe(format!("camgate/{gateway}/events/#"), QoS::AtLeastOnce).await.map_err(other)?;
+    client
+        .subscribe(format!("camgate/{gateway}/events/#"), QoS::AtLeastOnce)
+        .await
+        .map_err(other)?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let (suback_tx, suback) = tokio::sync::oneshot::channel();
     let reader = tokio::spawn(async move {
@@ -341,8 +444,13 @@ async fn camera_to_mqtt(host: &str, port: u16, args: &MqttBenchArgs) -> Result<c
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if let Ok(e) = serde_json::from_slice::<crate::event::StoredEnvelope>(&p.payload) {
-                        if tx.send((e.event_id.0, tokio::time::Instant::now())).is_err() {
+                    if let Ok(e) =
+                        serde_json::from_slice::<crate::event::StoredEnvelope>(&p.payload)
+                    {
+                        if tx
+                            .send((e.event_id.0, tokio::time::Instant::now()))
+                            .is_err()
+                        {
                             return;
                         }
                     }
@@ -352,9 +460,14 @@ async fn camera_to_mqtt(host: &str, port: u16, args: &MqttBenchArgs) -> Result<c
             }
         }
     });
-    tokio::time::timeout(Duration::from_secs(10), suback).await.map_err(|_| other("the end-to-end subscriber got no SUBACK"))?.map_err(other)?;
+    tokio::time::timeout(Duration::from_secs(10), suback)
+        .await
+        .map_err(|_| other("the end-to-end subscriber got no SUBACK"))?
+        .map_err(other)?;
     let sink = format!("[mqtt]\nhost = {host:?}\nport = {port}\ngateway_id = {gateway:?}\n");
-    let r = crate::bench::camera_to_broker(&sink, args.e2e_rate, args.seconds, rx).await.map_err(other);
+    let r = crate::bench::camera_to_broker(&sink, args.e2e_rate, args.seconds, rx)
+        .await
+        .map_err(other);
     reader.abort();
     r
 }

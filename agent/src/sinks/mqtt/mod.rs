@@ -27,7 +27,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, NetworkOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport};
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, NetworkOptions,
+    Outgoing, Packet, QoS, TlsConfiguration, Transport,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -131,16 +134,26 @@ impl Default for MqttConfig {
 
 impl MqttConfig {
     pub fn new(host: &str, port: u16, gateway_id: &str) -> Self {
-        Self { host: host.into(), port, gateway_id: Some(gateway_id.into()), ..Self::default() }
+        Self {
+            host: host.into(),
+            port,
+            gateway_id: Some(gateway_id.into()),
+            ..Self::default()
+        }
     }
 
     /// See `gateway_id`.
     pub fn effective_gateway_id(&self, top_level: Option<&str>) -> String {
-        self.gateway_id.clone().or_else(|| top_level.map(str::to_owned)).unwrap_or_else(host_name)
+        self.gateway_id
+            .clone()
+            .or_else(|| top_level.map(str::to_owned))
+            .unwrap_or_else(host_name)
     }
 
     pub fn effective_client_id(&self, gateway: &str) -> String {
-        self.client_id.clone().unwrap_or_else(|| format!("camgate-{gateway}"))
+        self.client_id
+            .clone()
+            .unwrap_or_else(|| format!("camgate-{gateway}"))
     }
 
     /// The password, read from `password_file` if that is how it is given.
@@ -150,7 +163,8 @@ impl MqttConfig {
             (None, None) => Ok(None),
             (None, Some(f)) => {
                 let path = crate::config::resolve_credential_path(f);
-                let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read password_file {}: {e}", path.display()))?;
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| format!("cannot read password_file {}: {e}", path.display()))?;
                 Ok(Some(text.trim_end_matches(['\n', '\r']).to_owned()))
             }
             (Some(_), Some(_)) => Err("give at most one of password, password_file".into()),
@@ -170,26 +184,42 @@ impl MqttConfig {
                 errs.push(format!("mqtt.gateway_id: {g:?} must be one non-empty topic level (no '/', '+', '#', control characters, leading '$')"));
             }
         }
-        if self.client_id.as_deref().is_some_and(|c| c.is_empty() || c.len() > 65535) {
+        if self
+            .client_id
+            .as_deref()
+            .is_some_and(|c| c.is_empty() || c.len() > 65535)
+        {
             errs.push("mqtt.client_id: must be 1..=65535 bytes".into());
         }
         if !topic::valid_prefix(&self.topic_prefix) {
-            errs.push(format!("mqtt.topic_prefix: {:?} must be topic levels without wildcards or empty levels", self.topic_prefix));
+            errs.push(format!(
+                "mqtt.topic_prefix: {:?} must be topic levels without wildcards or empty levels",
+                self.topic_prefix
+            ));
         }
         if !(1..=65535).contains(&self.keep_alive_secs) {
-            errs.push(format!("mqtt.keep_alive_secs: {} is outside 1..=65535", self.keep_alive_secs));
+            errs.push(format!(
+                "mqtt.keep_alive_secs: {} is outside 1..=65535",
+                self.keep_alive_secs
+            ));
         }
         if self.max_inflight == 0 {
             errs.push("mqtt.max_inflight: must be at least 1".into());
         }
         if self.max_packet_bytes < 1024 {
-            errs.push(format!("mqtt.max_packet_bytes: {} is below 1024", self.max_packet_bytes));
+            errs.push(format!(
+                "mqtt.max_packet_bytes: {} is below 1024",
+                self.max_packet_bytes
+            ));
         }
         if self.connect_timeout_secs == 0 {
             errs.push("mqtt.connect_timeout_secs: must be at least 1".into());
         }
         if self.backoff_min_ms == 0 || self.backoff_max_ms < self.backoff_min_ms {
-            errs.push(format!("mqtt: need 1 <= backoff_min_ms <= backoff_max_ms (got {} and {})", self.backoff_min_ms, self.backoff_max_ms));
+            errs.push(format!(
+                "mqtt: need 1 <= backoff_min_ms <= backoff_max_ms (got {} and {})",
+                self.backoff_min_ms, self.backoff_max_ms
+            ));
         }
         if self.lag_log_secs == 0 {
             errs.push("mqtt.lag_log_secs: must be at least 1".into());
@@ -212,19 +242,33 @@ impl MqttConfig {
     /// rumqttc options: persistent session, QoS 1 will, bounded inflight.
     pub fn mqtt_options(&self, gateway: &str) -> Result<MqttOptions, MqttError> {
         let topics = Topics::new(&self.topic_prefix, gateway);
-        let mut o = MqttOptions::new(self.effective_client_id(gateway), self.host.clone(), self.port);
+        let mut o = MqttOptions::new(
+            self.effective_client_id(gateway),
+            self.host.clone(),
+            self.port,
+        );
         o.set_clean_session(false)
             .set_keep_alive(Duration::from_secs(self.keep_alive_secs.max(1)))
             .set_inflight(self.max_inflight.max(1))
             .set_max_packet_size(self.max_packet_bytes, self.max_packet_bytes)
-            .set_last_will(LastWill::new(topics.status(), "offline", QoS::AtLeastOnce, true));
+            .set_last_will(LastWill::new(
+                topics.status(),
+                "offline",
+                QoS::AtLeastOnce,
+                true,
+            ));
         if let Some(u) = &self.username {
-            let p = self.resolve_password().map_err(MqttError::Config)?.unwrap_or_default();
+            let p = self
+                .resolve_password()
+                .map_err(MqttError::Config)?
+                .unwrap_or_default();
             o.set_credentials(u.clone(), p);
         }
         if let Some(t) = &self.tls {
             let ct = tls::client_config(t, &self.host)?;
-            o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(ct.config)));
+            o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                ct.config,
+            )));
         }
         Ok(o)
     }
@@ -326,7 +370,13 @@ struct Forwarder {
 
 /// Runs until `shutdown`, then waits (bounded) for the PubAcks of what is out, commits, publishes
 /// the retained `offline` and disconnects. Returns the number of events delivered.
-pub async fn run(outbox: Outbox, cfg: MqttConfig, gateway: String, status: Arc<SinkStatus>, shutdown: CancellationToken) -> Result<u64, MqttError> {
+pub async fn run(
+    outbox: Outbox,
+    cfg: MqttConfig,
+    gateway: String,
+    status: Arc<SinkStatus>,
+    shutdown: CancellationToken,
+) -> Result<u64, MqttError> {
     run_observed(outbox, cfg, gateway, status, shutdown, None).await
 }
 
@@ -353,10 +403,21 @@ pub async fn run_observed(
     let (batches_tx, records) = mpsc::channel(1);
     let (acked_tx, acked_rx) = watch::channel(Acked::default());
     let reader_stop = CancellationToken::new();
-    let reader = tokio::spawn(read_and_commit(consumer, inflight, COMMIT_EVERY, batches_tx, acked_rx, status.clone(), reader_stop.clone()));
+    let reader = tokio::spawn(read_and_commit(
+        consumer,
+        inflight,
+        COMMIT_EVERY,
+        batches_tx,
+        acked_rx,
+        status.clone(),
+        reader_stop.clone(),
+    ));
     let mut f = Forwarder {
         topics: Topics::new(&cfg.topic_prefix, &gateway),
-        backoff: Backoff::new(Duration::from_millis(cfg.backoff_min_ms.max(1)), Duration::from_millis(cfg.backoff_max_ms.max(1))),
+        backoff: Backoff::new(
+            Duration::from_millis(cfg.backoff_min_ms.max(1)),
+            Duration::from_millis(cfg.backoff_max_ms.max(1)),
+        ),
         window: CommitWindow::new(inflight),
         cfg,
         client,
@@ -380,7 +441,9 @@ pub async fn run_observed(
     f.wait_for_acks().await;
     // Commit what is acknowledged before telling the world we are offline.
     reader_stop.cancel();
-    let committed = reader.await.map_err(|e| MqttError::Config(format!("mqtt outbox reader: {e}")));
+    let committed = reader
+        .await
+        .map_err(|e| MqttError::Config(format!("mqtt outbox reader: {e}")));
     f.go_offline().await;
     driver.abort();
     f.status.set_connected(false);
@@ -464,8 +527,17 @@ impl Forwarder {
         let resend = self.window.unacked();
         info!(session_present, resend, "mqtt connected");
         self.status_acked = false;
-        self.publish(Slot::Status, self.topics.status(), Bytes::from_static(b"online"), true);
-        let again: Vec<(Offset, String, Bytes)> = self.window.unacked_iter().map(|(o, out)| (o, out.topic.clone(), out.payload.clone())).collect();
+        self.publish(
+            Slot::Status,
+            self.topics.status(),
+            Bytes::from_static(b"online"),
+            true,
+        );
+        let again: Vec<(Offset, String, Bytes)> = self
+            .window
+            .unacked_iter()
+            .map(|(o, out)| (o, out.topic.clone(), out.payload.clone()))
+            .collect();
         for (o, t, p) in again {
             self.publish(Slot::Record(o), t, p, false);
         }
@@ -506,7 +578,10 @@ impl Forwarder {
     fn publish(&mut self, slot: Slot, topic: String, payload: Bytes, retain: bool) {
         // `try_publish` copies into a Vec; events are small and the channel has room for the
         // whole window, so it never waits.
-        match self.client.try_publish(topic, QoS::AtLeastOnce, retain, payload.to_vec()) {
+        match self
+            .client
+            .try_publish(topic, QoS::AtLeastOnce, retain, payload.to_vec())
+        {
             Ok(()) => self.tracker.queued(slot),
             Err(e) => {
                 // Stays unacknowledged in the window: the next connection sends it again.
@@ -529,26 +604,44 @@ impl Forwarder {
     /// Publishes read-ahead records while connected and the window has room.
     fn pump(&mut self) {
         while self.connected && self.window.room() > 0 {
-            let Some(r) = self.ahead.pop_front() else { break };
+            let Some(r) = self.ahead.pop_front() else {
+                break;
+            };
             let (topic, received_at_ms) = match serde_json::from_slice::<StoredEnvelope>(&r.data) {
-                Ok(e) => (self.topics.event(&e.camera, &e.event_type), e.received_at_ms),
+                Ok(e) => (
+                    self.topics.event(&e.camera, &e.event_type),
+                    e.received_at_ms,
+                ),
                 Err(err) => {
                     // Not dropped: whatever is stored is forwarded, under a topic that says so.
                     warn!(offset = r.offset, error = %err, "outbox record is not an event envelope; publishing under _unknown");
                     (self.topics.event("_unknown", "_unknown"), 0)
                 }
             };
-            let too_large = topic.len() + r.data.len() + PUBLISH_OVERHEAD > self.cfg.max_packet_bytes;
-            let out = Out { topic: topic.clone(), payload: r.data.clone(), received_at_ms };
+            let too_large =
+                topic.len() + r.data.len() + PUBLISH_OVERHEAD > self.cfg.max_packet_bytes;
+            let out = Out {
+                topic: topic.clone(),
+                payload: r.data.clone(),
+                received_at_ms,
+            };
             if let Err(e) = self.window.push(r.offset, out) {
                 // `pump` only runs with room; a violation is a bug, not a data issue.
                 error!(error = %e, "mqtt commit window refused a record");
                 continue;
             }
             if too_large {
-                error!(offset = r.offset, bytes = r.data.len(), max = self.cfg.max_packet_bytes, "event larger than mqtt.max_packet_bytes; skipped");
+                error!(
+                    offset = r.offset,
+                    bytes = r.data.len(),
+                    max = self.cfg.max_packet_bytes,
+                    "event larger than mqtt.max_packet_bytes; skipped"
+                );
                 self.status.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                self.status.set_error(format!("event at offset {} too large for mqtt.max_packet_bytes", r.offset));
+                self.status.set_error(format!(
+                    "event at offset {} too large for mqtt.max_packet_bytes",
+                    r.offset
+                ));
                 self.window.ack(r.offset);
                 self.advance();
                 continue;
@@ -559,13 +652,23 @@ impl Forwarder {
     }
 
     fn update_oldest(&self) {
-        self.status.set_oldest_pending(self.window.oldest_unacked().map(|(_, o)| o.received_at_ms));
+        self.status
+            .set_oldest_pending(self.window.oldest_unacked().map(|(_, o)| o.received_at_ms));
     }
 
     fn log_lag(&self) {
-        let snap = self.status.snapshot(&self.outbox.stats(), crate::sign::unix_now_ms());
+        let snap = self
+            .status
+            .snapshot(&self.outbox.stats(), crate::sign::unix_now_ms());
         if snap.lag_events > 0 {
-            info!(lag_events = snap.lag_events, lag_bytes = snap.lag_bytes, oldest_pending_age_ms = snap.oldest_pending_age_ms, connected = snap.connected, retries = snap.retries, "mqtt sink lag");
+            info!(
+                lag_events = snap.lag_events,
+                lag_bytes = snap.lag_bytes,
+                oldest_pending_age_ms = snap.oldest_pending_age_ms,
+                connected = snap.connected,
+                retries = snap.retries,
+                "mqtt sink lag"
+            );
         }
     }
 
@@ -595,7 +698,12 @@ impl Forwarder {
             return;
         }
         self.status_acked = false;
-        self.publish(Slot::Status, self.topics.status(), Bytes::from_static(b"offline"), true);
+        self.publish(
+            Slot::Status,
+            self.topics.status(),
+            Bytes::from_static(b"offline"),
+            true,
+        );
         let until = Instant::now() + OFFLINE_WAIT;
         while self.connected && !self.status_acked && self.step_until(until).await {}
         if !self.status_acked {
@@ -605,7 +713,9 @@ impl Forwarder {
         let until = Instant::now() + Duration::from_millis(500);
         while self.connected {
             match tokio::time::timeout_at(until, self.events.recv()).await {
-                Ok(Some(LoopMsg::Event(Event::Outgoing(Outgoing::Disconnect)))) | Ok(None) | Err(_) => break,
+                Ok(Some(LoopMsg::Event(Event::Outgoing(Outgoing::Disconnect))))
+                | Ok(None)
+                | Err(_) => break,
                 Ok(Some(m)) => self.on_msg(m),
             }
         }
@@ -626,14 +736,22 @@ mod tests {
 
     #[test]
     fn contract_section_parses_with_defaults() {
-        let c = Config::from_toml("[mqtt]\nhost = \"127.0.0.1\"\nport = 1883\ngateway_id = \"gw-1\"\n").unwrap();
+        let c =
+            Config::from_toml("[mqtt]\nhost = \"127.0.0.1\"\nport = 1883\ngateway_id = \"gw-1\"\n")
+                .unwrap();
         c.validate().unwrap();
         let m = c.mqtt.unwrap();
         assert_eq!(m, MqttConfig::new("127.0.0.1", 1883, "gw-1"));
         assert_eq!(m.max_inflight, 64);
         assert_eq!(m.effective_client_id("gw-1"), "camgate-gw-1");
-        assert!(Config::from_toml("").unwrap().mqtt.is_none(), "absent section disables the sink");
-        assert!(Config::from_toml("[mqtt]\nhost = \"h\"\nbogus = 1\n").is_err(), "unknown keys are refused");
+        assert!(
+            Config::from_toml("").unwrap().mqtt.is_none(),
+            "absent section disables the sink"
+        );
+        assert!(
+            Config::from_toml("[mqtt]\nhost = \"h\"\nbogus = 1\n").is_err(),
+            "unknown keys are refused"
+        );
     }
 
     #[test]
@@ -650,9 +768,22 @@ mod tests {
     fn every_mqtt_error_is_reported() {
         let text = "[mqtt]\nhost = \"\"\nport = 0\ngateway_id = \"a/b\"\ntopic_prefix = \"x/#\"\nkeep_alive_secs = 0\nmax_inflight = 0\nbackoff_min_ms = 10\nbackoff_max_ms = 5\npassword = \"p\"\npassword_file = \"/nonexistent\"\ntls = { ca_file = \"/nonexistent.pem\" }\n";
         let err = Config::from_toml(text).unwrap().validate().unwrap_err();
-        let ConfigError::Invalid(list) = err else { panic!("{err}") };
+        let ConfigError::Invalid(list) = err else {
+            panic!("{err}")
+        };
         let all = list.join("\n");
-        for needle in ["mqtt.host", "mqtt.port", "mqtt.gateway_id", "mqtt.topic_prefix", "mqtt.keep_alive_secs", "mqtt.max_inflight", "backoff_min_ms", "needs username", "at most one of password", "mqtt.tls"] {
+        for needle in [
+            "mqtt.host",
+            "mqtt.port",
+            "mqtt.gateway_id",
+            "mqtt.topic_prefix",
+            "mqtt.keep_alive_secs",
+            "mqtt.max_inflight",
+            "backoff_min_ms",
+            "needs username",
+            "at most one of password",
+            "mqtt.tls",
+        ] {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }
     }
@@ -662,7 +793,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("pw");
         std::fs::write(&p, "s3cret\n").unwrap();
-        let m = MqttConfig { username: Some("u".into()), password_file: Some(p), ..MqttConfig::new("h", 1, "g") };
+        let m = MqttConfig {
+            username: Some("u".into()),
+            password_file: Some(p),
+            ..MqttConfig::new("h", 1, "g")
+        };
         assert_eq!(m.resolve_password().unwrap().as_deref(), Some("s3cret"));
         let mut errs = Vec::new();
         m.validate(&mut errs);
@@ -675,15 +810,31 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn reconnects_are_spaced_by_the_backoff() {
         let dir = tempfile::tempdir().unwrap();
-        let outbox = Outbox::open(&crate::outbox::OutboxConfig { dir: dir.path().into(), ..Default::default() }).await.unwrap();
+        let outbox = Outbox::open(&crate::outbox::OutboxConfig {
+            dir: dir.path().into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        let cfg = MqttConfig { backoff_min_ms: 1000, backoff_max_ms: 4000, connect_timeout_secs: 1, ..MqttConfig::new("127.0.0.1", port, "gw") };
+        let cfg = MqttConfig {
+            backoff_min_ms: 1000,
+            backoff_max_ms: 4000,
+            connect_timeout_secs: 1,
+            ..MqttConfig::new("127.0.0.1", port, "gw")
+        };
         let status = Arc::new(SinkStatus::default());
         let stop = CancellationToken::new();
-        let task = tokio::spawn(run(outbox.clone(), cfg, "gw".into(), status.clone(), stop.clone()));
+        let task = tokio::spawn(run(
+            outbox.clone(),
+            cfg,
+            "gw".into(),
+            status.clone(),
+            stop.clone(),
+        ));
         let t0 = Instant::now();
         while t0.elapsed() < Duration::from_secs(60) {
             tokio::time::sleep(Duration::from_millis(250)).await;

@@ -30,12 +30,19 @@ pub struct Topics {
 impl Topics {
     /// `prefix` may span several levels (`site/camgate`); it is checked by config validation.
     pub fn new(prefix: &str, gateway: &str) -> Self {
-        Self { base: format!("{}/{}/", prefix.trim_matches('/'), level(gateway)) }
+        Self {
+            base: format!("{}/{}/", prefix.trim_matches('/'), level(gateway)),
+        }
     }
 
     /// `<prefix>/<gateway>/events/<camera>/<event_type>`
     pub fn event(&self, camera: &str, event_type: &str) -> String {
-        format!("{}events/{}/{}", self.base, level(camera), level(event_type))
+        format!(
+            "{}events/{}/{}",
+            self.base,
+            level(camera),
+            level(event_type)
+        )
     }
 
     /// `<prefix>/<gateway>/status`, retained `online` / `offline`.
@@ -48,7 +55,8 @@ impl Topics {
 pub fn valid_prefix(p: &str) -> bool {
     !p.is_empty()
         && !p.starts_with('$')
-        && p.split('/').all(|l| !l.is_empty() && !l.contains(['+', '#']) && !l.chars().any(char::is_control))
+        && p.split('/')
+            .all(|l| !l.is_empty() && !l.contains(['+', '#']) && !l.chars().any(char::is_control))
 }
 
 #[cfg(test)]
@@ -65,18 +73,28 @@ mod tests {
         assert_eq!(level("line\nbreak"), "line_break");
         assert_eq!(level("$SYS"), "_SYS");
         assert_eq!(level("a$b"), "a$b");
-        assert_eq!(level("Eingang Süd"), "Eingang Süd", "spaces and UTF-8 are valid in topics");
+        assert_eq!(
+            level("Eingang Süd"),
+            "Eingang Süd",
+            "spaces and UTF-8 are valid in topics"
+        );
     }
 
     #[test]
     fn topics_have_fixed_levels() {
         let t = Topics::new("camgate", "gw/1");
-        assert_eq!(t.event("door/1", "face_recog_event"), "camgate/gw_1/events/door_1/face_recog_event");
+        assert_eq!(
+            t.event("door/1", "face_recog_event"),
+            "camgate/gw_1/events/door_1/face_recog_event"
+        );
         assert_eq!(t.event("", "#"), "camgate/gw_1/events/_/_");
         assert_eq!(t.status(), "camgate/gw_1/status");
         assert_eq!(Topics::new("site/cg/", "g").status(), "site/cg/g/status");
         for topic in [t.event("+/#", "\0"), t.status()] {
-            assert_eq!(topic.split('/').count(), if topic.ends_with("status") { 3 } else { 5 });
+            assert_eq!(
+                topic.split('/').count(),
+                if topic.ends_with("status") { 3 } else { 5 }
+            );
             assert!(!topic.contains(['+', '#', '\0']));
         }
     }

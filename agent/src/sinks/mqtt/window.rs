@@ -31,7 +31,11 @@ pub enum WindowError {
 
 impl<T> CommitWindow<T> {
     pub fn new(cap: usize) -> Self {
-        Self { entries: VecDeque::with_capacity(cap.max(1)), cap: cap.max(1), unacked: 0 }
+        Self {
+            entries: VecDeque::with_capacity(cap.max(1)),
+            cap: cap.max(1),
+            unacked: 0,
+        }
     }
 
     pub fn room(&self) -> usize {
@@ -93,7 +97,9 @@ impl<T> CommitWindow<T> {
 
     /// Unacknowledged records in offset order (what a new connection must publish again).
     pub fn unacked_iter(&self) -> impl Iterator<Item = (Offset, &T)> {
-        self.entries.iter().filter_map(|(o, d)| d.as_ref().map(|d| (*o, d)))
+        self.entries
+            .iter()
+            .filter_map(|(o, d)| d.as_ref().map(|d| (*o, d)))
     }
 
     /// The oldest unacknowledged record.
@@ -141,7 +147,9 @@ impl PkidTracker {
             Some((p, slot)) if p == pkid => slot,
             other => {
                 self.collided = other;
-                self.queued.pop_front().ok_or(TrackError::Unexpected(pkid))?
+                self.queued
+                    .pop_front()
+                    .ok_or(TrackError::Unexpected(pkid))?
             }
         };
         if self.in_flight.insert(pkid, slot).is_some() {
@@ -152,7 +160,10 @@ impl PkidTracker {
 
     /// `Outgoing::AwaitAck(pkid)`: the next queued publish waits for `pkid` to be acknowledged.
     pub fn on_await_ack(&mut self, pkid: u16) -> Result<(), TrackError> {
-        let slot = self.queued.pop_front().ok_or(TrackError::Unexpected(pkid))?;
+        let slot = self
+            .queued
+            .pop_front()
+            .ok_or(TrackError::Unexpected(pkid))?;
         self.collided = Some((pkid, slot));
         Ok(())
     }
@@ -192,7 +203,10 @@ mod tests {
         assert_eq!(w.take_committable(), Some((11, 2)));
         assert_eq!(w.ack(14), Some(14));
         assert_eq!(w.take_committable(), None, "13 holds back 14");
-        assert_eq!(w.unacked_iter().map(|(o, _)| o).collect::<Vec<_>>(), vec![13]);
+        assert_eq!(
+            w.unacked_iter().map(|(o, _)| o).collect::<Vec<_>>(),
+            vec![13]
+        );
         assert_eq!(w.ack(14), None, "a duplicate ack does not count");
         assert_eq!(w.ack(99), None);
         w.ack(13);
@@ -205,8 +219,14 @@ mod tests {
     fn offsets_must_increase() {
         let mut w = CommitWindow::new(4);
         w.push(5, ()).unwrap();
-        assert_eq!(w.push(5, ()), Err(WindowError::OutOfOrder { offset: 5, last: 5 }));
-        assert_eq!(w.push(3, ()), Err(WindowError::OutOfOrder { offset: 3, last: 5 }));
+        assert_eq!(
+            w.push(5, ()),
+            Err(WindowError::OutOfOrder { offset: 5, last: 5 })
+        );
+        assert_eq!(
+            w.push(3, ()),
+            Err(WindowError::OutOfOrder { offset: 3, last: 5 })
+        );
     }
 
     proptest! {
@@ -284,6 +304,10 @@ mod tests {
         t.queued(Slot::Record(3));
         t.reset();
         assert_eq!(t.outstanding(), 0);
-        assert_eq!(t.on_puback(4), None, "an ack from the old connection maps to nothing");
+        assert_eq!(
+            t.on_puback(4),
+            None,
+            "an ack from the old connection maps to nothing"
+        );
     }
 }
