@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use camgate::channel::driver::CameraTask;
-use camgate::channel::tls::TlsConfig;
 use camgate::config::CameraConfig;
 use camgate::intake::Intake;
+use camgate::net::tls::TlsConfig;
 use camgate::outbox::{Outbox, OutboxConfig};
 use camgate::status::{CameraStatus, LinkState};
 use tokio_util::sync::CancellationToken;

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use camgate::channel::driver::CameraTask;
-use camgate::channel::tls::TlsConfig;
 use camgate::daemon::Daemon;
+use camgate::dev::sim::{Faults, SimCamera};
 use camgate::intake::Intake;
+use camgate::net::tls::TlsConfig;
 use camgate::outbox::{Outbox, OutboxConfig};
-use camgate::sim::{Faults, SimCamera};
 use camgate::status::{CameraStatus, LinkState};
 use common::*;
 use tokio_util::sync::CancellationToken;
@@ -344,7 +344,7 @@ async fn https_get(url: &str, sim: &SimCamera) -> (u16, Vec<u8>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("https://").unwrap();
     let (host, path) = rest.split_once('/').unwrap();
-    let tls = camgate::channel::tls::client_config(
+    let tls = camgate::net::tls::client_config(
         &TlsConfig {
             fingerprint_sha256: Some(sim.fingerprint()),
             ..Default::default()
@@ -388,11 +388,11 @@ async fn daemon_runs_many_cameras_and_shuts_down_in_order() {
     cfg.validate().unwrap();
     let d = Daemon::start(&cfg).await.unwrap();
     assert!(eventually(WAIT, || sims.iter().all(|s| s.totals().acked >= 10)).await);
-    let health = camgate::ops::check_health(&cfg.health.file, camgate::sign::unix_now_ms());
+    let health = camgate::ops::check_health(&cfg.health.file, camgate::clock::unix_now_ms());
     assert!(
         eventually(Duration::from_secs(5), || camgate::ops::check_health(
             &cfg.health.file,
-            camgate::sign::unix_now_ms()
+            camgate::clock::unix_now_ms()
         )
         .is_ok())
         .await,
@@ -417,7 +417,7 @@ async fn daemon_runs_many_cameras_and_shuts_down_in_order() {
         serde_json::from_str::<serde_json::Value>(l).unwrap();
     }
     assert!(
-        camgate::ops::check_health(&cfg.health.file, camgate::sign::unix_now_ms()).is_err(),
+        camgate::ops::check_health(&cfg.health.file, camgate::clock::unix_now_ms()).is_err(),
         "stopping is not healthy"
     );
 }

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use camgate::sim::SimCamera;
+use camgate::dev::sim::SimCamera;
 use common::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_camgate");

@@ -6,11 +6,11 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use camgate::dev::sim::hook::{HookPoster, PostKind};
 use camgate::event::StoredEnvelope;
 use camgate::hook::{HookCamera, Receiver, ReceiverConfig};
 use camgate::intake::Intake;
 use camgate::outbox::{Outbox, OutboxConfig};
-use camgate::sim::hook::{HookPoster, PostKind};
 use common::*;
 use tokio_util::sync::CancellationToken;
 
@@ -233,10 +233,10 @@ async fn concurrent_posters_beyond_the_concurrency_bound_all_get_stored() {
 
 #[tokio::test]
 async fn the_same_event_by_channel_and_by_hook_is_stored_once() {
-    use camgate::channel::tls::TlsConfig;
     use camgate::config::{CameraConfig, CameraMode};
     use camgate::daemon::Daemon;
-    use camgate::sim::SimCamera;
+    use camgate::dev::sim::SimCamera;
+    use camgate::net::tls::TlsConfig;
 
     // The channel camera publishes events 1..=3 of its serial.
     let mut sc = sim_config(50.0);
@@ -370,10 +370,10 @@ async fn chunked_oversize_is_413_and_a_stalled_body_is_408() {
 
 #[tokio::test]
 async fn the_client_reconciles_subscriptions_and_the_camera_posts_to_them() {
-    use camgate::channel::tls::TlsConfig;
     use camgate::config::{CameraConfig, CameraMode};
+    use camgate::dev::sim::hook::SimHookApi;
     use camgate::hook::client::{HookClient, HookClientError};
-    use camgate::sim::hook::SimHookApi;
+    use camgate::net::tls::TlsConfig;
 
     let h = start_hook(None, loopback()).await;
     let stop = CancellationToken::new();
@@ -444,10 +444,10 @@ async fn the_client_reconciles_subscriptions_and_the_camera_posts_to_them() {
 
 #[tokio::test]
 async fn the_daemon_subscribes_hook_cameras_at_start_up() {
-    use camgate::channel::tls::TlsConfig;
     use camgate::config::{CameraConfig, CameraMode};
     use camgate::daemon::Daemon;
-    use camgate::sim::hook::SimHookApi;
+    use camgate::dev::sim::hook::SimHookApi;
+    use camgate::net::tls::TlsConfig;
 
     let stop = CancellationToken::new();
     let api = SimHookApi::start(APP_ID, SECRET, stop.clone())
@@ -627,10 +627,10 @@ async fn a_payload_sn_of_another_camera_is_refused() {
 }
 
 fn hook_camera_on(
-    api: &camgate::sim::hook::SimHookApi,
+    api: &camgate::dev::sim::hook::SimHookApi,
     name: &str,
 ) -> camgate::config::CameraConfig {
-    use camgate::channel::tls::TlsConfig;
+    use camgate::net::tls::TlsConfig;
     let tls = TlsConfig {
         fingerprint_sha256: Some(api.fingerprint()),
         ..TlsConfig::default()
@@ -647,7 +647,7 @@ fn hook_camera_on(
 #[tokio::test]
 async fn unsubscribe_on_shutdown_deletes_our_subscriptions_in_bounded_time() {
     use camgate::daemon::Daemon;
-    use camgate::sim::hook::SimHookApi;
+    use camgate::dev::sim::hook::SimHookApi;
 
     let stop = CancellationToken::new();
     let api = SimHookApi::start(APP_ID, SECRET, stop.clone())
@@ -720,8 +720,8 @@ fn issue_certs(
 
 #[tokio::test]
 async fn the_receiver_serves_https() {
-    use camgate::channel::tls::TlsConfig;
     use camgate::hook::receiver::server_tls;
+    use camgate::net::tls::TlsConfig;
 
     let certs = tempfile::tempdir().unwrap();
     let (ca, cert, key) = issue_certs(certs.path(), "recv");
@@ -773,9 +773,9 @@ async fn the_receiver_serves_https() {
 
 #[tokio::test]
 async fn the_daemon_serves_https_and_reports_hook_counters_in_its_health() {
-    use camgate::channel::tls::TlsConfig;
     use camgate::daemon::Daemon;
-    use camgate::sim::hook::SimHookApi;
+    use camgate::dev::sim::hook::SimHookApi;
+    use camgate::net::tls::TlsConfig;
 
     let certs = tempfile::tempdir().unwrap();
     let (ca, cert, key) = issue_certs(certs.path(), "recv");

@@ -6,7 +6,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use camgate::sim::hook::{HookPoster, PostKind, SimHookApi};
+use camgate::dev::sim::hook::{HookPoster, PostKind, SimHookApi};
 use common::*;
 use tokio_util::sync::CancellationToken;
 

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use camgate::sim::SimCamera;
+use camgate::dev::sim::SimCamera;
 use common::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_camgate");

@@ -10,8 +10,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use camgate::dev::sim::SimCamera;
 use camgate::outbox::{Outbox, OutboxConfig};
-use camgate::sim::SimCamera;
 use camgate::sinks::kafka::{KafkaConfig, KafkaSink};
 use camgate::sinks::SinkStatus;
 use common::kafka::{envelope, tally, Reader, Seen};

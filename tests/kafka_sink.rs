@@ -188,7 +188,7 @@ async fn nothing_is_committed_while_the_broker_is_down_and_all_arrive_after() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     let snap = sink
         .status
-        .snapshot(&outbox.stats(), camgate::sign::unix_now_ms());
+        .snapshot(&outbox.stats(), camgate::clock::unix_now_ms());
     println!("during outage: {snap:?}");
     assert_eq!(snap.delivered, 10, "nothing delivered while down");
     assert_eq!(

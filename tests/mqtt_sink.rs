@@ -11,10 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use camgate::dev::bench::mqtt::sample_envelope;
+use camgate::dev::sim::SimCamera;
 use camgate::event::StoredEnvelope;
 use camgate::outbox::{Outbox, OutboxConfig};
-use camgate::sim::SimCamera;
-use camgate::sinks::mqtt::bench::sample_envelope;
 use camgate::sinks::mqtt::{self, MqttConfig};
 use camgate::sinks::SinkStatus;
 use common::mosquitto::Mosquitto;
@@ -349,7 +349,7 @@ async fn broker_outage_loses_nothing_and_commits_nothing_while_down() {
             ob.append(Bytes::from(sample_envelope(
                 "door-1",
                 id,
-                camgate::sign::unix_now_ms(),
+                camgate::clock::unix_now_ms(),
             )))
             .await
             .unwrap();
@@ -382,7 +382,7 @@ async fn broker_outage_loses_nothing_and_commits_nothing_while_down() {
         "nothing may be committed while the broker is down"
     );
     assert_eq!(status.delivered.load(Ordering::Relaxed), delivered_at_stop);
-    let snap = status.snapshot(&outbox.stats(), camgate::sign::unix_now_ms());
+    let snap = status.snapshot(&outbox.stats(), camgate::clock::unix_now_ms());
     assert!(
         snap.retries >= 1 && snap.lag_events >= appended_while_down,
         "{snap:?}"
@@ -456,7 +456,7 @@ async fn unacknowledged_publishes_are_not_committed_and_are_sent_again() {
             ob.append(Bytes::from(sample_envelope(
                 "door-1",
                 id,
-                camgate::sign::unix_now_ms(),
+                camgate::clock::unix_now_ms(),
             )))
             .await
             .unwrap();
@@ -468,7 +468,7 @@ async fn unacknowledged_publishes_are_not_committed_and_are_sent_again() {
     );
     broker.freeze();
     let frozen_at = settled_commit(&outbox, &status).await;
-    let snap = status.snapshot(&outbox.stats(), camgate::sign::unix_now_ms());
+    let snap = status.snapshot(&outbox.stats(), camgate::clock::unix_now_ms());
     assert!(
         snap.oldest_pending_age_ms > 1000,
         "publishes are out and unacknowledged: {snap:?}"

@@ -370,7 +370,7 @@ fn identities() -> Vec<(&'static str, usize, &'static str)> {
 }
 
 fn check_separation(variant: ModelVariant) {
-    let threshold = camgate::vision::cli::DEFAULT_THRESHOLD;
+    let threshold = camgate::cli::face::DEFAULT_THRESHOLD;
     let mut embs = Vec::new();
     for (name, idx, who) in identities() {
         let faces = &results(variant)[name];

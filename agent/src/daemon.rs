@@ -11,8 +11,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::camera::CameraMode;
 use crate::channel::driver::CameraTask;
-use crate::config::{CameraMode, Config};
+use crate::config::Config;
 use crate::hook::client::HookClient;
 use crate::hook::{HookCamera, HookCounters, Receiver, ReceiverConfig, ReceiverError};
 use crate::intake::Intake;
@@ -56,92 +57,17 @@ impl Daemon {
     /// Opens the outbox (recovering it) and starts every camera and sink.
     pub async fn start(cfg: &Config) -> Result<Daemon, DaemonError> {
         let outbox = Outbox::open(&cfg.outbox).await?;
-        let intake = Intake::new(
-            outbox.clone(),
-            Duration::from_secs(cfg.intake.dedupe_window_secs),
-            cfg.intake.dedupe_max_entries,
-        );
-        // De-duplication survives restarts (and kill -9): re-learn what the outbox still holds.
-        let seeded = intake.seed(Outbox::dump(&cfg.outbox.dir)?.iter().filter_map(|r| {
-            let e: crate::event::StoredEnvelope = serde_json::from_slice(&r.data).ok()?;
-            Some((e.sn.into_owned(), e.event_id, e.received_at_ms))
-        }));
+        let (intake, seeded) = open_intake(cfg, &outbox)?;
         let intake_stop = CancellationToken::new();
         let sink_stop = CancellationToken::new();
-        let mut camera_tasks = JoinSet::new();
-        let mut cameras = Vec::new();
-        for cam in cfg.cameras.iter().filter(|c| c.mode == CameraMode::Channel) {
-            let status = Arc::new(CameraStatus::default());
-            cameras.push((cam.name.clone(), status.clone()));
-            let task = CameraTask {
-                cfg: cam.clone(),
-                intake: intake.clone(),
-                status,
-                shutdown: intake_stop.clone(),
-            };
-            camera_tasks.spawn(async move {
-                let _ = task.run().await;
-            });
-        }
-        // Hook-mode cameras: keep what each has subscribed in line with the config.
-        let mut reconcilers = (CancellationToken::new(), JoinSet::new());
-        for cam in cfg.cameras.iter().filter(|c| c.mode == CameraMode::Hook) {
-            if let Some(url) = cam.effective_callback_url(&cfg.hook) {
-                let (cam, url, stop) = (cam.clone(), url.to_string(), reconcilers.0.clone());
-                let every = Duration::from_secs(cfg.hook.recheck_secs.max(10));
-                reconcilers.1.spawn(reconcile_loop(cam, url, every, stop));
-            }
-        }
+        let (camera_tasks, cameras) = spawn_cameras(cfg, &intake, &intake_stop);
+        let reconcilers = spawn_reconcilers(cfg);
         let hook = if cfg.hook_active() {
             Some(Self::start_hook(cfg, intake.clone(), intake_stop.clone()).await?)
         } else {
             None
         };
-        let mut sink_tasks = JoinSet::new();
-        #[cfg_attr(not(any(feature = "kafka", feature = "mqtt")), allow(unused_mut))]
-        let mut sink_status: Vec<(String, Arc<sinks::SinkStatus>)> = Vec::new();
-        if cfg.sinks.jsonl.enabled {
-            let (ob, jc, stop) = (outbox.clone(), cfg.sinks.jsonl.clone(), sink_stop.clone());
-            sink_tasks.spawn(async move {
-                match sinks::jsonl::run(ob, jc, stop).await {
-                    Ok(n) => info!(written = n, "jsonl sink finished"),
-                    Err(e) => warn!(error = %e, "jsonl sink stopped"),
-                }
-            });
-        }
-        // Without the feature, validation has refused a config with the section.
-        #[cfg(feature = "kafka")]
-        if let Some(kc) = &cfg.kafka {
-            let status = Arc::new(sinks::SinkStatus::default());
-            sink_status.push(("kafka".to_string(), status.clone()));
-            let gateway = sinks::kafka::gateway_id(cfg.gateway_id.as_deref());
-            let (ob, kc, stop) = (outbox.clone(), kc.clone(), sink_stop.clone());
-            sink_tasks.spawn(async move {
-                match sinks::kafka::run(ob, kc, gateway, status.clone(), stop).await {
-                    Ok(n) => info!(delivered = n, "kafka sink finished"),
-                    Err(e) => {
-                        status.set_error(&e);
-                        warn!(error = %e, "kafka sink stopped");
-                    }
-                }
-            });
-        }
-        #[cfg(feature = "mqtt")]
-        if let Some(mc) = &cfg.mqtt {
-            let status = Arc::new(sinks::SinkStatus::default());
-            sink_status.push(("mqtt".to_string(), status.clone()));
-            let gateway = mc.effective_gateway_id(cfg.gateway_id.as_deref());
-            let (ob, mc, stop) = (outbox.clone(), mc.clone(), sink_stop.clone());
-            sink_tasks.spawn(async move {
-                match sinks::mqtt::run(ob, mc, gateway, status.clone(), stop).await {
-                    Ok(n) => info!(delivered = n, "mqtt sink finished"),
-                    Err(e) => {
-                        status.set_error(&e);
-                        warn!(error = %e, "mqtt sink stopped");
-                    }
-                }
-            });
-        }
+        let (sink_tasks, sink_status) = spawn_sinks(cfg, &outbox, &sink_stop);
         let mut d = Daemon {
             outbox,
             intake,
@@ -167,22 +93,12 @@ impl Daemon {
         stop: CancellationToken,
     ) -> Result<Receiver, DaemonError> {
         let h = &cfg.hook;
-        let listen = h
-            .listen
-            .parse()
-            .map_err(|_| DaemonError::HookListen(h.listen.clone()))?;
-        let rcfg = ReceiverConfig {
-            listen,
-            max_body_bytes: h.max_body_bytes,
-            max_concurrency: h.max_concurrency,
-            sign_window_secs: h.sign_window_secs,
-            request_timeout: Duration::from_secs(h.request_timeout_secs.max(1)),
-            replay_max_entries: h.replay_max_entries,
-            tls: match (&h.tls_cert_file, &h.tls_key_file) {
-                (Some(cert), Some(key)) => Some(crate::hook::receiver::server_tls(cert, key)?),
-                _ => None,
-            },
+        let tls = match (&h.tls_cert_file, &h.tls_key_file) {
+            (Some(cert), Some(key)) => Some(crate::hook::receiver::server_tls(cert, key)?),
+            _ => None,
         };
+        let rcfg = ReceiverConfig::from_hook(h, tls)
+            .ok_or_else(|| DaemonError::HookListen(h.listen.clone()))?;
         let mut cams = Vec::new();
         for c in cfg.cameras.iter().filter(|c| c.mode == CameraMode::Hook) {
             let secret = c.resolve_secret().map_err(|message| DaemonError::Secret {
@@ -340,7 +256,8 @@ impl Daemon {
             .iter()
             .filter(|c| c.mode == CameraMode::Hook)
         {
-            let Some(url) = cam.effective_callback_url(&self.cfg.hook) else {
+            let Some(url) = cam.effective_callback_url(self.cfg.hook.callback_url.as_deref())
+            else {
                 continue;
             };
             let (cam, url) = (cam.clone(), url.to_string());
@@ -389,7 +306,7 @@ fn health_report(
     outbox: &Outbox,
     sink_status: &[(String, Arc<sinks::SinkStatus>)],
 ) -> HealthReport {
-    let now = crate::sign::unix_now_ms();
+    let now = crate::clock::unix_now_ms();
     let stats = outbox.stats();
     HealthReport {
         pid: std::process::id(),
@@ -417,8 +334,123 @@ fn health_report(
 
 /// Reconciles one hook camera's subscriptions at start-up (retrying with backoff until it
 /// works) and every `every` after that, until `stop`.
+/// The intake, its de-duplication re-learnt from what the outbox still holds (so it survives
+/// restarts and kill -9); also returns how many events it learnt.
+fn open_intake(cfg: &Config, outbox: &Outbox) -> Result<(Arc<Intake>, usize), DaemonError> {
+    let intake = Intake::new(
+        outbox.clone(),
+        Duration::from_secs(cfg.intake.dedupe_window_secs),
+        cfg.intake.dedupe_max_entries,
+    );
+    let seeded = intake.seed(Outbox::dump(&cfg.outbox.dir)?.iter().filter_map(|r| {
+        let e: crate::event::StoredEnvelope = serde_json::from_slice(&r.data).ok()?;
+        Some((e.sn.into_owned(), e.event_id, e.received_at_ms))
+    }));
+    Ok((intake, seeded))
+}
+
+type CameraList = Vec<(String, Arc<CameraStatus>)>;
+
+/// One task per channel-mode camera.
+fn spawn_cameras(
+    cfg: &Config,
+    intake: &Arc<Intake>,
+    stop: &CancellationToken,
+) -> (JoinSet<()>, CameraList) {
+    let mut tasks = JoinSet::new();
+    let mut cameras = Vec::new();
+    for cam in cfg.cameras.iter().filter(|c| c.mode == CameraMode::Channel) {
+        let status = Arc::new(CameraStatus::default());
+        cameras.push((cam.name.clone(), status.clone()));
+        let task = CameraTask {
+            cfg: cam.clone(),
+            intake: intake.clone(),
+            status,
+            shutdown: stop.clone(),
+        };
+        tasks.spawn(async move {
+            let _ = task.run().await;
+        });
+    }
+    (tasks, cameras)
+}
+
+/// Hook-mode cameras: keep what each has subscribed in line with the config.
+fn spawn_reconcilers(cfg: &Config) -> (CancellationToken, JoinSet<()>) {
+    let mut reconcilers = (CancellationToken::new(), JoinSet::new());
+    for cam in cfg.cameras.iter().filter(|c| c.mode == CameraMode::Hook) {
+        if let Some(url) = cam.effective_callback_url(cfg.hook.callback_url.as_deref()) {
+            let (cam, url, stop) = (cam.clone(), url.to_string(), reconcilers.0.clone());
+            let every = Duration::from_secs(cfg.hook.recheck_secs.max(10));
+            reconcilers.1.spawn(reconcile_loop(cam, url, every, stop));
+        }
+    }
+    reconcilers
+}
+
+type SinkList = Vec<(String, Arc<sinks::SinkStatus>)>;
+
+/// Every configured sink, each a task reading the outbox with its own cursor.
+fn spawn_sinks(cfg: &Config, outbox: &Outbox, stop: &CancellationToken) -> (JoinSet<()>, SinkList) {
+    let mut tasks = JoinSet::new();
+    #[cfg_attr(not(any(feature = "kafka", feature = "mqtt")), allow(unused_mut))]
+    let mut statuses = Vec::new();
+    if cfg.sinks.jsonl.enabled {
+        let (ob, jc, stop) = (outbox.clone(), cfg.sinks.jsonl.clone(), stop.clone());
+        tasks.spawn(async move {
+            match sinks::jsonl::run(ob, jc, stop).await {
+                Ok(n) => info!(written = n, "jsonl sink finished"),
+                Err(e) => warn!(error = %e, "jsonl sink stopped"),
+            }
+        });
+    }
+    // Without the feature, validation has refused a config with the section.
+    #[cfg(feature = "kafka")]
+    if let Some(kc) = &cfg.kafka {
+        let (ob, kc, gw, stop) = (outbox.clone(), kc.clone(), cfg.gateway_id(), stop.clone());
+        spawn_sink(&mut tasks, &mut statuses, "kafka", move |st| {
+            sinks::kafka::run(ob, kc, gw, st, stop)
+        });
+    }
+    #[cfg(feature = "mqtt")]
+    if let Some(mc) = &cfg.mqtt {
+        let gw = mc.effective_gateway_id(&cfg.gateway_id());
+        let (ob, mc, stop) = (outbox.clone(), mc.clone(), stop.clone());
+        spawn_sink(&mut tasks, &mut statuses, "mqtt", move |st| {
+            sinks::mqtt::run(ob, mc, gw, st, stop)
+        });
+    }
+    (tasks, statuses)
+}
+
+/// Starts one forwarding sink with a status of its own; its end (or error) is logged and kept
+/// in the status for `camgate status`.
+#[cfg(any(feature = "kafka", feature = "mqtt"))]
+fn spawn_sink<F, E>(
+    tasks: &mut JoinSet<()>,
+    statuses: &mut SinkList,
+    name: &'static str,
+    run: impl FnOnce(Arc<sinks::SinkStatus>) -> F,
+) where
+    F: std::future::Future<Output = Result<u64, E>> + Send + 'static,
+    E: std::fmt::Display,
+{
+    let status = Arc::new(sinks::SinkStatus::default());
+    statuses.push((name.to_string(), status.clone()));
+    let fut = run(status.clone());
+    tasks.spawn(async move {
+        match fut.await {
+            Ok(n) => info!(sink = name, delivered = n, "sink finished"),
+            Err(e) => {
+                status.set_error(&e);
+                warn!(sink = name, error = %e, "sink stopped");
+            }
+        }
+    });
+}
+
 async fn reconcile_loop(
-    cam: crate::config::CameraConfig,
+    cam: crate::camera::CameraConfig,
     callback: String,
     every: Duration,
     stop: CancellationToken,
@@ -430,7 +462,7 @@ async fn reconcile_loop(
             return;
         }
     };
-    let mut backoff = crate::channel::backoff::Backoff::new(
+    let mut backoff = crate::net::backoff::Backoff::new(
         Duration::from_secs(cam.backoff_min.max(1)),
         Duration::from_secs(cam.backoff_max.max(cam.backoff_min).max(1)),
     );

@@ -10,8 +10,38 @@ use bytes::Bytes;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::clock::SharedClock;
 use crate::event::{Envelope, EventError, EventId, EventView, Source};
 use crate::outbox::{Offset, Outbox, OutboxError};
+use serde::{Deserialize, Serialize};
+
+/// `[intake]`: de-duplication of `(sn, event_id)` (DECISIONS §3: within 24 h).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IntakeConfig {
+    /// Seconds a `(sn, event_id)` is remembered. Default 86400.
+    pub dedupe_window_secs: u64,
+    /// Most remembered pairs; the oldest are forgotten first. Default 200000 (~20 MB worst case).
+    pub dedupe_max_entries: usize,
+}
+
+impl Default for IntakeConfig {
+    fn default() -> Self {
+        Self {
+            dedupe_window_secs: 86_400,
+            dedupe_max_entries: 200_000,
+        }
+    }
+}
+
+impl IntakeConfig {
+    /// Appends every problem of `[intake]` to `errs`.
+    pub fn validate(&self, errs: &mut Vec<String>) {
+        if self.dedupe_max_entries == 0 {
+            errs.push("intake.dedupe_max_entries: must be at least 1".into());
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accepted {
@@ -61,11 +91,24 @@ pub struct Intake {
     window: Duration,
     max_entries: usize,
     dedupe: Mutex<Dedupe>,
+    /// Wall time for `received_at_ms` and for the age of events seeded after a restart. The
+    /// dedupe window itself runs on tokio's (pausable) monotonic clock.
+    clock: SharedClock,
 }
 
 impl Intake {
     pub fn new(outbox: Outbox, window: Duration, max_entries: usize) -> Arc<Self> {
+        Self::with_clock(outbox, window, max_entries, crate::clock::system())
+    }
+
+    pub fn with_clock(
+        outbox: Outbox,
+        window: Duration,
+        max_entries: usize,
+        clock: SharedClock,
+    ) -> Arc<Self> {
         Arc::new(Intake {
+            clock,
             outbox,
             window,
             max_entries: max_entries.max(1),
@@ -127,7 +170,7 @@ impl Intake {
             }
             Seen::New(tx) => tx,
         };
-        let received_at_ms = crate::sign::unix_now_ms();
+        let received_at_ms = self.clock.now_ms();
         let result = match Envelope::encode(&camera, source, received_at_ms, &view, &raw) {
             Ok(bytes) => self
                 .outbox
@@ -158,7 +201,7 @@ impl Intake {
     /// so that a camera re-sending what a killed process stored but never acknowledged gets an
     /// ack and no second copy.
     pub fn seed(&self, stored: impl IntoIterator<Item = (String, EventId, u64)>) -> usize {
-        let now_ms = crate::sign::unix_now_ms();
+        let now_ms = self.clock.now_ms();
         let now = Instant::now();
         let window_ms = self.window.as_millis() as u64;
         let mut d = self.dedupe.lock().unwrap_or_else(|e| e.into_inner());
@@ -311,11 +354,44 @@ mod tests {
         assert!(i.remembered() <= 10, "{}", i.remembered());
     }
 
+    /// `received_at_ms` and the age of seeded events come from the injected clock.
+    #[tokio::test]
+    async fn wall_time_comes_from_the_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(&OutboxConfig {
+            dir: dir.path().into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let clock = crate::clock::ManualClock::new(1_796_280_000_000);
+        let i = Intake::with_clock(
+            outbox.clone(),
+            Duration::from_secs(3600),
+            100,
+            clock.clone(),
+        );
+        // Seeded 59 min before the clock's time: inside the window; 61 min: outside.
+        let n = i.seed([
+            ("S".to_string(), EventId(1), 1_796_280_000_000 - 59 * 60_000),
+            ("S".to_string(), EventId(2), 1_796_280_000_000 - 61 * 60_000),
+        ]);
+        assert_eq!(n, 1);
+        clock.advance_ms(400);
+        i.clone()
+            .accept("cam".into(), Source::Channel, ev("S", 3))
+            .await
+            .unwrap();
+        let stored = Outbox::dump(dir.path()).unwrap();
+        let env: crate::event::StoredEnvelope = serde_json::from_slice(&stored[0].data).unwrap();
+        assert_eq!(env.received_at_ms, 1_796_280_000_400);
+    }
+
     #[tokio::test]
     async fn seeded_events_are_duplicates_after_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let i = intake(dir.path(), Duration::from_secs(3600), 100).await;
-        let now = crate::sign::unix_now_ms();
+        let now = crate::clock::unix_now_ms();
         let n = i.seed([
             ("S".to_string(), EventId(1), now - 1000),
             ("S".to_string(), EventId(2), now - 7_200_000),

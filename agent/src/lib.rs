@@ -1,29 +1,38 @@
 //! camgate: a camera gateway daemon.
 //!
-//! Layers, from the wire inwards:
+//! Layers, from the wire inwards (`.ci/module-map` prints who imports whom and fails on a cycle):
+//! - [`net`], [`clock`]: neutral tools — TLS trust, backoff, the one camera HTTP(S) client,
+//!   credentials; injectable wall time. They import nothing else of camgate's.
+//! - [`camera`]: a camera as configured (identity, address, trust, delivery mode).
 //! - [`channel`]: the Sunmi Message Channel — `frame` (bytes ⇄ frames, no I/O), `session`
 //!   (frames + time → actions, no I/O) and `driver` (one tokio task per camera owning the TLS socket).
+//! - [`hook`]: the HTTP hook path (callback receiver, hook API client).
 //! - [`sign`]: the vendor's MD5 sign rule and verification (time window + replay cache).
 //! - [`event`]: typed, borrowed views of camera events; the raw JSON is kept as received.
 //! - [`intake`]: de-duplication and the hand-off of accepted events to the [`outbox`].
 //! - [`outbox`]: the durable on-disk log every sink reads from with its own committed cursor.
-//! - [`sinks`]: consumers of the outbox (the embedded JSON-lines sink).
-//! - [`sim`]: a camera simulator speaking the protocol as a camera does (tests, demo, bench).
-//! - [`config`], [`logging`], [`ops`]: configuration, logs, systemd integration.
+//! - [`sinks`]: consumers of the outbox (JSON lines, Kafka, MQTT); they import only the outbox,
+//!   `net`, `event` and `clock`.
+//! - [`vision`]: the face pipeline, a leaf; [`cli`]: command-line layers over it.
+//! - [`config`] (assembles every component's own config), [`daemon`], [`logging`], [`ops`].
+//! - `dev` (feature `dev-tools`): simulator, demo, benches; nothing else depends on it.
 
-pub mod bench;
+pub mod camera;
 pub mod channel;
+pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod daemon;
-pub mod demo;
+#[cfg(feature = "dev-tools")]
+pub mod dev;
 pub mod event;
 pub mod hook;
 pub mod intake;
 pub mod logging;
+pub mod net;
 pub mod ops;
 pub mod outbox;
 pub mod sign;
-pub mod sim;
 pub mod sinks;
 pub mod status;
 #[cfg(feature = "vision")]

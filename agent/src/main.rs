@@ -4,15 +4,17 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use tokio_util::sync::CancellationToken;
+
 use tracing::info;
 
 use camgate::config::Config;
 use camgate::daemon::Daemon;
+#[cfg(feature = "dev-tools")]
+use camgate::dev::{demo, sim};
 use camgate::outbox::Outbox;
-use camgate::{demo, logging, ops, sim};
+use camgate::{logging, ops};
 
 const DEFAULT_CONFIG: &str = "/etc/camgate/camgate.toml";
 
@@ -39,8 +41,10 @@ enum Cmd {
         cmd: OutboxCmd,
     },
     /// Simulated cameras + the real agent on loopback; prints events and a summary.
+    #[cfg(feature = "dev-tools")]
     Demo(DemoArgs),
     /// Run a simulated camera (TLS Message Channel server) until interrupted.
+    #[cfg(feature = "dev-tools")]
     SimCamera(SimArgs),
     /// Exit 0 if the running daemon is healthy (for OTA commit).
     Health(ConfigArg),
@@ -50,14 +54,23 @@ enum Cmd {
     #[cfg(feature = "vision")]
     Face {
         #[command(subcommand)]
-        cmd: camgate::vision::cli::FaceCommand,
+        cmd: camgate::cli::face::FaceCommand,
     },
     /// Benchmarks; each prints its figures next to a reference measured in the same run.
+    #[cfg(feature = "dev-tools")]
     Bench {
         #[command(subcommand)]
         cmd: BenchCmd,
     },
+    /// Developer tools (demo, sim-camera, bench) are not in this build.
+    #[cfg(not(feature = "dev-tools"))]
+    #[command(external_subcommand)]
+    Other(Vec<String>),
 }
+
+/// The verbs only a build with the `dev-tools` feature has.
+#[cfg(not(feature = "dev-tools"))]
+const DEV_VERBS: [&str; 3] = ["demo", "sim-camera", "bench"];
 
 #[derive(Args)]
 struct ConfigArg {
@@ -78,6 +91,7 @@ enum OutboxCmd {
     },
 }
 
+#[cfg(feature = "dev-tools")]
 #[derive(Args)]
 struct DemoArgs {
     /// How the simulated cameras deliver events: Message Channel sessions, or HTTP callbacks.
@@ -100,6 +114,7 @@ struct DemoArgs {
     no_faults: bool,
 }
 
+#[cfg(feature = "dev-tools")]
 #[derive(Args)]
 struct SimArgs {
     #[arg(long, default_value = "127.0.0.1:10021")]
@@ -133,22 +148,26 @@ struct SimArgs {
     refuse_connect: Option<i64>,
 }
 
+#[cfg(feature = "dev-tools")]
 #[derive(Subcommand)]
 enum BenchCmd {
     /// Codec decode rate, outbox group commit, and N cameras through TLS into the outbox.
-    Channel(camgate::bench::ChannelBenchArgs),
+    Channel(camgate::dev::bench::ChannelBenchArgs),
     /// Signed multipart callbacks from N concurrent posters into the receiver and the outbox.
-    Hook(camgate::hook::bench::HookBenchArgs),
+    Hook(camgate::dev::bench::hook::HookBenchArgs),
     /// Outbox to Kafka through the sink (mock cluster; a real broker with --brokers), next to a
     /// raw rdkafka producer, plus append-to-delivery latency.
     #[cfg(feature = "kafka")]
-    Kafka(camgate::sinks::kafka::bench::KafkaBenchArgs),
+    Kafka(camgate::dev::bench::kafka::KafkaBenchArgs),
     /// Outbox -> MQTT sink (PubAck-tracked) next to a raw rumqttc QoS 1 client; latency to PubAck.
     #[cfg(feature = "mqtt")]
-    Mqtt(camgate::sinks::mqtt::bench::MqttBenchArgs),
+    Mqtt(camgate::dev::bench::mqtt::MqttBenchArgs),
+    /// `face detect` in the shipped build (min-size, no dev tools) next to this build, same images.
+    #[cfg(feature = "vision")]
+    Profile(camgate::dev::bench::profile::ProfileBenchArgs),
     /// The face pipeline per stage, next to the onnxruntime reference (Python) when available.
     #[cfg(feature = "vision")]
-    Vision(camgate::vision::bench::VisionBenchArgs),
+    Vision(camgate::dev::bench::vision::VisionBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -181,64 +200,11 @@ fn error_chain(e: &anyhow::Error) -> String {
 
 fn real_main(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
-        Cmd::CheckConfig(a) => {
-            let cfg = Config::load(&a.config)
-                .with_context(|| format!("loading {}", a.config.display()))?;
-            match cfg.validate() {
-                Ok(()) => {
-                    println!(
-                        "{}: OK ({} camera(s), outbox {})",
-                        a.config.display(),
-                        cfg.cameras.len(),
-                        cfg.outbox.dir.display()
-                    );
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(e) => {
-                    eprintln!("{}: {e}", a.config.display());
-                    Ok(ExitCode::FAILURE)
-                }
-            }
-        }
+        Cmd::CheckConfig(a) => check_config(&a.config),
         Cmd::Outbox {
             cmd: OutboxCmd::Dump { config, dir },
-        } => {
-            let dir = match (dir, config) {
-                (Some(d), _) => d,
-                (None, c) => {
-                    Config::load(&c.unwrap_or_else(|| DEFAULT_CONFIG.into()))?
-                        .outbox
-                        .dir
-                }
-            };
-            use std::io::Write;
-            let mut out = std::io::stdout().lock();
-            for r in
-                Outbox::dump(&dir).with_context(|| format!("reading outbox {}", dir.display()))?
-            {
-                out.write_all(&r.data)?;
-                out.write_all(b"\n")?;
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Health(a) => {
-            let cfg = Config::load(&a.config)?;
-            match ops::check_health(&cfg.health.file, camgate::sign::unix_now_ms()) {
-                Ok(r) => {
-                    println!(
-                        "healthy: pid {} version {}, {} camera(s)",
-                        r.pid,
-                        r.version,
-                        r.cameras.len()
-                    );
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(e) => {
-                    eprintln!("unhealthy: {e}");
-                    Ok(ExitCode::FAILURE)
-                }
-            }
-        }
+        } => dump_outbox(config, dir),
+        Cmd::Health(a) => health(&a.config),
         Cmd::Status(a) => {
             let cfg = Config::load(&a.config)?;
             let text = std::fs::read_to_string(&cfg.health.file)
@@ -253,81 +219,153 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             runtime()?.block_on(run(cfg))?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Demo(a) => {
+        #[cfg(feature = "vision")]
+        Cmd::Face { cmd } => {
             logging::init("warn", true);
-            let dir = a.dir.unwrap_or_else(|| {
-                std::env::temp_dir().join(format!("camgate-demo-{}", camgate::sign::unix_now_ms()))
-            });
-            let opts = demo::DemoOptions {
-                mode: a.mode,
-                duration: Duration::from_secs(a.duration),
-                cameras: a.cameras,
-                rate_per_sec: a.rate,
-                dir,
-                faults: !a.no_faults,
-                quiet: false,
-            };
-            runtime()?.block_on(async {
-                let stop = CancellationToken::new();
-                let s2 = stop.clone();
-                tokio::spawn(async move {
-                    let _ = tokio::signal::ctrl_c().await;
-                    s2.cancel();
-                });
-                demo::run(opts, stop).await
-            })?;
+            camgate::cli::face::run(cmd)?;
             Ok(ExitCode::SUCCESS)
         }
+        #[cfg(feature = "dev-tools")]
+        Cmd::Demo(a) => demo(a),
+        #[cfg(feature = "dev-tools")]
         Cmd::SimCamera(a) => {
             logging::init("info", true);
             runtime()?.block_on(sim_camera(a))?;
             Ok(ExitCode::SUCCESS)
         }
-        #[cfg(feature = "vision")]
-        Cmd::Face { cmd } => {
-            logging::init("warn", true);
-            camgate::vision::cli::run(cmd)?;
+        #[cfg(feature = "dev-tools")]
+        Cmd::Bench { cmd } => bench(cmd),
+        #[cfg(not(feature = "dev-tools"))]
+        Cmd::Other(args) => not_built(&args),
+    }
+}
+
+/// A verb of the developer tools in a build without them: exit 2, naming the feature.
+#[cfg(not(feature = "dev-tools"))]
+fn not_built(args: &[String]) -> Result<ExitCode> {
+    let verb = args.first().map_or("", String::as_str);
+    if DEV_VERBS.contains(&verb) {
+        eprintln!("camgate: `{verb}` is a developer tool, not in this build: build with `--features dev-tools`");
+    } else {
+        eprintln!("camgate: unknown command {verb:?} (see `camgate --help`)");
+    }
+    Ok(ExitCode::from(2))
+}
+
+fn check_config(path: &std::path::Path) -> Result<ExitCode> {
+    let cfg = Config::load(path).with_context(|| format!("loading {}", path.display()))?;
+    match cfg.validate() {
+        Ok(()) => {
+            println!(
+                "{}: OK ({} camera(s), outbox {})",
+                path.display(),
+                cfg.cameras.len(),
+                cfg.outbox.dir.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
-        #[cfg(feature = "vision")]
-        Cmd::Bench {
-            cmd: BenchCmd::Vision(args),
-        } => {
-            logging::init("warn", true);
-            camgate::vision::bench::run(args)?;
-            Ok(ExitCode::SUCCESS)
-        }
-        #[cfg(feature = "mqtt")]
-        Cmd::Bench {
-            cmd: BenchCmd::Mqtt(args),
-        } => {
-            logging::init("warn", true);
-            runtime()?.block_on(camgate::sinks::mqtt::bench::run(args))?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Bench {
-            cmd: BenchCmd::Channel(args),
-        } => {
-            logging::init("warn", true);
-            runtime()?.block_on(camgate::bench::channel(args))?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Bench {
-            cmd: BenchCmd::Hook(args),
-        } => {
-            logging::init("error", true);
-            runtime()?.block_on(camgate::hook::bench::run(args))?;
-            Ok(ExitCode::SUCCESS)
-        }
-        #[cfg(feature = "kafka")]
-        Cmd::Bench {
-            cmd: BenchCmd::Kafka(args),
-        } => {
-            logging::init("warn", true);
-            runtime()?.block_on(camgate::sinks::kafka::bench::run(args))?;
-            Ok(ExitCode::SUCCESS)
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            Ok(ExitCode::FAILURE)
         }
     }
+}
+
+fn dump_outbox(config: Option<PathBuf>, dir: Option<PathBuf>) -> Result<ExitCode> {
+    use std::io::Write;
+    let dir = match (dir, config) {
+        (Some(d), _) => d,
+        (None, c) => {
+            Config::load(&c.unwrap_or_else(|| DEFAULT_CONFIG.into()))?
+                .outbox
+                .dir
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    for r in Outbox::dump(&dir).with_context(|| format!("reading outbox {}", dir.display()))? {
+        out.write_all(&r.data)?;
+        out.write_all(b"\n")?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn health(path: &std::path::Path) -> Result<ExitCode> {
+    let cfg = Config::load(path)?;
+    match ops::check_health(&cfg.health.file, camgate::clock::unix_now_ms()) {
+        Ok(r) => {
+            println!(
+                "healthy: pid {} version {}, {} camera(s)",
+                r.pid,
+                r.version,
+                r.cameras.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("unhealthy: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+#[cfg(feature = "dev-tools")]
+fn demo(a: DemoArgs) -> Result<ExitCode> {
+    logging::init("warn", true);
+    let dir = a.dir.unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("camgate-demo-{}", camgate::clock::unix_now_ms()))
+    });
+    let opts = demo::DemoOptions {
+        mode: a.mode,
+        duration: Duration::from_secs(a.duration),
+        cameras: a.cameras,
+        rate_per_sec: a.rate,
+        dir,
+        faults: !a.no_faults,
+        quiet: false,
+    };
+    runtime()?.block_on(async {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let s2 = stop.clone();
+        tokio::spawn(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            s2.cancel();
+        });
+        demo::run(opts, stop).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(feature = "dev-tools")]
+fn bench(cmd: BenchCmd) -> Result<ExitCode> {
+    use camgate::dev::bench;
+    match cmd {
+        #[cfg(feature = "vision")]
+        BenchCmd::Profile(args) => bench::profile::run(args)?,
+        #[cfg(feature = "vision")]
+        BenchCmd::Vision(args) => {
+            logging::init("warn", true);
+            bench::vision::run(args)?;
+        }
+        #[cfg(feature = "mqtt")]
+        BenchCmd::Mqtt(args) => {
+            logging::init("warn", true);
+            runtime()?.block_on(bench::mqtt::run(args))?;
+        }
+        BenchCmd::Channel(args) => {
+            logging::init("warn", true);
+            runtime()?.block_on(bench::channel(args))?;
+        }
+        BenchCmd::Hook(args) => {
+            logging::init("error", true);
+            runtime()?.block_on(bench::hook::run(args))?;
+        }
+        #[cfg(feature = "kafka")]
+        BenchCmd::Kafka(args) => {
+            logging::init("warn", true);
+            runtime()?.block_on(bench::kafka::run(args))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -362,9 +400,10 @@ async fn run(cfg: Config) -> Result<()> {
     Ok(())
 }
 
+#[cfg(feature = "dev-tools")]
 async fn sim_camera(a: SimArgs) -> Result<()> {
     if a.secret.is_empty() {
-        bail!("--secret must not be empty");
+        anyhow::bail!("--secret must not be empty");
     }
     let mut cfg = sim::SimConfig::new(&a.app_id, &a.secret);
     cfg.listen = a.listen;

@@ -1,12 +1,40 @@
 //! systemd integration: `Type=notify` readiness, watchdog pings, STOPPING, and the health file
 //! the OTA agent reads through `camgate health`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::status::CameraSnapshot;
+
+/// `[health]`: the file `camgate health` reads (OTA commit check).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// Default `/run/camgate/health.json`.
+    pub file: PathBuf,
+    /// How often the daemon rewrites it, seconds. Default 5.
+    pub interval_secs: u64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            file: PathBuf::from("/run/camgate/health.json"),
+            interval_secs: 5,
+        }
+    }
+}
+
+impl HealthConfig {
+    /// Appends every problem of `[health]` to `errs`.
+    pub fn validate(&self, errs: &mut Vec<String>) {
+        if self.interval_secs == 0 {
+            errs.push("health.interval_secs: must be at least 1".into());
+        }
+    }
+}
 
 pub fn notify_ready() {
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);

@@ -46,14 +46,6 @@ pub fn random_token() -> String {
         .collect()
 }
 
-/// Current Unix time in seconds, as the `timestamp` parameter wants it.
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SignError {
     #[error("missing parameter `{0}`")]
@@ -171,14 +163,6 @@ impl Verifier {
         seen.insert(key, timestamp + self.window_secs);
         Ok(())
     }
-}
-
-/// Current Unix time in milliseconds (envelope timestamps).
-pub fn unix_now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -123,7 +123,7 @@ pub fn envelope(camera: &str, sn: &str, id: i64, pad: usize) -> Bytes {
         Envelope::encode(
             camera,
             Source::Channel,
-            camgate::sign::unix_now_ms(),
+            camgate::clock::unix_now_ms(),
             &view,
             raw.as_bytes(),
         )

@@ -10,11 +10,11 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use camgate::channel::tls::TlsConfig;
 use camgate::config::{CameraConfig, Config};
+use camgate::dev::sim::{SimCamera, SimConfig};
 use camgate::event::StoredEnvelope;
+use camgate::net::tls::TlsConfig;
 use camgate::outbox::Outbox;
-use camgate::sim::{SimCamera, SimConfig};
 
 pub const APP_ID: &str = "test-app";
 pub const SECRET: &str = "test-secret-0123";

@@ -8,26 +8,33 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{sleep, sleep_until, timeout, Instant};
+use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::backoff::Backoff;
-use super::frame::{FrameCodec, FrameError, PacketType, Role, HEADER_LEN};
+use tokio_util::codec::Decoder;
+
+use super::frame::{CodecError, FrameCodec, FrameError, OwnedFrame, Role};
 use super::session::{Session, SessionConfig, SessionError, SessionEvent, State};
-use super::tls::{self, ClientTls, TlsError};
-use crate::config::CameraConfig;
+use crate::camera::CameraConfig;
 use crate::event::{EventView, Source};
 use crate::intake::{Accepted, Intake, IntakeError};
+use crate::net::backoff::Backoff;
+use crate::net::tls::{self, ClientTls, TlsError};
 use crate::outbox::OutboxError;
 use crate::status::{inc, CameraStatus, LinkState};
 
 /// Events read but not yet durable, per camera. When reached, the task stops reading the
 /// socket (TCP back-pressure reaches the camera) instead of buffering more.
 pub const MAX_IN_FLIGHT: usize = 512;
+/// An event on its way into the outbox; its PUBACK waits for it.
+type StoreFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Accepted, IntakeError>> + Send>>;
+
 /// How long shutdown or a protocol error waits for pending stores before giving up on acking.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -59,6 +66,15 @@ pub enum DriverError {
     BadEvent(#[source] crate::event::EventError),
     #[error("outbox cannot take events ({0}); not acking, camera keeps them")]
     OutboxRefused(#[source] OutboxError),
+}
+
+impl From<CodecError> for DriverError {
+    fn from(e: CodecError) -> Self {
+        match e {
+            CodecError::Frame(f) => DriverError::Frame(f),
+            CodecError::Io(io) => DriverError::Io(io),
+        }
+    }
 }
 
 impl DriverError {
@@ -103,6 +119,14 @@ pub struct CameraTask {
 
 enum Ended {
     Shutdown,
+}
+
+/// One connection's session state, as the I/O loop and the frame handler share it.
+struct Link<'a> {
+    session: &'a mut Session,
+    pending: &'a mut FuturesUnordered<StoreFuture>,
+    /// Set once SUBSCRIBE is acknowledged (the backoff then starts over).
+    reached_ready: &'a mut bool,
 }
 
 impl CameraTask {
@@ -178,110 +202,122 @@ impl CameraTask {
         camera: &Arc<str>,
         reached_ready: &mut bool,
     ) -> Result<Ended, DriverError> {
+        let Some(stream) = self.connect(tls, camera).await? else {
+            return Ok(Ended::Shutdown);
+        };
+        let (mut rd, mut wr) = tokio::io::split(stream);
+        let mut session = Session::new(
+            scfg.clone(),
+            Instant::now().into_std(),
+            crate::clock::unix_now(),
+            crate::sign::random_token(),
+        );
+        wr.write_all(&session.take_transmit()).await?;
+        let mut pending: FuturesUnordered<StoreFuture> = FuturesUnordered::new();
+        let mut link = Link {
+            session: &mut session,
+            pending: &mut pending,
+            reached_ready,
+        };
+        let result = self.serve(&mut rd, &mut wr, &mut link, scfg, camera).await;
+        self.close(&mut wr, &mut session, &mut pending, &result)
+            .await;
+        if let Ok(Ended::Shutdown) = result {
+            info!(camera = %camera, "disconnected for shutdown");
+        }
+        result
+    }
+
+    /// TCP connect and TLS handshake, each within `connect_timeout`; `None` on shutdown.
+    async fn connect(
+        &self,
+        tls: &ClientTls,
+        camera: &Arc<str>,
+    ) -> Result<Option<TlsStream<TcpStream>>, DriverError> {
         let limit = Duration::from_secs(self.cfg.connect_timeout);
         let tcp = tokio::select! {
             r = timeout(limit, TcpStream::connect(&self.cfg.address)) => r
                 .map_err(|_| DriverError::Timeout(limit, "TCP connect"))?
                 .map_err(|source| DriverError::Connect { address: self.cfg.address.clone(), source })?,
-            _ = self.shutdown.cancelled() => return Ok(Ended::Shutdown),
+            _ = self.shutdown.cancelled() => return Ok(None),
         };
         tcp.set_nodelay(true)?;
         if tls.insecure {
             warn!(camera = %camera, address = %self.cfg.address, "TLS certificate NOT verified (insecure_skip_verify = true); lab use only");
         }
         let connector = TlsConnector::from(tls.config.clone());
-        let stream = tokio::select! {
-            r = timeout(limit, connector.connect(tls.server_name.clone(), tcp)) => r
+        tokio::select! {
+            r = timeout(limit, connector.connect(tls.server_name.clone(), tcp)) => Ok(Some(r
                 .map_err(|_| DriverError::Timeout(limit, "TLS handshake"))?
-                .map_err(DriverError::Handshake)?,
-            _ = self.shutdown.cancelled() => return Ok(Ended::Shutdown),
-        };
-        let (mut rd, mut wr) = tokio::io::split(stream);
-        let mut session = Session::new(
-            scfg.clone(),
-            Instant::now().into_std(),
-            crate::sign::unix_now(),
-            crate::sign::random_token(),
-        );
-        wr.write_all(&session.take_transmit()).await?;
-        let codec = FrameCodec::new(Role::Client).with_crc_scope(scfg.crc_scope);
-        let mut buf = BytesMut::with_capacity(16 * 1024);
-        let mut pending = FuturesUnordered::new();
+                .map_err(DriverError::Handshake)?)),
+            _ = self.shutdown.cancelled() => Ok(None),
+        }
+    }
 
-        let result: Result<Ended, DriverError> = async {
-            loop {
-                let deadline = session.poll_deadline().map(Instant::from_std);
-                tokio::select! {
-                    biased;
-                    _ = self.shutdown.cancelled() => return Ok(Ended::Shutdown),
-                    Some(done) = pending.next(), if !pending.is_empty() => {
-                        self.on_stored(&mut session, done)?;
-                    }
-                    _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
-                        session.handle_timeout(Instant::now().into_std())?;
-                    }
-                    n = rd.read_buf(&mut buf), if pending.len() < MAX_IN_FLIGHT => {
-                        // A camera that drops the TCP connection without TLS close_notify is
-                        // the same event as a clean close for us.
-                        match n {
-                            Ok(0) => return Err(DriverError::Eof),
-                            Ok(_) => {}
-                            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(DriverError::Eof),
-                            Err(e) => return Err(e.into()),
-                        }
-                        // Decode every complete frame in the buffer; a partial one waits for more bytes.
-                        while let Some((ty, used, len, quirk)) = codec
-                            .decode(&buf)?
-                            .map(|(f, used)| (f.packet_type, used, f.payload.len(), f.quirk))
-                        {
-                            if quirk.is_some() {
-                                inc(&self.status.quirks);
-                                debug!(camera = %camera, ?quirk, "accepted protocol quirk");
-                            }
-                            let frame_bytes = buf.split_to(used).freeze();
-                            let (frame, _) = codec.decode(&frame_bytes)?.expect("frame was complete");
-                            let event = session.handle_frame(frame, Instant::now().into_std())?;
-                            match event {
-                                SessionEvent::Connected => debug!(camera = %camera, "CONNACK ok"),
-                                SessionEvent::Subscribed => {
-                                    *reached_ready = true;
-                                    inc(&self.status.sessions_ready);
-                                    self.status.set_state(LinkState::Ready);
-                                    info!(camera = %camera, events = ?scfg.events, "subscribed");
-                                }
-                                SessionEvent::Unsubscribed => info!(camera = %camera, "unsubscribed"),
-                                SessionEvent::Publish(_) => {
-                                    debug_assert_eq!(ty, PacketType::Publish);
-                                    let payload = frame_bytes.slice(HEADER_LEN..HEADER_LEN + len);
-                                    if self.status.serial().is_none() {
-                                        note_serial(&self.status, &payload);
-                                    }
-                                    pending.push(self.intake.clone().accept(camera.clone(), Source::Channel, payload));
-                                }
-                                SessionEvent::Nothing => {}
-                            }
-                        }
-                        buf.reserve(4096);
-                    }
+    /// The session's I/O loop: bytes in, frames through the session, stored events acked, timers,
+    /// bytes out. Ends on shutdown or the first error.
+    async fn serve(
+        &self,
+        rd: &mut (impl AsyncRead + Unpin),
+        wr: &mut (impl AsyncWrite + Unpin),
+        link: &mut Link<'_>,
+        scfg: &SessionConfig,
+        camera: &Arc<str>,
+    ) -> Result<Ended, DriverError> {
+        let mut codec = FrameCodec::new(Role::Client).with_crc_scope(scfg.crc_scope);
+        let mut buf = BytesMut::with_capacity(16 * 1024);
+        loop {
+            let deadline = link.session.poll_deadline().map(Instant::from_std);
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return Ok(Ended::Shutdown),
+                Some(done) = link.pending.next(), if !link.pending.is_empty() => {
+                    self.on_stored(link.session, done)?;
                 }
-                if session.has_transmit() {
-                    wr.write_all(&session.take_transmit()).await?;
+                _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                    link.session.handle_timeout(Instant::now().into_std())?;
+                }
+                n = rd.read_buf(&mut buf), if link.pending.len() < MAX_IN_FLIGHT => {
+                    // A camera that drops the TCP connection without TLS close_notify is
+                    // the same event as a clean close for us.
+                    match n {
+                        Ok(0) => return Err(DriverError::Eof),
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(DriverError::Eof),
+                        Err(e) => return Err(e.into()),
+                    }
+                    // Decode every complete frame in the buffer; a partial one waits for more bytes.
+                    while let Some(frame) = Decoder::decode(&mut codec, &mut buf)? {
+                        self.on_frame(link, frame, camera, &scfg.events)?;
+                    }
+                    buf.reserve(4096);
                 }
             }
+            if link.session.has_transmit() {
+                wr.write_all(&link.session.take_transmit()).await?;
+            }
         }
-        .await;
+    }
 
-        // Whatever ended the session, events already handed to the outbox are acked if they
-        // become durable soon, so the camera does not need to re-send them.
+    /// Whatever ended the session: events already handed to the outbox are acked if they become
+    /// durable soon (so the camera need not re-send them), then DISCONNECT where the end calls
+    /// for it.
+    async fn close(
+        &self,
+        wr: &mut (impl AsyncWrite + Unpin),
+        session: &mut Session,
+        pending: &mut FuturesUnordered<StoreFuture>,
+        result: &Result<Ended, DriverError>,
+    ) {
         let drain = async {
             while let Some(done) = pending.next().await {
-                if self.on_stored(&mut session, done).is_err() {
+                if self.on_stored(session, done).is_err() {
                     break;
                 }
             }
         };
         let _ = timeout(DRAIN_TIMEOUT, drain).await;
-        let protocol_error = matches!(&result, Err(e) if e.is_protocol_error());
+        let protocol_error = matches!(result, Err(e) if e.is_protocol_error());
         if session.state() != State::Closed
             && (protocol_error
                 || matches!(
@@ -299,10 +335,45 @@ impl CameraTask {
             })
             .await;
         }
-        if let Ok(Ended::Shutdown) = result {
-            info!(camera = %camera, "disconnected for shutdown");
+    }
+
+    /// One decoded frame through the session; a PUBLISH goes to the intake (acked once stored).
+    fn on_frame(
+        &self,
+        link: &mut Link<'_>,
+        frame: OwnedFrame,
+        camera: &Arc<str>,
+        events: &[String],
+    ) -> Result<(), DriverError> {
+        if frame.quirk.is_some() {
+            inc(&self.status.quirks);
+            debug!(camera = %camera, quirk = ?frame.quirk, "accepted protocol quirk");
         }
-        result
+        match link
+            .session
+            .handle_frame(frame.as_frame(), Instant::now().into_std())?
+        {
+            SessionEvent::Connected => debug!(camera = %camera, "CONNACK ok"),
+            SessionEvent::Subscribed => {
+                *link.reached_ready = true;
+                inc(&self.status.sessions_ready);
+                self.status.set_state(LinkState::Ready);
+                info!(camera = %camera, events = ?events, "subscribed");
+            }
+            SessionEvent::Unsubscribed => info!(camera = %camera, "unsubscribed"),
+            SessionEvent::Publish(_) => {
+                if self.status.serial().is_none() {
+                    note_serial(&self.status, &frame.payload);
+                }
+                link.pending.push(Box::pin(self.intake.clone().accept(
+                    camera.clone(),
+                    Source::Channel,
+                    frame.payload,
+                )));
+            }
+            SessionEvent::Nothing => {}
+        }
+        Ok(())
     }
 
     fn on_stored(

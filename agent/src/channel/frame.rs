@@ -12,9 +12,12 @@
 //!
 //! Decoding follows the `tokio_util::codec` contract: `Ok(None)` while the frame is incomplete, the
 //! length cap is checked from the header alone (before anything is buffered), and exactly one frame
-//! is consumed per call so trailing bytes stay for the next one.
+//! is consumed per call so trailing bytes stay for the next one. [`FrameCodec`] implements
+//! [`Decoder`] (yielding [`OwnedFrame`]s whose payload is a slice of the read buffer, so a frame is
+//! decoded once) and [`Encoder`]; [`FrameCodec::decode`] is the same rule over a plain slice.
 
-use serde::{Deserialize, Serialize};
+use bytes::{Bytes, BytesMut};
+use tokio_util::codec::{Decoder, Encoder};
 
 pub const FLAG: [u8; 4] = [0xFF, 0x3E, 0x3E, 0xFF];
 pub const VERSION: u8 = 0x01;
@@ -84,14 +87,7 @@ pub enum Role {
     Server,
 }
 
-/// What the CRC covers. The text says the payload; some firmware covers the whole frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CrcScope {
-    #[default]
-    Payload,
-    Frame,
-}
+pub use crate::camera::CrcScope;
 
 /// Deviations from the text that are accepted (DECISIONS §2) and must be counted by the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +119,37 @@ pub enum FrameError {
     Oversize { len: usize, max: usize },
     #[error("bad CRC: frame says {received:08X}, computed {computed:08X}")]
     BadCrc { received: u32, computed: u32 },
+}
+
+/// What the tokio-util [`Decoder`] and [`Encoder`] fail with: a bad frame, or the transport.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// A decoded frame that owns its payload: a reference-counted slice of the bytes read, taken out
+/// of the read buffer without copying.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedFrame {
+    pub version: u8,
+    pub packet_type: PacketType,
+    pub payload: Bytes,
+    pub quirk: Option<Quirk>,
+}
+
+impl OwnedFrame {
+    /// The borrowed view the session state machine takes.
+    pub fn as_frame(&self) -> Frame<'_> {
+        Frame {
+            version: self.version,
+            packet_type: self.packet_type,
+            payload: &self.payload,
+            quirk: self.quirk,
+        }
+    }
 }
 
 /// Decoder settings; one per connection.
@@ -229,6 +256,53 @@ impl FrameCodec {
             11 | 0x11 => PacketType::Disconnect,
             other => return Err(FrameError::UnknownType(other)),
         })
+    }
+}
+
+impl Decoder for FrameCodec {
+    type Item = OwnedFrame;
+    type Error = CodecError;
+
+    /// Takes exactly one frame off the front of `src` (trailing bytes stay), or nothing while the
+    /// frame is incomplete.
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<OwnedFrame>, CodecError> {
+        let Some((f, used)) = FrameCodec::decode(self, src)? else {
+            return Ok(None);
+        };
+        let (version, packet_type, quirk, len) =
+            (f.version, f.packet_type, f.quirk, f.payload.len());
+        let bytes = src.split_to(used).freeze();
+        Ok(Some(OwnedFrame {
+            version,
+            packet_type,
+            payload: bytes.slice(HEADER_LEN..HEADER_LEN + len),
+            quirk,
+        }))
+    }
+}
+
+impl Encoder<Frame<'_>> for FrameCodec {
+    type Error = CodecError;
+
+    /// Writes `item` with its own version byte and type code, and this codec's CRC scope.
+    fn encode(&mut self, item: Frame<'_>, dst: &mut BytesMut) -> Result<(), CodecError> {
+        if item.payload.len() > self.max_payload {
+            return Err(FrameError::Oversize {
+                len: item.payload.len(),
+                max: self.max_payload,
+            }
+            .into());
+        }
+        let mut out = Vec::with_capacity(HEADER_LEN + item.payload.len() + CRC_LEN);
+        encode_raw(
+            item.packet_type.code(),
+            item.version,
+            item.payload,
+            self.crc_scope,
+            &mut out,
+        )?;
+        dst.extend_from_slice(&out);
+        Ok(())
     }
 }
 
@@ -355,6 +429,65 @@ mod tests {
             let (frame, _) = FrameCodec::new(Role::Server).decode(&out).unwrap().unwrap();
             assert_eq!(frame.packet_type, ty);
         }
+    }
+
+    /// The tokio-util `Decoder`, fed the golden stream a few bytes at a time (scripted partial
+    /// reads, as tokio-util's `read_multi_frame_across_packets`): every frame comes out once, whole,
+    /// and the bytes of the next frame stay in the buffer.
+    #[test]
+    fn decoder_yields_each_frame_once_across_partial_reads() {
+        let mut stream = Vec::new();
+        for (_, _, bytes) in golden() {
+            stream.extend_from_slice(&bytes);
+        }
+        for chunk in [1, 3, 7, 64] {
+            let mut codec = FrameCodec::new(Role::Client);
+            let mut buf = BytesMut::new();
+            let mut got = Vec::new();
+            for piece in stream.chunks(chunk) {
+                buf.extend_from_slice(piece);
+                while let Some(f) = Decoder::decode(&mut codec, &mut buf).unwrap() {
+                    got.push((f.packet_type, f.payload.to_vec()));
+                }
+            }
+            assert!(buf.is_empty(), "chunk {chunk}: {} bytes left", buf.len());
+            let want: Vec<_> = golden()
+                .into_iter()
+                .map(|(t, p, _)| (t, p.to_vec()))
+                .collect();
+            assert_eq!(got, want, "chunk {chunk}");
+        }
+    }
+
+    #[test]
+    fn encoder_writes_the_golden_bytes_and_refuses_oversize() {
+        let mut codec = FrameCodec::new(Role::Client);
+        for (ty, payload, bytes) in golden() {
+            let mut dst = BytesMut::new();
+            let frame = Frame {
+                version: VERSION,
+                packet_type: ty,
+                payload,
+                quirk: None,
+            };
+            codec.encode(frame, &mut dst).unwrap();
+            assert_eq!(&dst[..], &bytes[..], "{}", ty.name());
+        }
+        let mut small = FrameCodec::new(Role::Client).with_max_payload(4);
+        let frame = Frame {
+            version: VERSION,
+            packet_type: PacketType::Publish,
+            payload: b"12345",
+            quirk: None,
+        };
+        let err = small.encode(frame, &mut BytesMut::new()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                CodecError::Frame(FrameError::Oversize { len: 5, max: 4 })
+            ),
+            "{err}"
+        );
     }
 
     #[test]

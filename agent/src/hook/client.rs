@@ -6,15 +6,11 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::Request;
-use hyper_util::rt::TokioIo;
 use serde::Deserialize;
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 
-use crate::channel::tls::{self, ClientTls, TlsError};
-use crate::config::CameraConfig;
+use crate::camera::CameraConfig;
+use crate::net::https::{HttpsClient, HttpsError};
+use crate::net::tls::{self, TlsError};
 use crate::sign;
 
 /// Largest answer read from a camera.
@@ -34,11 +30,11 @@ pub enum HookClientError {
     },
     #[error("hook/{op}: no answer within {limit:?}")]
     Timeout { op: &'static str, limit: Duration },
-    #[error("hook/{op}: HTTP: {source}")]
+    #[error("hook/{op}: {source}")]
     Http {
         op: &'static str,
         #[source]
-        source: hyper::Error,
+        source: HttpsError,
     },
     #[error("hook/{op}: HTTP status {status}")]
     Status { op: &'static str, status: u16 },
@@ -47,6 +43,23 @@ pub enum HookClientError {
     /// A non-zero `code` (0 is success; 1, 2, 5 generic, 310/311 subscription errors).
     #[error("hook/{op}: camera answered code {code}")]
     Code { op: &'static str, code: i64 },
+}
+
+impl HookClientError {
+    /// Connection failures and time-outs keep their own variants (callers tell "camera down"
+    /// from "camera answered wrongly"); the rest is an HTTP failure of `op`.
+    fn from_https(op: &'static str, addr: &str, e: HttpsError) -> Self {
+        match e {
+            HttpsError::Connect { source, .. } | HttpsError::Tls { source, .. } => {
+                HookClientError::Connect {
+                    addr: addr.to_owned(),
+                    source,
+                }
+            }
+            HttpsError::Timeout(limit) => HookClientError::Timeout { op, limit },
+            source => HookClientError::Http { op, source },
+        }
+    }
 }
 
 /// One topic and the callbacks subscribed to it (`sub_event` of hook/query).
@@ -132,11 +145,9 @@ pub fn form_decode(text: &str) -> Option<Vec<(String, String)>> {
 /// Talks to one camera's hook API.
 pub struct HookClient {
     camera: String,
-    addr: String,
-    tls: ClientTls,
+    http: HttpsClient,
     app_id: String,
     secret: String,
-    timeout: Duration,
 }
 
 impl HookClient {
@@ -144,11 +155,13 @@ impl HookClient {
     pub fn new(cam: &CameraConfig) -> Result<Self, HookClientError> {
         Ok(HookClient {
             camera: cam.name.clone(),
-            addr: cam.address.clone(),
-            tls: tls::client_config(&cam.tls, cam.host())?,
+            http: HttpsClient::new(
+                &cam.address,
+                Some(tls::client_config(&cam.tls, cam.host())?),
+                Duration::from_secs(cam.connect_timeout.max(1)),
+            ),
             app_id: cam.app_id.clone(),
             secret: cam.resolve_secret().map_err(HookClientError::Secret)?,
-            timeout: Duration::from_secs(cam.connect_timeout.max(1)),
         })
     }
 
@@ -229,20 +242,7 @@ impl HookClient {
         op: &'static str,
         private: &[(&str, &str)],
     ) -> Result<Answer, HookClientError> {
-        tokio::time::timeout(self.timeout, self.call_inner(op, private))
-            .await
-            .map_err(|_| HookClientError::Timeout {
-                op,
-                limit: self.timeout,
-            })?
-    }
-
-    async fn call_inner(
-        &self,
-        op: &'static str,
-        private: &[(&str, &str)],
-    ) -> Result<Answer, HookClientError> {
-        let ts = sign::unix_now().to_string();
+        let ts = crate::clock::unix_now().to_string();
         let random = sign::random_token();
         let mut params: Vec<(&str, &str)> = vec![
             ("app_id", self.app_id.as_str()),
@@ -252,67 +252,33 @@ impl HookClient {
         params.extend_from_slice(private);
         let signature = sign::sign(&params, &self.secret);
         params.push(("sign", signature.as_str()));
-        let body = form_encode(&params);
-
-        let tcp =
-            TcpStream::connect(&self.addr)
-                .await
-                .map_err(|source| HookClientError::Connect {
-                    addr: self.addr.clone(),
-                    source,
-                })?;
-        let stream = TlsConnector::from(self.tls.config.clone())
-            .connect(self.tls.server_name.clone(), tcp)
-            .await
-            .map_err(|source| HookClientError::Connect {
-                addr: self.addr.clone(),
-                source,
-            })?;
-        let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| HookClientError::Http { op, source })?;
-        let driver = tokio::spawn(conn);
-        let req = Request::post(format!("/openapi/hook/{op}"))
-            .header(hyper::header::HOST, self.addr.as_str())
-            .header(
-                hyper::header::CONTENT_TYPE,
+        let body = Bytes::from(form_encode(&params));
+        let path = format!("/openapi/hook/{op}");
+        let answer = self
+            .http
+            .post(
+                &path,
                 "application/x-www-form-urlencoded",
+                body,
+                MAX_ANSWER_BYTES,
             )
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| HookClientError::Answer {
+            .await
+            .map_err(|e| HookClientError::from_https(op, self.http.authority(), e))?;
+        if answer.status != 200 {
+            return Err(HookClientError::Status {
+                op,
+                status: answer.status,
+            });
+        }
+        let a: Answer =
+            serde_json::from_slice(&answer.body).map_err(|e| HookClientError::Answer {
                 op,
                 reason: e.to_string(),
             })?;
-        let result = async {
-            let resp = tx
-                .send_request(req)
-                .await
-                .map_err(|source| HookClientError::Http { op, source })?;
-            let status = resp.status().as_u16();
-            if status != 200 {
-                return Err(HookClientError::Status { op, status });
-            }
-            let bytes = Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
-                .collect()
-                .await
-                .map_err(|e| HookClientError::Answer {
-                    op,
-                    reason: e.to_string(),
-                })?
-                .to_bytes();
-            let a: Answer =
-                serde_json::from_slice(&bytes).map_err(|e| HookClientError::Answer {
-                    op,
-                    reason: e.to_string(),
-                })?;
-            if a.code != 0 {
-                return Err(HookClientError::Code { op, code: a.code });
-            }
-            Ok(a)
+        if a.code != 0 {
+            return Err(HookClientError::Code { op, code: a.code });
         }
-        .await;
-        driver.abort();
-        result
+        Ok(a)
     }
 }
 

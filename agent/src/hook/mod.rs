@@ -5,14 +5,14 @@
 //! - [`callback`]: pure parsing of a callback body (no I/O; unit tested and fuzzed).
 //! - [`receiver`]: the HTTP server with its bounds, sign/window/replay checks and counters.
 //! - [`client`]: the camera's hook/add|delete|query API and subscription reconciliation.
-//! - [`bench`]: `camgate bench hook`.
 
-pub mod bench;
 pub mod callback;
 pub mod client;
+pub mod config;
 pub mod receiver;
 
 pub use callback::{parse_callback, Callback, ParseError};
+pub use config::HookConfig;
 pub use receiver::{
     HookCamera, HookCounters, HookCountersSnapshot, Receiver, ReceiverConfig, ReceiverError,
 };

@@ -29,6 +29,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::callback::{boundary_from_content_type, parse_callback};
+use super::config::HookConfig;
+use crate::clock::{self, SharedClock};
 use crate::event::Source;
 use crate::intake::{Accepted, Intake, IntakeError};
 use crate::outbox::OutboxError;
@@ -47,19 +49,29 @@ pub struct ReceiverConfig {
     pub replay_max_entries: usize,
     /// Serve HTTPS with this configuration (see [`server_tls`]); plain HTTP when `None`.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Wall time for the sign window and the replay cache.
+    pub clock: SharedClock,
+}
+
+impl ReceiverConfig {
+    /// From `[hook]` (its defaults are on [`HookConfig`]); `None` when `listen` is not an address.
+    pub fn from_hook(h: &HookConfig, tls: Option<Arc<rustls::ServerConfig>>) -> Option<Self> {
+        Some(ReceiverConfig {
+            listen: h.listen.parse().ok()?,
+            max_body_bytes: h.max_body_bytes,
+            max_concurrency: h.max_concurrency,
+            sign_window_secs: h.sign_window_secs,
+            request_timeout: Duration::from_secs(h.request_timeout_secs.max(1)),
+            replay_max_entries: h.replay_max_entries,
+            tls,
+            clock: clock::system(),
+        })
+    }
 }
 
 impl Default for ReceiverConfig {
     fn default() -> Self {
-        ReceiverConfig {
-            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
-            max_body_bytes: 256 * 1024,
-            max_concurrency: 64,
-            sign_window_secs: 300,
-            request_timeout: Duration::from_secs(10),
-            replay_max_entries: 100_000,
-            tls: None,
-        }
+        Self::from_hook(&HookConfig::default(), None).expect("the default listen address parses")
     }
 }
 
@@ -82,7 +94,7 @@ pub enum ReceiverError {
         source: std::io::Error,
     },
     #[error("hook receiver TLS: {0}")]
-    Tls(#[from] crate::channel::tls::TlsError),
+    Tls(#[from] crate::net::tls::TlsError),
 }
 
 /// The receiver's HTTPS side from a PEM certificate chain and key (rustls on ring, HTTP/1.1).
@@ -90,7 +102,7 @@ pub fn server_tls(
     cert_file: &std::path::Path,
     key_file: &std::path::Path,
 ) -> Result<Arc<rustls::ServerConfig>, ReceiverError> {
-    use crate::channel::tls;
+    use crate::net::tls;
     let certs = tls::load_certs(cert_file)?;
     let key = tls::load_key(key_file)?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(tls::provider())
@@ -447,34 +459,8 @@ impl Shared {
 }
 
 async fn process(shared: &Shared, req: Request<Incoming>) -> Result<(Arc<str>, Accepted), Reject> {
-    let cfg = &shared.cfg;
-    if req.method() != Method::POST {
-        return Err(Reject::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method",
-            req.method(),
-        ));
-    }
-    let ct = req
-        .headers()
-        .get(hyper::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let boundary = boundary_from_content_type(ct)
-        .map_err(|e| Reject::new(StatusCode::BAD_REQUEST, e.reason(), &e))?;
-    let declared = req
-        .headers()
-        .get(hyper::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > cfg.max_body_bytes as u64) {
-        return Err(Reject::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            format!("declared {} bytes", declared.unwrap_or(0)),
-        ));
-    }
-    let deadline = tokio::time::Instant::now() + cfg.request_timeout;
+    let boundary = check_head(&shared.cfg, &req)?;
+    let deadline = tokio::time::Instant::now() + shared.cfg.request_timeout;
     // The permit bounds the bodies held in memory and the appends in flight.
     let _permit = match tokio::time::timeout_at(deadline, shared.permits.acquire()).await {
         Ok(Ok(p)) => p,
@@ -486,23 +472,68 @@ async fn process(shared: &Shared, req: Request<Incoming>) -> Result<(Arc<str>, A
             ))
         }
     };
-    let body = Limited::new(req.into_body(), cfg.max_body_bytes);
-    let body = match tokio::time::timeout_at(deadline, body.collect()).await {
-        Err(_) => {
-            return Err(Reject::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "timeout",
-                "body not received in time",
-            ))
-        }
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return Err(Reject::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e))
-        }
-        Ok(Err(e)) => return Err(Reject::new(StatusCode::BAD_REQUEST, "body", e)),
-        Ok(Ok(b)) => b.to_bytes(),
-    };
+    let body = read_body(&shared.cfg, req, deadline).await?;
     let cb = parse_callback(&body, &boundary)
         .map_err(|e| Reject::new(StatusCode::BAD_REQUEST, e.reason(), &e))?;
+    let now = shared.cfg.clock.now_secs();
+    let camera = authenticate(shared, &cb, now)?;
+    if let Err(e) = cb.event() {
+        return Err(Reject::new(StatusCode::BAD_REQUEST, "payload", e).camera(&camera));
+    }
+    let accepted = store(shared, &cb, &camera, now).await?;
+    Ok((camera, accepted))
+}
+
+/// Method, content type (its multipart boundary) and declared length, before any body is read.
+fn check_head(cfg: &ReceiverConfig, req: &Request<Incoming>) -> Result<String, Reject> {
+    if req.method() != Method::POST {
+        return Err(Reject::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method",
+            req.method(),
+        ));
+    }
+    let header = |name| {
+        req.headers()
+            .get(name)
+            .and_then(|v: &hyper::header::HeaderValue| v.to_str().ok())
+    };
+    let boundary = boundary_from_content_type(header(hyper::header::CONTENT_TYPE).unwrap_or(""))
+        .map_err(|e| Reject::new(StatusCode::BAD_REQUEST, e.reason(), &e))?;
+    let declared = header(hyper::header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
+    if let Some(n) = declared.filter(|&n| n > cfg.max_body_bytes as u64) {
+        return Err(Reject::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("declared {n} bytes"),
+        ));
+    }
+    Ok(boundary.to_string())
+}
+
+/// The whole body, at most `max_body_bytes`, before `deadline`.
+async fn read_body(
+    cfg: &ReceiverConfig,
+    req: Request<Incoming>,
+    deadline: tokio::time::Instant,
+) -> Result<Bytes, Reject> {
+    let body = Limited::new(req.into_body(), cfg.max_body_bytes);
+    match tokio::time::timeout_at(deadline, body.collect()).await {
+        Err(_) => Err(Reject::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            "body not received in time",
+        )),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(Reject::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e))
+        }
+        Ok(Err(e)) => Err(Reject::new(StatusCode::BAD_REQUEST, "body", e)),
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+    }
+}
+
+/// Which configured camera signed `cb` (sign, time window, replay, and its serial when known).
+fn authenticate(shared: &Shared, cb: &super::Callback, now: u64) -> Result<Arc<str>, Reject> {
     let candidates = shared.cameras.get(&cb.app_id).ok_or_else(|| {
         Reject::new(
             StatusCode::UNAUTHORIZED,
@@ -516,82 +547,82 @@ async fn process(shared: &Shared, req: Request<Incoming>) -> Result<(Arc<str>, A
             Reject::new(StatusCode::UNAUTHORIZED, "unsigned", "no sign field").camera(first),
         );
     }
-    let params = cb.sign_params();
-    let now = crate::sign::unix_now();
-    // The payload's claimed serial (None when the payload is no event: refused below, after
-    // the sign check, so that unsigned junk is answered 401 rather than 400).
+    // The payload's claimed serial (None when the payload is no event: refused after the sign
+    // check, so that unsigned junk is answered 401 rather than 400).
     let claimed_sn = cb.event().ok().map(|e| e.sn.to_string());
-    let mut camera: Option<&HookCamera> = None;
-    let mut last_err = SignError::Forged;
-    // Cameras sharing an app_id may still have different secrets: the one that verifies names
-    // it. With a shared secret too, the camera whose serial the payload claims is tried first,
-    // then cameras of unknown serial, so a verifying camera of another serial means a mismatch.
-    let rank = |c: &HookCamera| match (&c.sn, &claimed_sn) {
+    let (camera, last_err) = find_signer(shared, cb, candidates, claimed_sn.as_deref(), now);
+    let Some(c) = camera else {
+        let status = match last_err {
+            SignError::ReplayCacheFull => StatusCode::SERVICE_UNAVAILABLE,
+            SignError::Malformed { .. } | SignError::Missing(_) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::UNAUTHORIZED,
+        };
+        let reason = match last_err {
+            SignError::Malformed { .. } | SignError::Missing(_) => "sign_params",
+            ref e => e.kind(),
+        };
+        return Err(Reject::new(status, reason, &last_err).camera(first));
+    };
+    if let (Some(sn), Some(claimed)) = (&c.sn, &claimed_sn) {
+        if sn != claimed {
+            let detail = format!("payload sn {claimed:?} is not the signing camera's {sn:?}");
+            return Err(
+                Reject::new(StatusCode::UNAUTHORIZED, "sn_mismatch", detail).camera(&c.name)
+            );
+        }
+    }
+    Ok(c.name.clone())
+}
+
+/// Cameras sharing an app_id may still have different secrets: the one that verifies names it.
+/// With a shared secret too, the camera whose serial the payload claims is tried first, then
+/// cameras of unknown serial, so a verifying camera of another serial means a mismatch.
+fn find_signer<'a>(
+    shared: &Shared,
+    cb: &super::Callback,
+    candidates: &'a [HookCamera],
+    claimed_sn: Option<&str>,
+    now: u64,
+) -> (Option<&'a HookCamera>, SignError) {
+    let rank = |c: &HookCamera| match (c.sn.as_deref(), claimed_sn) {
         (Some(sn), Some(claimed)) if sn == claimed => 0,
         (None, _) => 1,
         _ => 2,
     };
     let mut ordered: Vec<&HookCamera> = candidates.iter().collect();
     ordered.sort_by_key(|c| rank(c));
+    let params = cb.sign_params();
     for c in ordered {
         match shared.verifier.verify(&params, &c.secret, now) {
-            Ok(()) => {
-                camera = Some(c);
-                break;
-            }
+            Ok(()) => return (Some(c), SignError::Forged),
             Err(SignError::Forged) => continue,
-            Err(SignError::Replayed) if shared.take_retry(&cb, &c.secret) => {
-                camera = Some(c);
-                break;
+            Err(SignError::Replayed) if shared.take_retry(cb, &c.secret) => {
+                return (Some(c), SignError::Forged)
             }
-            Err(e) => {
-                last_err = e;
-                break;
-            }
+            Err(e) => return (None, e),
         }
     }
-    if let (Some(c), Some(claimed)) = (camera, &claimed_sn) {
-        if c.sn.as_ref().is_some_and(|sn| sn != claimed) {
-            return Err(Reject::new(
-                StatusCode::UNAUTHORIZED,
-                "sn_mismatch",
-                format!(
-                    "payload sn {claimed:?} is not the signing camera's {:?}",
-                    c.sn.as_deref().unwrap_or("")
-                ),
-            )
-            .camera(&c.name));
-        }
-    }
-    let camera = match camera.map(|c| c.name.clone()) {
-        Some(c) => c,
-        None => {
-            let status = match last_err {
-                SignError::ReplayCacheFull => StatusCode::SERVICE_UNAVAILABLE,
-                SignError::Malformed { .. } | SignError::Missing(_) => StatusCode::BAD_REQUEST,
-                _ => StatusCode::UNAUTHORIZED,
-            };
-            let reason = match last_err {
-                SignError::Malformed { .. } | SignError::Missing(_) => "sign_params",
-                ref e => e.kind(),
-            };
-            return Err(Reject::new(status, reason, &last_err).camera(first));
-        }
-    };
-    if let Err(e) = cb.event() {
-        return Err(Reject::new(StatusCode::BAD_REQUEST, "payload", e).camera(&camera));
-    }
+    (None, SignError::Forged)
+}
+
+/// The durable append; a failure the camera should retry also lets the same signed callback
+/// through the replay check once more.
+async fn store(
+    shared: &Shared,
+    cb: &super::Callback,
+    camera: &Arc<str>,
+    now: u64,
+) -> Result<Accepted, Reject> {
     // Run the append in its own task: if the camera hangs up, hyper drops this future, and an
     // accept cancelled half-way would leave its dedupe entry in flight.
-    let intake = shared.intake.clone();
-    let cam = camera.clone();
-    let payload = cb.payload_bytes();
-    let result = tokio::spawn(async move { intake.accept(cam, Source::Hook, payload).await }).await;
-    let result = match result {
+    let (intake, cam, payload) = (shared.intake.clone(), camera.clone(), cb.payload_bytes());
+    let result = match tokio::spawn(async move { intake.accept(cam, Source::Hook, payload).await })
+        .await
+    {
         Ok(r) => r,
         Err(e) => {
-            shared.allow_retry(&cb, now);
-            return Err(Reject::new(StatusCode::SERVICE_UNAVAILABLE, "internal", e).camera(&camera));
+            shared.allow_retry(cb, now);
+            return Err(Reject::new(StatusCode::SERVICE_UNAVAILABLE, "internal", e).camera(camera));
         }
     };
     if matches!(
@@ -600,21 +631,19 @@ async fn process(shared: &Shared, req: Request<Incoming>) -> Result<(Arc<str>, A
             OutboxError::Full { .. } | OutboxError::Io { .. } | OutboxError::Closed
         )) | Err(IntakeError::ConcurrentFailure)
     ) {
-        shared.allow_retry(&cb, now);
+        shared.allow_retry(cb, now);
     }
-    match result {
-        Ok(a) => Ok((camera, a)),
-        Err(IntakeError::Event(e)) => {
-            Err(Reject::new(StatusCode::BAD_REQUEST, "payload", e).camera(&camera))
-        }
-        Err(IntakeError::Outbox(e @ OutboxError::Full { .. })) => {
-            Err(Reject::new(StatusCode::SERVICE_UNAVAILABLE, "outbox_full", e).camera(&camera))
-        }
-        Err(IntakeError::Outbox(e @ OutboxError::RecordTooLarge { .. })) => {
-            Err(Reject::new(StatusCode::PAYLOAD_TOO_LARGE, "record_too_large", e).camera(&camera))
-        }
-        Err(e) => {
-            Err(Reject::new(StatusCode::SERVICE_UNAVAILABLE, "outbox_error", e).camera(&camera))
-        }
-    }
+    result.map_err(|e| {
+        let (status, reason) = match &e {
+            IntakeError::Event(_) => (StatusCode::BAD_REQUEST, "payload"),
+            IntakeError::Outbox(OutboxError::Full { .. }) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "outbox_full")
+            }
+            IntakeError::Outbox(OutboxError::RecordTooLarge { .. }) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "record_too_large")
+            }
+            _ => (StatusCode::SERVICE_UNAVAILABLE, "outbox_error"),
+        };
+        Reject::new(status, reason, e).camera(camera)
+    })
 }

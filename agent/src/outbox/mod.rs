@@ -23,7 +23,6 @@
 //! - Consumers read from the files (page cache), never from an in-memory copy of the log, and see
 //!   only records that are already durable.
 
-pub mod bench;
 pub mod segment;
 mod store;
 
@@ -78,6 +77,28 @@ impl Default for OutboxConfig {
 }
 
 impl OutboxConfig {
+    /// Appends every problem of `[outbox]` to `errs`.
+    pub fn validate(&self, errs: &mut Vec<String>) {
+        if self.dir.as_os_str().is_empty() {
+            errs.push("outbox.dir: must not be empty".to_string());
+        }
+        if self.segment_bytes < 4096 {
+            errs.push(format!(
+                "outbox.segment_bytes: {} is below 4096",
+                self.segment_bytes
+            ));
+        }
+        if self.max_bytes < self.segment_bytes.saturating_mul(2) {
+            errs.push(format!(
+                "outbox.max_bytes: {} must be at least twice segment_bytes ({})",
+                self.max_bytes, self.segment_bytes
+            ));
+        }
+        if self.max_batch == 0 {
+            errs.push("outbox.max_batch: must be at least 1".into());
+        }
+    }
+
     /// Segment size actually used: a segment can only be released whole, so it must stay well
     /// below the bound or a caught-up consumer could still leave the outbox full.
     pub fn effective_segment_bytes(&self) -> u64 {

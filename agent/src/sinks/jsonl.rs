@@ -4,12 +4,43 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::config::JsonlSinkConfig;
 use crate::outbox::{Outbox, OutboxError, Record};
+
+/// `[sinks.jsonl]`: every stored event as one JSON line, so camgate is useful with no broker.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct JsonlSinkConfig {
+    /// Default true.
+    pub enabled: bool,
+    /// File to append to, or `-` for stdout. Default `/var/lib/camgate/events.jsonl`.
+    pub path: PathBuf,
+    /// Size at which the file is rotated to `<path>.1` (one old file kept). Default 16 MiB.
+    pub max_file_bytes: u64,
+}
+
+impl Default for JsonlSinkConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            path: PathBuf::from("/var/lib/camgate/events.jsonl"),
+            max_file_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+impl JsonlSinkConfig {
+    /// Appends every problem of `[sinks.jsonl]` to `errs`.
+    pub fn validate(&self, errs: &mut Vec<String>) {
+        if self.enabled && self.path.as_os_str().is_empty() {
+            errs.push("sinks.jsonl.path: must not be empty (use \"-\" for stdout)".into());
+        }
+    }
+}
 
 pub const CONSUMER: &str = "jsonl";
 

@@ -11,6 +11,8 @@ pub mod not_built;
 #[cfg(any(feature = "kafka", feature = "mqtt"))]
 pub mod reader;
 pub mod status;
+#[cfg(any(feature = "kafka", feature = "mqtt"))]
+pub mod window;
 
 #[cfg(feature = "kafka")]
 pub use kafka::KafkaConfig;
@@ -21,4 +23,14 @@ pub use not_built::KafkaConfig;
 #[cfg(not(feature = "mqtt"))]
 pub use not_built::MqttConfig;
 
+pub use jsonl::JsonlSinkConfig;
 pub use status::{SinkSnapshot, SinkStatus};
+
+use serde::{Deserialize, Serialize};
+
+/// `[sinks]`: consumers of the outbox.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinksConfig {
+    pub jsonl: JsonlSinkConfig,
+}

@@ -16,11 +16,8 @@
 //! - [`tract_ops`]: the ONNX ops tract runs slowly here (PReLU, row softmax, 2-D max pool, small 1×1
 //!   convs), replaced at parse time by one-pass kernels.
 //! - [`pool`]: a bounded pool of blocking threads so inference never runs on the async runtime.
-//! - [`cli`]: `camgate face ...`; [`bench`]: `camgate bench vision` (camgate and the reference, interleaved).
 
 pub mod align;
-pub mod bench;
-pub mod cli;
 pub mod embed;
 pub mod graph_rewrite;
 pub mod image;
@@ -77,9 +74,6 @@ pub enum VisionError {
     /// The blocking pool is shut down or a worker panicked.
     #[error("vision worker pool: {0}")]
     Pool(String),
-    /// The reference benchmark subprocess failed or printed something unexpected.
-    #[error("reference benchmark: {0}")]
-    Reference(String),
 }
 
 impl VisionError {

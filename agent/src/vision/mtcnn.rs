@@ -270,9 +270,57 @@ pub fn detect(
 ) -> Result<(Vec<Detection>, DetectTimes), VisionError> {
     cfg.validate()?;
     let mut times = DetectTimes::default();
-    // Working resolution: shrink once, detect, map back. Bounds the pyramid's cost on big frames.
     let t = Instant::now();
-    let (work, sx, sy, min_face) = match cfg.max_working_side {
+    let (work, sx, sy, min_face) = working_image(cfg, img)?;
+    let img = work.as_ref();
+    times.resize_ms = ms(t);
+
+    let t = Instant::now();
+    let scales = pyramid_scales(img.width, img.height, min_face.max(1.0), cfg.scale_factor);
+    times.pyramid_levels = scales.len();
+    let mut boxes = pnet_stage(models, cfg, img, &scales)?;
+    times.pnet_candidates = boxes.len();
+    times.pnet_ms = ms(t);
+
+    let t = Instant::now();
+    if !boxes.is_empty() {
+        boxes = rnet_stage(models, cfg, img, &boxes)?;
+    }
+    times.rnet_candidates = boxes.len();
+    times.rnet_ms = ms(t);
+
+    let t = Instant::now();
+    let faces = if boxes.is_empty() {
+        Vec::new()
+    } else {
+        onet_stage(models, cfg, img, &mut boxes)?
+    };
+    times.onet_ms = ms(t);
+
+    let dets = faces
+        .into_iter()
+        .map(|(c, p)| Detection {
+            bbox: [
+                (c.b[0] * sx) as f32,
+                (c.b[1] * sy) as f32,
+                (c.b[2] * sx) as f32,
+                (c.b[3] * sy) as f32,
+            ],
+            score: c.score as f32,
+            landmarks: [0, 1, 2, 3, 4].map(|k| [(p[k] * sx) as f32, (p[k + 5] * sy) as f32]),
+        })
+        .collect();
+    Ok((dets, times))
+}
+
+/// Working resolution: shrink once, detect, map back (bounds the pyramid's cost on big frames).
+/// Returns the image to detect on, the scale back to the original in x and y, and the minimum
+/// face size at the working resolution.
+fn working_image<'a>(
+    cfg: &DetectorConfig,
+    img: &'a RgbImage,
+) -> Result<(std::borrow::Cow<'a, RgbImage>, f64, f64, f64), VisionError> {
+    match cfg.max_working_side {
         Some(cap) if img.width.max(img.height) > cap => {
             let s = f64::from(cap) / f64::from(img.width.max(img.height));
             let w = ((f64::from(img.width) * s).round() as u32).max(1);
@@ -282,92 +330,31 @@ pub fn detect(
                 f64::from(img.width) / f64::from(w),
                 f64::from(img.height) / f64::from(h),
             );
-            (
+            Ok((
                 std::borrow::Cow::Owned(small),
                 sx,
                 sy,
                 cfg.min_face_size / sx.max(sy),
-            )
+            ))
         }
-        _ => (std::borrow::Cow::Borrowed(img), 1.0, 1.0, cfg.min_face_size),
-    };
-    let img = work.as_ref();
-    times.resize_ms = ms(t);
+        _ => Ok((std::borrow::Cow::Borrowed(img), 1.0, 1.0, cfg.min_face_size)),
+    }
+}
 
-    // Stage 1: P-Net over the pyramid.
-    let t = Instant::now();
-    let scales = pyramid_scales(img.width, img.height, min_face.max(1.0), cfg.scale_factor);
-    times.pyramid_levels = scales.len();
+/// Stage 1: P-Net over the pyramid, per-level NMS, then NMS over all levels and the box
+/// regression.
+fn pnet_stage(
+    models: &Models,
+    cfg: &DetectorConfig,
+    img: &RgbImage,
+    scales: &[f64],
+) -> Result<Vec<Cand>, VisionError> {
     let mut total: Vec<Cand> = Vec::new();
-    for &scale in &scales {
-        let ws = (f64::from(img.width) * scale).ceil() as usize;
-        let hs = (f64::from(img.height) * scale).ceil() as usize;
-        if ws < 12 || hs < 12 {
-            continue;
-        }
-        let level = resize_area_u8(img, ws as u32, hs as u32)?;
-        // Swapped layout [1, W, H, 3], normalised as the reference does.
-        let mut data = vec![0f32; ws * hs * 3];
-        for y in 0..hs {
-            for x in 0..ws {
-                let s = (y * ws + x) * 3;
-                let d = (x * hs + y) * 3;
-                for c in 0..3 {
-                    data[d + c] = (f32::from(level.data[s + c]) - 127.5) * 0.0078125;
-                }
-            }
-        }
-        let outs = pnet_run(models, &[1, ws, hs, 3], data)?;
-        let ((rs, reg), (ps, prob)) = (&outs[0], &outs[1]);
-        let (ow, oh) = (ps[1], ps[2]);
-        if rs[1] != ow || rs[2] != oh || rs[3] != 4 || ps[3] != 2 {
-            return Err(VisionError::inference(
-                "pnet",
-                format!("unexpected output shapes {rs:?} {ps:?}"),
-            ));
-        }
-        let mut hits = Vec::new();
-        // Row-major over (col, row), the order numpy's `where` yields on the reference's transposed map.
-        for col in 0..ow {
-            for row in 0..oh {
-                let p = prob[(col * oh + row) * 2 + 1];
-                if p >= cfg.thresholds[0] {
-                    hits.push((col, row, p));
-                }
-            }
-        }
-        // Reference quirk: with exactly one hit it flips the regression maps upside down (a bug carried
-        // over from the MATLAB original); reproduced so that boxes match.
-        let flip = hits.len() == 1;
-        let mut cands: Vec<Cand> = hits
-            .iter()
-            .map(|&(col, row, p)| {
-                let rc = if flip { ow - 1 - col } else { col };
-                let r = &reg[(rc * oh + row) * 4..(rc * oh + row) * 4 + 4];
-                let (c, rw) = (col as f64, row as f64);
-                Cand {
-                    b: [
-                        ((2.0 * c + 1.0) / scale).trunc(),
-                        ((2.0 * rw + 1.0) / scale).trunc(),
-                        ((2.0 * c + 12.0) / scale).trunc(),
-                        ((2.0 * rw + 12.0) / scale).trunc(),
-                    ],
-                    score: f64::from(p),
-                    reg: [
-                        f64::from(r[0]),
-                        f64::from(r[1]),
-                        f64::from(r[2]),
-                        f64::from(r[3]),
-                    ],
-                }
-            })
-            .collect();
-        let keep = nms(&cands, 0.5, false);
-        cands = keep.into_iter().map(|i| cands[i]).collect();
-        total.extend(cands);
+    for &scale in scales {
+        total.extend(pnet_level(models, cfg, img, scale)?);
     }
     let keep = nms(&total, 0.7, false);
-    let mut boxes: Vec<Cand> = keep
+    Ok(keep
         .into_iter()
         .map(|i| {
             let c = total[i];
@@ -385,94 +372,155 @@ pub fn detect(
                 reg: [0.0; 4],
             }
         })
-        .collect();
-    times.pnet_candidates = boxes.len();
-    times.pnet_ms = ms(t);
+        .collect())
+}
 
-    // Stage 2: R-Net on 24×24 crops.
-    let t = Instant::now();
-    if !boxes.is_empty() {
-        let outs = run_refine(&models.rnet, img, &boxes, 24, cfg.max_batch)?;
-        let mut passed = Vec::new();
-        for (c, o) in boxes.iter().zip(outs) {
-            let Some(o) = o else { continue };
-            let (reg, prob) = (&o[0], &o[1]);
-            if reg.len() < 4 || prob.len() < 2 {
-                return Err(VisionError::inference("rnet", "unexpected output width"));
-            }
-            if prob[1] > cfg.thresholds[1] {
-                passed.push(Cand {
-                    b: c.b,
-                    score: f64::from(prob[1]),
-                    reg: [0, 1, 2, 3].map(|k| f64::from(reg[k])),
-                });
-            }
-        }
-        let keep = nms(&passed, 0.7, false);
-        boxes = keep
-            .into_iter()
-            .map(|i| {
-                let mut c = passed[i];
-                bbreg(&mut c);
-                rerec(&mut c.b);
-                c
-            })
-            .collect();
+/// P-Net on one pyramid level: the candidates above the first threshold, after NMS.
+fn pnet_level(
+    models: &Models,
+    cfg: &DetectorConfig,
+    img: &RgbImage,
+    scale: f64,
+) -> Result<Vec<Cand>, VisionError> {
+    let ws = (f64::from(img.width) * scale).ceil() as usize;
+    let hs = (f64::from(img.height) * scale).ceil() as usize;
+    if ws < 12 || hs < 12 {
+        return Ok(Vec::new());
     }
-    times.rnet_candidates = boxes.len();
-    times.rnet_ms = ms(t);
-
-    // Stage 3: O-Net on 48×48 crops: final score, box regression, landmarks.
-    let t = Instant::now();
-    let mut faces: Vec<(Cand, [f64; 10])> = Vec::new();
-    if !boxes.is_empty() {
-        for c in &mut boxes {
-            c.b = c.b.map(f64::trunc);
-        }
-        let outs = run_refine(&models.onet, img, &boxes, 48, cfg.max_batch)?;
-        for (c, o) in boxes.iter().zip(outs) {
-            let Some(o) = o else { continue };
-            let (reg, pts, prob) = (&o[0], &o[1], &o[2]);
-            if reg.len() < 4 || pts.len() < 10 || prob.len() < 2 {
-                return Err(VisionError::inference("onet", "unexpected output width"));
-            }
-            if prob[1] > cfg.thresholds[2] {
-                let w = c.b[2] - c.b[0] + 1.0;
-                let h = c.b[3] - c.b[1] + 1.0;
-                let mut p = [0f64; 10];
-                for k in 0..5 {
-                    p[k] = w * f64::from(pts[k]) + c.b[0] - 1.0;
-                    p[k + 5] = h * f64::from(pts[k + 5]) + c.b[1] - 1.0;
-                }
-                let mut nc = Cand {
-                    b: c.b,
-                    score: f64::from(prob[1]),
-                    reg: [0, 1, 2, 3].map(|k| f64::from(reg[k])),
-                };
-                bbreg(&mut nc);
-                faces.push((nc, p));
+    let level = resize_area_u8(img, ws as u32, hs as u32)?;
+    // Swapped layout [1, W, H, 3], normalised as the reference does.
+    let mut data = vec![0f32; ws * hs * 3];
+    for y in 0..hs {
+        for x in 0..ws {
+            let s = (y * ws + x) * 3;
+            let d = (x * hs + y) * 3;
+            for c in 0..3 {
+                data[d + c] = (f32::from(level.data[s + c]) - 127.5) * 0.0078125;
             }
         }
-        let cands: Vec<Cand> = faces.iter().map(|f| f.0).collect();
-        let keep = nms(&cands, 0.7, true);
-        faces = keep.into_iter().map(|i| faces[i]).collect();
     }
-    times.onet_ms = ms(t);
-
-    let dets = faces
-        .into_iter()
-        .map(|(c, p)| Detection {
-            bbox: [
-                (c.b[0] * sx) as f32,
-                (c.b[1] * sy) as f32,
-                (c.b[2] * sx) as f32,
-                (c.b[3] * sy) as f32,
-            ],
-            score: c.score as f32,
-            landmarks: [0, 1, 2, 3, 4].map(|k| [(p[k] * sx) as f32, (p[k + 5] * sy) as f32]),
+    let outs = pnet_run(models, &[1, ws, hs, 3], data)?;
+    let ((rs, reg), (ps, prob)) = (&outs[0], &outs[1]);
+    let (ow, oh) = (ps[1], ps[2]);
+    if rs[1] != ow || rs[2] != oh || rs[3] != 4 || ps[3] != 2 {
+        return Err(VisionError::inference(
+            "pnet",
+            format!("unexpected output shapes {rs:?} {ps:?}"),
+        ));
+    }
+    let mut hits = Vec::new();
+    // Row-major over (col, row), the order numpy's `where` yields on the reference's transposed map.
+    for col in 0..ow {
+        for row in 0..oh {
+            let p = prob[(col * oh + row) * 2 + 1];
+            if p >= cfg.thresholds[0] {
+                hits.push((col, row, p));
+            }
+        }
+    }
+    // Reference quirk: with exactly one hit it flips the regression maps upside down (a bug carried
+    // over from the MATLAB original); reproduced so that boxes match.
+    let flip = hits.len() == 1;
+    let cands: Vec<Cand> = hits
+        .iter()
+        .map(|&(col, row, p)| {
+            let rc = if flip { ow - 1 - col } else { col };
+            let r = &reg[(rc * oh + row) * 4..(rc * oh + row) * 4 + 4];
+            let (c, rw) = (col as f64, row as f64);
+            Cand {
+                b: [
+                    ((2.0 * c + 1.0) / scale).trunc(),
+                    ((2.0 * rw + 1.0) / scale).trunc(),
+                    ((2.0 * c + 12.0) / scale).trunc(),
+                    ((2.0 * rw + 12.0) / scale).trunc(),
+                ],
+                score: f64::from(p),
+                reg: [
+                    f64::from(r[0]),
+                    f64::from(r[1]),
+                    f64::from(r[2]),
+                    f64::from(r[3]),
+                ],
+            }
         })
         .collect();
-    Ok((dets, times))
+    let keep = nms(&cands, 0.5, false);
+    Ok(keep.into_iter().map(|i| cands[i]).collect())
+}
+
+/// Stage 2: R-Net on 24×24 crops of the P-Net boxes.
+fn rnet_stage(
+    models: &Models,
+    cfg: &DetectorConfig,
+    img: &RgbImage,
+    boxes: &[Cand],
+) -> Result<Vec<Cand>, VisionError> {
+    let outs = run_refine(&models.rnet, img, boxes, 24, cfg.max_batch)?;
+    let mut passed = Vec::new();
+    for (c, o) in boxes.iter().zip(outs) {
+        let Some(o) = o else { continue };
+        let (reg, prob) = (&o[0], &o[1]);
+        if reg.len() < 4 || prob.len() < 2 {
+            return Err(VisionError::inference("rnet", "unexpected output width"));
+        }
+        if prob[1] > cfg.thresholds[1] {
+            passed.push(Cand {
+                b: c.b,
+                score: f64::from(prob[1]),
+                reg: [0, 1, 2, 3].map(|k| f64::from(reg[k])),
+            });
+        }
+    }
+    let keep = nms(&passed, 0.7, false);
+    Ok(keep
+        .into_iter()
+        .map(|i| {
+            let mut c = passed[i];
+            bbreg(&mut c);
+            rerec(&mut c.b);
+            c
+        })
+        .collect())
+}
+
+/// Stage 3: O-Net on 48×48 crops: final score, box regression, landmarks (x1..x5, y1..y5).
+fn onet_stage(
+    models: &Models,
+    cfg: &DetectorConfig,
+    img: &RgbImage,
+    boxes: &mut [Cand],
+) -> Result<Vec<(Cand, [f64; 10])>, VisionError> {
+    for c in boxes.iter_mut() {
+        c.b = c.b.map(f64::trunc);
+    }
+    let outs = run_refine(&models.onet, img, boxes, 48, cfg.max_batch)?;
+    let mut faces: Vec<(Cand, [f64; 10])> = Vec::new();
+    for (c, o) in boxes.iter().zip(outs) {
+        let Some(o) = o else { continue };
+        let (reg, pts, prob) = (&o[0], &o[1], &o[2]);
+        if reg.len() < 4 || pts.len() < 10 || prob.len() < 2 {
+            return Err(VisionError::inference("onet", "unexpected output width"));
+        }
+        if prob[1] > cfg.thresholds[2] {
+            let w = c.b[2] - c.b[0] + 1.0;
+            let h = c.b[3] - c.b[1] + 1.0;
+            let mut p = [0f64; 10];
+            for k in 0..5 {
+                p[k] = w * f64::from(pts[k]) + c.b[0] - 1.0;
+                p[k + 5] = h * f64::from(pts[k + 5]) + c.b[1] - 1.0;
+            }
+            let mut nc = Cand {
+                b: c.b,
+                score: f64::from(prob[1]),
+                reg: [0, 1, 2, 3].map(|k| f64::from(reg[k])),
+            };
+            bbreg(&mut nc);
+            faces.push((nc, p));
+        }
+    }
+    let cands: Vec<Cand> = faces.iter().map(|f| f.0).collect();
+    let keep = nms(&cands, 0.7, true);
+    Ok(keep.into_iter().map(|i| faces[i]).collect())
 }
 
 fn pnet_run(

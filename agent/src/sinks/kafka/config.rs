@@ -181,26 +181,6 @@ pub fn guarded_option(key: &str, value: &str) -> Option<String> {
     }
 }
 
-/// The gateway's name in forwarded data: `gateway_id` from the config, else the host name,
-/// else "camgate".
-pub fn gateway_id(configured: Option<&str>) -> String {
-    if let Some(id) = configured.filter(|s| !s.is_empty()) {
-        return id.to_string();
-    }
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it on success.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc == 0 {
-        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-        if let Ok(s) = std::str::from_utf8(&buf[..end]) {
-            if !s.is_empty() {
-                return s.to_string();
-            }
-        }
-    }
-    "camgate".to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,12 +264,5 @@ mod tests {
         for needle in ["linger.msec", "kafka.brokers", "kafka.topic"] {
             assert!(all.contains(needle), "missing {needle} in {all}");
         }
-    }
-
-    #[test]
-    fn gateway_id_falls_back_to_the_host_name() {
-        assert_eq!(gateway_id(Some("gw-1")), "gw-1");
-        assert!(!gateway_id(None).is_empty());
-        assert_eq!(gateway_id(Some("")), gateway_id(None));
     }
 }

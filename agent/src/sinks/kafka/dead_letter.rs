@@ -62,7 +62,7 @@ impl DeadLetter {
             offset,
             key,
             reason,
-            at_ms: crate::sign::unix_now_ms(),
+            at_ms: crate::clock::unix_now_ms(),
             record: raw,
             record_text: raw
                 .is_none()

@@ -8,11 +8,9 @@
 //! source, received_at_ms, sn, event_id, event_type, the camera's event), timestamp
 //! `received_at_ms`, headers `camera`, `event_type`, `gateway_id`.
 
-pub mod bench;
 pub mod classify;
 pub mod config;
 mod dead_letter;
-pub mod window;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -31,16 +29,16 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::channel::backoff::Backoff;
 use crate::event::StoredEnvelope;
+use crate::net::backoff::Backoff;
 use crate::outbox::{Offset, Outbox, OutboxError, Record};
 use crate::sinks::reader::{read_and_commit, Acked};
 use crate::sinks::SinkStatus;
 
+use super::window::{CommitWindow, WindowError};
 pub use classify::{classify, ErrorClass};
-pub use config::{gateway_id, KafkaConfig, OptionValue};
+pub use config::{KafkaConfig, OptionValue};
 use dead_letter::DeadLetter;
-use window::CommitWindow;
 
 pub const CONSUMER: &str = "kafka";
 
@@ -54,7 +52,7 @@ pub enum KafkaSinkError {
     #[error("kafka producer cannot be created: {0}")]
     Producer(#[source] KafkaError),
     #[error("kafka sink bookkeeping: {0}")]
-    Window(#[from] window::WindowError),
+    Window(#[from] WindowError),
 }
 
 /// One outbox record ready to produce (parsed once, re-produced as often as needed).
@@ -122,7 +120,8 @@ struct State {
     status: Arc<SinkStatus>,
     observer: Option<DeliveryObserver>,
     producer: FutureProducer,
-    window: CommitWindow,
+    /// Each record's receive time rides along, for the lag figures.
+    window: CommitWindow<u64>,
     in_flight: InFlight,
     /// Records waiting to be produced again (transient failure, queue full), by offset.
     retry: BTreeMap<Offset, Arc<Prepared>>,
@@ -244,7 +243,7 @@ impl State {
                         .is_ok()
                     {
                         self.status.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                        self.window.settle(r.offset)?;
+                        self.settle(r.offset)?;
                     } else {
                         // Cannot even set it aside: stop reading until the disk recovers (the
                         // outbox bound then refuses new events, which the cameras retry).
@@ -327,7 +326,7 @@ impl State {
     ) -> Result<(), KafkaSinkError> {
         match res {
             Ok(()) => {
-                self.window.settle(p.offset)?;
+                self.settle(p.offset)?;
                 // Counted in the status once committed (the reader task adds `acked.count`).
                 self.acked.count += 1;
                 self.delivered += 1;
@@ -363,7 +362,7 @@ impl State {
                     .is_ok()
                 {
                     self.status.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                    self.window.settle(p.offset)?;
+                    self.settle(p.offset)?;
                 } else {
                     self.status.set_error(format!(
                         "dead-letter file {} not writable",
@@ -428,15 +427,25 @@ impl State {
         Ok(())
     }
 
+    /// A record delivered or dead-lettered. Each offset is settled once: one that is not in the
+    /// window is a bug, and stops the sink rather than commit past something unsent.
+    fn settle(&mut self, offset: Offset) -> Result<(), KafkaSinkError> {
+        self.window
+            .settle(offset)
+            .map(|_| ())
+            .ok_or(WindowError::Unknown(offset).into())
+    }
+
     /// Hands what may be committed to the reader task; updates the age of the oldest pending.
     fn progress(&mut self) {
-        if let Some(through) = self.window.take_commit() {
+        if let Some((through, _)) = self.window.take_committable() {
             self.acked.through = Some(through);
             self.acked_tx.send_replace(self.acked);
         }
         let oldest = self
             .window
-            .oldest_received_ms()
+            .oldest_unsettled()
+            .map(|(_, &at)| at)
             .or_else(|| self.retry.values().map(|p| p.received_at_ms).min());
         self.status.set_oldest_pending(oldest.filter(|&t| t > 0));
     }
@@ -444,7 +453,7 @@ impl State {
     fn log_lag(&self, outbox: &Outbox) {
         let snap = self
             .status
-            .snapshot(&outbox.stats(), crate::sign::unix_now_ms());
+            .snapshot(&outbox.stats(), crate::clock::unix_now_ms());
         if snap.lag_events > 0 {
             info!(
                 lag_events = snap.lag_events,

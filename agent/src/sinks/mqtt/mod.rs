@@ -4,7 +4,7 @@
 //! holds a retained `online`/`offline` (last will `offline`).
 //!
 //! Delivery: rumqttc's `publish()` returns once queued (rumqtt#349), so the cursor is moved only
-//! over records whose PubAck came back, in offset order ([`window`]). The event loop runs in its
+//! over records whose PubAck came back, in offset order (`sinks::window`). The event loop runs in its
 //! own task and is never cancelled mid-write; it hands its events over a bounded channel and, after
 //! a connection error, waits for this sink to say when to reconnect (rumqttc has no backoff,
 //! rumqtt#703). Before reconnecting it drops whatever it would itself re-send, so that every
@@ -16,9 +16,8 @@
 //! batch ahead and commits the acknowledged prefix, so that a slow cursor fsync delays neither
 //! publishing nor ack handling.
 
-pub mod bench;
+pub mod pkid;
 pub mod topic;
-pub mod window;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -37,15 +36,16 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::channel::backoff::Backoff;
-use crate::channel::tls::{self, TlsConfig, TlsError};
 use crate::event::StoredEnvelope;
+use crate::net::backoff::Backoff;
+use crate::net::tls::{self, TlsConfig, TlsError};
 use crate::outbox::{Offset, Outbox, OutboxError, Record};
 use crate::sinks::reader::{read_and_commit, Acked, Batch};
 use crate::sinks::SinkStatus;
 
+use super::window::CommitWindow;
+use pkid::{PkidTracker, Slot};
 use topic::Topics;
-use window::{CommitWindow, PkidTracker, Slot};
 
 pub const CONSUMER: &str = "mqtt";
 
@@ -142,12 +142,12 @@ impl MqttConfig {
         }
     }
 
-    /// See `gateway_id`.
-    pub fn effective_gateway_id(&self, top_level: Option<&str>) -> String {
+    /// The gateway's topic level: this section's `gateway_id`, else `gateway` (the one rule of
+    /// `Config::gateway_id`) made a valid topic level.
+    pub fn effective_gateway_id(&self, gateway: &str) -> String {
         self.gateway_id
             .clone()
-            .or_else(|| top_level.map(str::to_owned))
-            .unwrap_or_else(host_name)
+            .unwrap_or_else(|| topic::level(gateway))
     }
 
     pub fn effective_client_id(&self, gateway: &str) -> String {
@@ -162,10 +162,7 @@ impl MqttConfig {
             (Some(p), None) => Ok(Some(p.clone())),
             (None, None) => Ok(None),
             (None, Some(f)) => {
-                let path = crate::config::resolve_credential_path(f);
-                let text = std::fs::read_to_string(&path)
-                    .map_err(|e| format!("cannot read password_file {}: {e}", path.display()))?;
-                Ok(Some(text.trim_end_matches(['\n', '\r']).to_owned()))
+                crate::net::credentials::read_secret_file(f, "password_file").map(Some)
             }
             (Some(_), Some(_)) => Err("give at most one of password, password_file".into()),
         }
@@ -272,14 +269,6 @@ impl MqttConfig {
         }
         Ok(o)
     }
-}
-
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| topic::level(h.trim()))
-        .filter(|h| h != "_")
-        .unwrap_or_else(|| "camgate".into())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -418,7 +407,7 @@ pub async fn run_observed(
             Duration::from_millis(cfg.backoff_min_ms.max(1)),
             Duration::from_millis(cfg.backoff_max_ms.max(1)),
         ),
-        window: CommitWindow::new(inflight),
+        window: CommitWindow::new(inflight, usize::MAX),
         cfg,
         client,
         events,
@@ -524,7 +513,7 @@ impl Forwarder {
         self.connected = true;
         self.backoff.reset();
         self.status.set_connected(true);
-        let resend = self.window.unacked();
+        let resend = self.window.unsettled();
         info!(session_present, resend, "mqtt connected");
         self.status_acked = false;
         self.publish(
@@ -535,7 +524,7 @@ impl Forwarder {
         );
         let again: Vec<(Offset, String, Bytes)> = self
             .window
-            .unacked_iter()
+            .unsettled_iter()
             .map(|(o, out)| (o, out.topic.clone(), out.payload.clone()))
             .collect();
         for (o, t, p) in again {
@@ -547,7 +536,7 @@ impl Forwarder {
     fn on_down(&mut self, e: ConnectionError) {
         self.tracker.reset();
         if self.connected {
-            warn!(error = %e, unacked = self.window.unacked(), "mqtt connection lost; unacknowledged events will be published again");
+            warn!(error = %e, unacked = self.window.unsettled(), "mqtt connection lost; unacknowledged events will be published again");
         } else {
             debug!(error = %e, "mqtt connect failed");
         }
@@ -562,7 +551,7 @@ impl Forwarder {
     fn on_puback(&mut self, pkid: u16) {
         match self.tracker.on_puback(pkid) {
             Some(Slot::Record(o)) => {
-                if self.window.ack(o).is_some() {
+                if self.window.settle(o).is_some() {
                     if let Some(cb) = &self.on_ack {
                         cb(o);
                     }
@@ -625,7 +614,7 @@ impl Forwarder {
                 payload: r.data.clone(),
                 received_at_ms,
             };
-            if let Err(e) = self.window.push(r.offset, out) {
+            if let Err(e) = self.window.push(r.offset, r.data.len(), out) {
                 // `pump` only runs with room; a violation is a bug, not a data issue.
                 error!(error = %e, "mqtt commit window refused a record");
                 continue;
@@ -642,7 +631,7 @@ impl Forwarder {
                     "event at offset {} too large for mqtt.max_packet_bytes",
                     r.offset
                 ));
-                self.window.ack(r.offset);
+                self.window.settle(r.offset);
                 self.advance();
                 continue;
             }
@@ -652,14 +641,17 @@ impl Forwarder {
     }
 
     fn update_oldest(&self) {
-        self.status
-            .set_oldest_pending(self.window.oldest_unacked().map(|(_, o)| o.received_at_ms));
+        self.status.set_oldest_pending(
+            self.window
+                .oldest_unsettled()
+                .map(|(_, o)| o.received_at_ms),
+        );
     }
 
     fn log_lag(&self) {
         let snap = self
             .status
-            .snapshot(&self.outbox.stats(), crate::sign::unix_now_ms());
+            .snapshot(&self.outbox.stats(), crate::clock::unix_now_ms());
         if snap.lag_events > 0 {
             info!(
                 lag_events = snap.lag_events,
@@ -686,9 +678,9 @@ impl Forwarder {
     /// Stop reading; give what is out a bounded time to be acknowledged.
     async fn wait_for_acks(&mut self) {
         let deadline = Instant::now() + Duration::from_millis(self.cfg.shutdown_ack_timeout_ms);
-        while self.connected && self.window.unacked() > 0 && self.step_until(deadline).await {}
-        if self.window.unacked() > 0 {
-            warn!(unacked = self.window.unacked(), "mqtt sink stopping with unacknowledged events; they are sent again at the next start");
+        while self.connected && self.window.unsettled() > 0 && self.step_until(deadline).await {}
+        if self.window.unsettled() > 0 {
+            warn!(unacked = self.window.unsettled(), "mqtt sink stopping with unacknowledged events; they are sent again at the next start");
         }
     }
 
@@ -757,10 +749,12 @@ mod tests {
     #[test]
     fn gateway_id_precedence() {
         let mut m = MqttConfig::new("h", 1883, "from-mqtt");
-        assert_eq!(m.effective_gateway_id(Some("top")), "from-mqtt");
+        assert_eq!(m.effective_gateway_id("top"), "from-mqtt");
         m.gateway_id = None;
-        assert_eq!(m.effective_gateway_id(Some("top")), "top");
-        let host = m.effective_gateway_id(None);
+        assert_eq!(m.effective_gateway_id("top"), "top");
+        // The gateway id of the one rule, made a single topic level.
+        assert_eq!(m.effective_gateway_id("a/b+#"), "a_b__");
+        let host = m.effective_gateway_id(&Config::default().gateway_id());
         assert!(!host.is_empty() && topic::level(&host) == host);
     }
 

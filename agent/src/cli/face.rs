@@ -3,10 +3,10 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::embed::cosine;
-use super::models::ModelVariant;
-use super::pipeline::{Face, FaceEngine, StageTimes, VisionConfig};
-use super::VisionError;
+use crate::vision::embed::cosine;
+use crate::vision::models::ModelVariant;
+use crate::vision::pipeline::{Face, FaceEngine, StageTimes, VisionConfig};
+use crate::vision::VisionError;
 
 /// Decision threshold on cosine similarity for `face compare`. On the test photos same-person pairs
 /// score 0.78–0.99 and different people at most 0.18 (see the vision tests); 0.45 sits in that gap.
@@ -87,7 +87,7 @@ pub enum FaceCommand {
     },
 }
 
-pub(super) fn read(path: &Path) -> Result<Vec<u8>, VisionError> {
+pub fn read(path: &Path) -> Result<Vec<u8>, VisionError> {
     std::fs::read(path).map_err(|source| VisionError::Io {
         path: path.to_owned(),
         source,

@@ -16,8 +16,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use super::callback::encode_multipart;
-use super::{HookCamera, Receiver, ReceiverConfig, ReceiverError};
+use crate::hook::callback::encode_multipart;
+use crate::hook::{HookCamera, Receiver, ReceiverConfig, ReceiverError};
 use crate::intake::Intake;
 use crate::outbox::{Outbox, OutboxConfig, OutboxError};
 use crate::sign;
@@ -71,9 +71,9 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
 fn callback_body(serial: &str, id: u64, secret: &str) -> Bytes {
     let payload = format!(
         r#"{{"event_id":{id},"detect_type":3,"video_url":"https://127.0.0.1/v/{id}.flv?auth_key=1","event_type":"dynamic_detect_event","sn":"{serial}","report_time":{}}}"#,
-        sign::unix_now()
+        crate::clock::unix_now()
     );
-    let ts = sign::unix_now().to_string();
+    let ts = crate::clock::unix_now().to_string();
     let random = sign::random_token();
     let base = [
         ("app_id", APP_ID),
@@ -215,7 +215,7 @@ pub async fn run(args: HookBenchArgs) -> Result<(), HookBenchError> {
             std::env::temp_dir().join(format!(
                 "camgate-bench-hook-{}-{}",
                 std::process::id(),
-                sign::unix_now_ms()
+                crate::clock::unix_now_ms()
             )),
             true,
         ),

@@ -13,12 +13,13 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::channel::tls::TlsConfig;
-use crate::config::{CameraConfig, Config};
+use crate::camera::CameraConfig;
+use crate::config::Config;
 use crate::daemon::{Daemon, DaemonError};
+use crate::dev::sim::{Faults, SimCamera, SimConfig, SimTotals};
 use crate::event::StoredEnvelope;
+use crate::net::tls::TlsConfig;
 use crate::outbox::{Outbox, OutboxError};
-use crate::sim::{Faults, SimCamera, SimConfig, SimTotals};
 
 /// How the simulated cameras deliver their events.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -55,7 +56,7 @@ pub enum DemoError {
     #[error("demo: {0} acknowledged events are missing from the outbox")]
     Lost(usize),
     #[error("demo: simulated camera: {0}")]
-    Sim(#[from] crate::sim::hook::SimHookError),
+    Sim(#[from] crate::dev::sim::hook::SimHookError),
     #[error("demo: {0}")]
     Unexpected(String),
 }
@@ -254,7 +255,7 @@ fn free_loopback_port() -> std::io::Result<u16> {
 
 async fn run_hook(opts: DemoOptions, stop: CancellationToken) -> Result<DemoSummary, DemoError> {
     use crate::config::CameraMode;
-    use crate::sim::hook::{PostKind, SimHookApi};
+    use crate::dev::sim::hook::{PostKind, SimHookApi};
 
     std::fs::create_dir_all(&opts.dir)?;
     let secret = crate::sign::random_token();
@@ -369,7 +370,7 @@ async fn run_hook(opts: DemoOptions, stop: CancellationToken) -> Result<DemoSumm
                     }
                 }
             }
-            Ok::<_, crate::sim::hook::SimHookError>(())
+            Ok::<_, crate::dev::sim::hook::SimHookError>(())
         });
     }
     while let Some(r) = tasks.join_next().await {

@@ -18,9 +18,11 @@ use bytes::Bytes;
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 use tokio_util::sync::CancellationToken;
 
-use super::{run_observed, topic::Topics, MqttConfig};
 use crate::event::{Envelope, EventView, Source};
 use crate::outbox::{Offset, Outbox, OutboxConfig};
+use crate::sinks::mqtt::{
+    run_observed, topic::Topics, AckObserver, MqttConfig, MqttError, CONSUMER,
+};
 use crate::sinks::SinkStatus;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -61,8 +63,11 @@ fn other(e: impl std::fmt::Display) -> MqttBenchError {
 
 /// A stored envelope around the spec's face event, as the intake would write it.
 pub fn sample_envelope(camera: &str, event_id: i64, received_at_ms: u64) -> Vec<u8> {
-    let raw =
-        crate::bench::FACE_EVENT.replacen("\"event_id\":2", &format!("\"event_id\":{event_id}"), 1);
+    let raw = crate::dev::bench::FACE_EVENT.replacen(
+        "\"event_id\":2",
+        &format!("\"event_id\":{event_id}"),
+        1,
+    );
     let view = EventView::parse(raw.as_bytes()).expect("the sample event parses");
     Envelope::encode(
         camera,
@@ -82,7 +87,7 @@ impl ScratchDir {
         let d = std::env::temp_dir().join(format!(
             "camgate-bench-mqtt-{tag}-{}-{}",
             std::process::id(),
-            crate::sign::unix_now_ms()
+            crate::clock::unix_now_ms()
         ));
         std::fs::create_dir_all(&d)?;
         Ok(ScratchDir(d))
@@ -178,7 +183,7 @@ async fn fill(outbox: &Outbox, n: usize, first_id: i64) -> Result<(), MqttBenchE
         let data = Bytes::from(sample_envelope(
             CAMERAS[i % CAMERAS.len()],
             first_id + i as i64,
-            crate::sign::unix_now_ms(),
+            crate::clock::unix_now_ms(),
         ));
         set.spawn(async move { ob.append(data).await });
     }
@@ -190,14 +195,14 @@ async fn fill(outbox: &Outbox, n: usize, first_id: i64) -> Result<(), MqttBenchE
 
 struct SinkRun {
     stop: CancellationToken,
-    task: tokio::task::JoinHandle<Result<u64, super::MqttError>>,
+    task: tokio::task::JoinHandle<Result<u64, MqttError>>,
     acks: Arc<Mutex<Vec<(Offset, Instant)>>>,
 }
 
 fn start_sink(outbox: &Outbox, host: &str, port: u16, inflight: u16, gateway: &str) -> SinkRun {
     let acks: Arc<Mutex<Vec<(Offset, Instant)>>> = Arc::new(Mutex::new(Vec::new()));
     let a2 = acks.clone();
-    let observer: super::AckObserver = Arc::new(move |o| {
+    let observer: AckObserver = Arc::new(move |o| {
         a2.lock()
             .unwrap_or_else(|p| p.into_inner())
             .push((o, Instant::now()))
@@ -309,7 +314,7 @@ pub async fn run(args: MqttBenchArgs) -> Result<(), MqttBenchError> {
     // 1. Sink throughput, from a full outbox.
     let dir = ScratchDir::new("outbox")?;
     let outbox = fresh_outbox(&dir.path().join("outbox")).await?;
-    outbox.consumer(super::CONSUMER).map_err(other)?; // registered before filling: it holds retention
+    outbox.consumer(CONSUMER).map_err(other)?; // registered before filling: it holds retention
     fill(&outbox, n, 1).await?;
     let t0 = Instant::now();
     let sink = start_sink(&outbox, &host, port, args.inflight, "bench-sink");
@@ -346,7 +351,7 @@ pub async fn run(args: MqttBenchArgs) -> Result<(), MqttBenchError> {
         let data = Bytes::from(sample_envelope(
             CAMERAS[i % CAMERAS.len()],
             1_000_000 + i as i64,
-            crate::sign::unix_now_ms(),
+            crate::clock::unix_now_ms(),
         ));
         set.spawn(async move {
             let t = Instant::now();
@@ -422,7 +427,7 @@ async fn camera_to_mqtt(
     host: &str,
     port: u16,
     args: &MqttBenchArgs,
-) -> Result<crate::bench::EndToEnd, MqttBenchError> {
+) -> Result<crate::dev::bench::EndToEnd, MqttBenchError> {
     let gateway = format!("bench-e2e-{}", std::process::id());
     let mut o = MqttOptions::new(format!("{gateway}-sub"), host, port);
     o.set_clean_session(true)
@@ -465,7 +470,7 @@ async fn camera_to_mqtt(
         .map_err(|_| other("the end-to-end subscriber got no SUBACK"))?
         .map_err(other)?;
     let sink = format!("[mqtt]\nhost = {host:?}\nport = {port}\ngateway_id = {gateway:?}\n");
-    let r = crate::bench::camera_to_broker(&sink, args.e2e_rate, args.seconds, rx)
+    let r = crate::dev::bench::camera_to_broker(&sink, args.e2e_rate, args.seconds, rx)
         .await
         .map_err(other);
     reader.abort();

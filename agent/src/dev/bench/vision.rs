@@ -12,10 +12,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Instant;
 
-use super::cli::{read, EngineArgs};
-use super::models::ModelVariant;
-use super::pipeline::{FaceEngine, StageTimes};
-use super::VisionError;
+use crate::cli::face::{read, EngineArgs};
+use crate::vision::models::ModelVariant;
+use crate::vision::pipeline::{FaceEngine, StageTimes};
+use crate::vision::VisionError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VisionBenchError {
+    #[error(transparent)]
+    Vision(#[from] VisionError),
+    /// The reference subprocess failed or printed something unexpected.
+    #[error("reference benchmark: {0}")]
+    Reference(String),
+}
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct VisionBenchArgs {
@@ -123,7 +132,7 @@ impl ReferencePeer {
         args: &VisionBenchArgs,
         models_dir: &Path,
         variant: ModelVariant,
-    ) -> Result<Self, VisionError> {
+    ) -> Result<Self, VisionBenchError> {
         let python = args.python.clone().unwrap_or_else(|| {
             let venv = models_dir.join(".venv/bin/python");
             if venv.exists() {
@@ -149,10 +158,10 @@ impl ReferencePeer {
             .stderr(Stdio::inherit());
         let mut child = cmd
             .spawn()
-            .map_err(|e| VisionError::Reference(format!("{}: {e}", python.display())))?;
+            .map_err(|e| VisionBenchError::Reference(format!("{}: {e}", python.display())))?;
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             let _ = child.kill();
-            return Err(VisionError::Reference(
+            return Err(VisionBenchError::Reference(
                 "no pipes to the reference process".into(),
             ));
         };
@@ -171,40 +180,40 @@ impl ReferencePeer {
     }
 
     /// The next JSON line; the package prints a banner on import, which is skipped.
-    fn next_json(&mut self) -> Result<serde_json::Value, VisionError> {
+    fn next_json(&mut self) -> Result<serde_json::Value, VisionBenchError> {
         let mut line = String::new();
         loop {
             line.clear();
             let n = self
                 .stdout
                 .read_line(&mut line)
-                .map_err(|e| VisionError::Reference(format!("reading its output: {e}")))?;
+                .map_err(|e| VisionBenchError::Reference(format!("reading its output: {e}")))?;
             if n == 0 {
                 let status = self
                     .child
                     .wait()
                     .map(|s| s.to_string())
                     .unwrap_or_else(|e| e.to_string());
-                return Err(VisionError::Reference(format!(
+                return Err(VisionBenchError::Reference(format!(
                     "the reference process ended ({status}); its stderr is above"
                 )));
             }
             if line.starts_with('{') {
                 return serde_json::from_str(&line)
-                    .map_err(|e| VisionError::Reference(format!("unparsable output: {e}")));
+                    .map_err(|e| VisionBenchError::Reference(format!("unparsable output: {e}")));
             }
         }
     }
 
     /// One timed pass over `path`: stage timings and the number of faces found.
-    fn pass(&mut self, path: &Path) -> Result<(Row, usize), VisionError> {
+    fn pass(&mut self, path: &Path) -> Result<(Row, usize), VisionBenchError> {
         let stdin = self
             .stdin
             .as_mut()
-            .ok_or_else(|| VisionError::Reference("stdin closed".into()))?;
+            .ok_or_else(|| VisionBenchError::Reference("stdin closed".into()))?;
         writeln!(stdin, "{}", path.display())
             .and_then(|_| stdin.flush())
-            .map_err(|e| VisionError::Reference(format!("writing to it: {e}")))?;
+            .map_err(|e| VisionBenchError::Reference(format!("writing to it: {e}")))?;
         let v = self.next_json()?;
         let row = std::array::from_fn(|k| v[STAGES[k]].as_f64().unwrap_or(f64::NAN));
         Ok((row, v["faces"].as_u64().unwrap_or(0) as usize))
@@ -221,7 +230,7 @@ impl Drop for ReferencePeer {
 /// One reference pass over `path`. The first failure replaces the peer by its error, which the
 /// summary reports; the camgate side carries on.
 fn reference_pass(
-    peer: &mut Result<ReferencePeer, VisionError>,
+    peer: &mut Result<ReferencePeer, VisionBenchError>,
     path: &Path,
 ) -> Option<(Row, usize)> {
     let result = peer.as_mut().ok()?.pass(path);
@@ -244,14 +253,14 @@ fn print_row(out: &mut impl Write, name: &str, faces: usize, v: &Row, tail: &str
 }
 
 /// Runs the benchmark and prints a table (stdout) and a JSON summary (last line).
-pub fn run(args: VisionBenchArgs) -> Result<(), VisionError> {
+pub fn run(args: VisionBenchArgs) -> Result<(), VisionBenchError> {
     let images = if args.images.is_empty() {
         default_images()?
     } else {
         args.images.clone()
     };
     if images.is_empty() {
-        return Err(VisionError::Config("no images to bench".into()));
+        return Err(VisionError::Config("no images to bench".into()).into());
     }
     let variants = args
         .variants
@@ -285,11 +294,13 @@ pub fn run(args: VisionBenchArgs) -> Result<(), VisionError> {
             if args.engine.max_side == 0 { "off".to_string() } else { args.engine.max_side.to_string() }
         );
         let mut peer = if args.no_reference {
-            Err(VisionError::Reference("skipped (--no-reference)".into()))
+            Err(VisionBenchError::Reference(
+                "skipped (--no-reference)".into(),
+            ))
         } else {
             ReferencePeer::spawn(&args, &cfg.model_set().dir, variant)
         };
-        let ours_pass = |bytes: &[u8]| -> Result<(Row, usize), VisionError> {
+        let ours_pass = |bytes: &[u8]| -> Result<(Row, usize), VisionBenchError> {
             let cpu = process_cpu_ms();
             let (faces, times) = engine.process(bytes, true)?;
             Ok((stage_values(&times, process_cpu_ms() - cpu), faces.len()))

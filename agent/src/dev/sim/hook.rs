@@ -9,7 +9,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Uri};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+
+use crate::net::https::{HttpsClient, HttpsError};
 
 use crate::hook::callback::encode_multipart;
 use crate::sign;
@@ -44,16 +45,15 @@ pub enum SimHookError {
     #[error("bad callback URL {0:?} (want http://host:port/path, or https:// with a trust)")]
     Url(String),
     #[error("TLS to {0}: {1}")]
-    Tls(String, #[source] std::io::Error),
-    #[error("connect to {0}: {1}")]
-    Connect(String, #[source] std::io::Error),
-    #[error("HTTP: {0}")]
-    Http(#[from] hyper::Error),
-    #[error("building the request: {0}")]
-    Request(#[from] hyper::http::Error),
+    Tls(String, #[source] crate::net::tls::TlsError),
+    #[error(transparent)]
+    Https(#[from] HttpsError),
     #[error("nothing posted yet to replay")]
     NothingToReplay,
 }
+
+/// camgate answers a callback with a short JSON body; more is not read.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
 /// One valid request as sent, kept for [`PostKind::Replay`].
 #[derive(Debug, Clone)]
@@ -66,8 +66,8 @@ struct Sent {
 
 /// Posts callbacks for one simulated camera.
 pub struct HookPoster {
-    uri: Uri,
-    authority: String,
+    http: HttpsClient,
+    path: String,
     app_id: String,
     secret: String,
     serial: String,
@@ -77,8 +77,6 @@ pub struct HookPoster {
     statuses: Mutex<Vec<(PostKind, u16)>>,
     /// Event ids of the valid posts answered 200 (what camgate must have stored).
     stored_ids: Mutex<Vec<i64>>,
-    /// HTTPS: how the camera trusts camgate's receiver (`None`: plain HTTP).
-    tls: Option<crate::channel::tls::ClientTls>,
 }
 
 const BOUNDARY: &str = "------------------------c83c36cd4ee4082f";
@@ -89,13 +87,13 @@ impl HookPoster {
     }
 
     /// A poster to an `https://` URL (or `http://` with `tls = None`), trusting camgate's
-    /// receiver as `tls` says (CA file or pinned fingerprint, see [`crate::channel::tls`]).
+    /// receiver as `tls` says (CA file or pinned fingerprint, see [`crate::net::tls`]).
     pub fn with_tls(
         url: &str,
         app_id: &str,
         secret: &str,
         serial: &str,
-        tls: Option<&crate::channel::tls::TlsConfig>,
+        tls: Option<&crate::net::tls::TlsConfig>,
     ) -> Result<Self, SimHookError> {
         let uri: Uri = url.parse().map_err(|_| SimHookError::Url(url.into()))?;
         let host = uri.host().ok_or_else(|| SimHookError::Url(url.into()))?;
@@ -103,16 +101,18 @@ impl HookPoster {
             (Some("http"), None) => (None, 80),
             (Some("https"), Some(t)) => {
                 let host = host.trim_start_matches('[').trim_end_matches(']');
-                let c = crate::channel::tls::client_config(t, host)
-                    .map_err(|e| SimHookError::Tls(url.into(), std::io::Error::other(e)))?;
+                let c = crate::net::tls::client_config(t, host)
+                    .map_err(|e| SimHookError::Tls(url.into(), e))?;
                 (Some(c), 443)
             }
             _ => return Err(SimHookError::Url(url.into())),
         };
         let authority = format!("{host}:{}", uri.port_u16().unwrap_or(default_port));
+        let http = HttpsClient::new(&authority, tls, std::time::Duration::from_secs(30))
+            .with_user_agent("libcurl/7.52.1 camgate-sim");
         Ok(HookPoster {
-            uri,
-            authority,
+            http,
+            path: uri.path_and_query().map_or("/", |p| p.as_str()).to_string(),
             app_id: app_id.into(),
             secret: secret.into(),
             serial: serial.into(),
@@ -120,7 +120,6 @@ impl HookPoster {
             last: Mutex::new(None),
             statuses: Mutex::new(Vec::new()),
             stored_ids: Mutex::new(Vec::new()),
-            tls,
         })
     }
 
@@ -129,7 +128,7 @@ impl HookPoster {
         format!(
             r#"{{"event_id":{event_id},"detect_type":3,"video_url":"https://127.0.0.1/v/{event_id}.flv?auth_key=1","event_type":"dynamic_detect_event","sn":"{}","report_time":{}}}"#,
             self.serial,
-            sign::unix_now()
+            crate::clock::unix_now()
         )
     }
 
@@ -178,7 +177,7 @@ impl HookPoster {
             PostKind::Skewed(s) => *s,
             _ => 0,
         };
-        let ts = (sign::unix_now() as i64 + skew).max(0).to_string();
+        let ts = (crate::clock::unix_now() as i64 + skew).max(0).to_string();
         let random = sign::random_token();
         let payload = match kind {
             PostKind::NotJson => "this is not json".to_string(),
@@ -239,46 +238,16 @@ impl HookPoster {
     }
 
     async fn send(&self, kind: PostKind, sent: Sent) -> Result<u16, SimHookError> {
-        let tcp = TcpStream::connect(&self.authority)
-            .await
-            .map_err(|e| SimHookError::Connect(self.authority.clone(), e))?;
-        let (mut tx, driver) = match &self.tls {
-            None => {
-                let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-                (tx, tokio::spawn(async move { conn.await.map(|_| ()) }))
-            }
-            Some(t) => {
-                let stream = tokio_rustls::TlsConnector::from(t.config.clone())
-                    .connect(t.server_name.clone(), tcp)
-                    .await
-                    .map_err(|e| SimHookError::Tls(self.authority.clone(), e))?;
-                let (tx, conn) =
-                    hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-                (tx, tokio::spawn(async move { conn.await.map(|_| ()) }))
-            }
-        };
-        let path = self
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string();
-        let req = Request::post(path)
-            .header(hyper::header::HOST, self.authority.as_str())
-            .header(hyper::header::CONTENT_TYPE, sent.content_type.as_str())
-            .header(hyper::header::USER_AGENT, "libcurl/7.52.1 camgate-sim")
-            .body(Full::new(sent.body.clone()))?;
-        let status = match tx.send_request(req).await {
-            Ok(resp) => {
-                let status = resp.status().as_u16();
-                let _ = resp.into_body().collect().await;
-                status
-            }
-            Err(e) => {
-                driver.abort();
-                return Err(e.into());
-            }
-        };
-        driver.abort();
+        let status = self
+            .http
+            .post(
+                &self.path,
+                &sent.content_type,
+                sent.body.clone(),
+                MAX_ANSWER_BYTES,
+            )
+            .await?
+            .status;
         if kind == PostKind::Valid && status == 200 {
             if let Some(id) = sent.event_id {
                 self.stored_ids
@@ -415,7 +384,7 @@ impl SimHookApi {
         &self,
         event: &str,
         serial: &str,
-        tls: Option<&crate::channel::tls::TlsConfig>,
+        tls: Option<&crate::net::tls::TlsConfig>,
     ) -> Option<Result<HookPoster, SimHookError>> {
         let url = self.subscriptions().get(event)?.first()?.clone();
         Some(HookPoster::with_tls(
@@ -462,7 +431,7 @@ async fn api_answer(
     if !app_ok
         || st
             .verifier
-            .verify(&refs, &st.secret, sign::unix_now())
+            .verify(&refs, &st.secret, crate::clock::unix_now())
             .is_err()
     {
         st.sign_rejected.fetch_add(1, Ordering::Relaxed);

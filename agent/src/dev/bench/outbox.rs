@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::{Outbox, OutboxConfig, OutboxError};
+use crate::outbox::{Outbox, OutboxConfig, OutboxError};
 
 /// Result of one [`bench_append`] run.
 #[derive(Debug, Clone, PartialEq)]

@@ -7,6 +7,17 @@
 //!    the child. Reference: the same cameras acked at once by a bare in-process client (no
 //!    outbox), i.e. what the network and TLS alone cost.
 
+pub mod hook;
+#[cfg(feature = "kafka")]
+pub mod kafka;
+#[cfg(feature = "mqtt")]
+pub mod mqtt;
+pub mod outbox;
+#[cfg(feature = "vision")]
+pub mod profile;
+#[cfg(feature = "vision")]
+pub mod vision;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -15,9 +26,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::channel::frame::{self, CrcScope, FrameCodec, PacketType, Role};
 use crate::channel::session::{Session, SessionConfig, SessionEvent};
-use crate::channel::tls::{self, TlsConfig};
+use crate::dev::sim::{SimCamera, SimConfig};
 use crate::event::EventView;
-use crate::sim::{SimCamera, SimConfig};
+use crate::net::tls::{self, TlsConfig};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ChannelBenchArgs {
@@ -207,7 +218,7 @@ async fn bare_client(
     let mut s = Session::new(
         cfg,
         tokio::time::Instant::now().into_std(),
-        crate::sign::unix_now(),
+        crate::clock::unix_now(),
         crate::sign::random_token(),
     );
     wr.write_all(&s.take_transmit()).await?;
@@ -305,11 +316,11 @@ pub async fn channel(args: ChannelBenchArgs) -> Result<(), BenchError> {
     println!("\n== outbox: durable appends of 500 B events (fsync before the append resolves)");
     for conc in [64usize, 256] {
         let d1 = tempdir()?;
-        let grouped = crate::outbox::bench::bench_append(&d1, 20_000, conc, 500, true)
+        let grouped = crate::dev::bench::outbox::bench_append(&d1, 20_000, conc, 500, true)
             .await
             .map_err(|e| BenchError::Other(e.to_string()))?;
         let d2 = tempdir()?;
-        let single = crate::outbox::bench::bench_append(&d2, 2_000, conc, 500, false)
+        let single = crate::dev::bench::outbox::bench_append(&d2, 2_000, conc, 500, false)
             .await
             .map_err(|e| BenchError::Other(e.to_string()))?;
         println!("  concurrency {conc:>3}: group commit {:>9.0} events/s (p99 {:.1} ms) | reference, one fsync per event {:>7.0} events/s | ratio {:.1}x   (target >= 20k/s)",
@@ -417,7 +428,7 @@ fn tempdir() -> Result<PathBuf, BenchError> {
     let d = std::env::temp_dir().join(format!(
         "camgate-bench-{}-{}",
         std::process::id(),
-        crate::sign::unix_now_ms()
+        crate::clock::unix_now_ms()
     ));
     std::fs::create_dir_all(&d)?;
     Ok(d)

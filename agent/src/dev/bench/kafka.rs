@@ -14,10 +14,10 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
 
-use super::{KafkaConfig, KafkaSink};
-use crate::bench::{BenchError, FACE_EVENT};
+use crate::dev::bench::{BenchError, FACE_EVENT};
 use crate::event::{Envelope, EventView, Source};
 use crate::outbox::{Offset, Outbox, OutboxConfig};
+use crate::sinks::kafka::{KafkaConfig, KafkaSink, CONSUMER};
 use crate::sinks::SinkStatus;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -56,7 +56,7 @@ fn envelope(i: u64) -> Bytes {
         Envelope::encode(
             "bench-cam",
             Source::Channel,
-            crate::sign::unix_now_ms(),
+            crate::clock::unix_now_ms(),
             &view,
             raw.as_bytes(),
         )
@@ -106,7 +106,7 @@ pub async fn run(args: KafkaBenchArgs) -> Result<(), BenchError> {
 async fn camera_to_kafka(
     brokers: &str,
     args: &KafkaBenchArgs,
-) -> Result<crate::bench::EndToEnd, BenchError> {
+) -> Result<crate::dev::bench::EndToEnd, BenchError> {
     use rdkafka::consumer::{Consumer, StreamConsumer};
     use rdkafka::{Message, Offset, TopicPartitionList};
     let consumer: StreamConsumer = rdkafka::ClientConfig::new()
@@ -137,7 +137,7 @@ async fn camera_to_kafka(
     }
     consumer.assign(&tpl).map_err(other)?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let prefix = format!("{}/", crate::bench::E2E_SERIAL);
+    let prefix = format!("{}/", crate::dev::bench::E2E_SERIAL);
     let reader = tokio::spawn(async move {
         while let Ok(m) = consumer.recv().await {
             let id = m
@@ -157,7 +157,7 @@ async fn camera_to_kafka(
         "[kafka]\nbrokers = {brokers:?}\ntopic = {:?}\ndead_letter_path = {dead:?}\n",
         args.topic
     );
-    let r = crate::bench::camera_to_broker(&sink, args.e2e_rate, args.seconds, rx).await;
+    let r = crate::dev::bench::camera_to_broker(&sink, args.e2e_rate, args.seconds, rx).await;
     reader.abort();
     r
 }
@@ -285,7 +285,7 @@ async fn through_sink(
     let dir = std::env::temp_dir().join(format!(
         "camgate-bench-kafka-{}-{}",
         std::process::id(),
-        crate::sign::unix_now_ms()
+        crate::clock::unix_now_ms()
     ));
     let ocfg = OutboxConfig {
         dir: dir.join("outbox"),
@@ -294,7 +294,7 @@ async fn through_sink(
     };
     let outbox = Outbox::open(&ocfg).await.map_err(other)?;
     // Registered before appending, so the records are kept for it.
-    drop(outbox.consumer(super::CONSUMER).map_err(other)?);
+    drop(outbox.consumer(CONSUMER).map_err(other)?);
     for chunk in records.chunks(1024) {
         let appends: Vec<_> = chunk.iter().map(|r| outbox.append(r.clone())).collect();
         for r in futures_util::future::join_all(appends).await {

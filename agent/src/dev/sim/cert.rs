@@ -27,7 +27,7 @@ impl SimCert {
     }
 
     pub fn fingerprint(&self) -> String {
-        crate::channel::tls::fingerprint_of(self.cert_der.as_ref())
+        crate::net::tls::fingerprint_of(self.cert_der.as_ref())
     }
 
     /// The TLS server side; with `client_ca`, a client certificate issued by it is required
@@ -37,7 +37,7 @@ impl SimCert {
         client_ca: Option<&CertificateDer<'static>>,
     ) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.clone()));
-        let provider = crate::channel::tls::provider();
+        let provider = crate::net::tls::provider();
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()?;
         let builder = match client_ca {

@@ -202,7 +202,7 @@ impl Conn {
                     Err(sign::SignError::UnknownAppId)
                 } else {
                     self.verifier
-                        .verify(&refs, &self.cfg.secret, sign::unix_now())
+                        .verify(&refs, &self.cfg.secret, crate::clock::unix_now())
                 };
                 if let Err(e) = checked {
                     count(&self.state.sign_rejected);
@@ -308,7 +308,7 @@ impl Conn {
     }
 
     fn event_json(&self, id: i64, kind: &str) -> String {
-        let now = sign::unix_now();
+        let now = crate::clock::unix_now();
         let host = self
             .media_addr
             .map(|a| a.to_string())
