@@ -44,6 +44,7 @@ async fn a_dead_camera_is_retried_with_growing_delays() {
             intake,
             status: status.clone(),
             shutdown: stop.clone(),
+            clock: camgate::clock::system(),
         }
         .run(),
     );

@@ -44,6 +44,7 @@ async fn run_camera(cam: camgate::config::CameraConfig) -> Running {
             intake,
             status: status.clone(),
             shutdown: stop.clone(),
+            clock: camgate::clock::system(),
         }
         .run(),
     );

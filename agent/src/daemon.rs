@@ -97,8 +97,9 @@ impl Daemon {
             (Some(cert), Some(key)) => Some(crate::hook::receiver::server_tls(cert, key)?),
             _ => None,
         };
-        let rcfg = ReceiverConfig::from_hook(h, tls)
+        let mut rcfg = ReceiverConfig::from_hook(h, tls)
             .ok_or_else(|| DaemonError::HookListen(h.listen.clone()))?;
+        rcfg.clock = intake.clock().clone();
         let mut cams = Vec::new();
         for c in cfg.cameras.iter().filter(|c| c.mode == CameraMode::Hook) {
             let secret = c.resolve_secret().map_err(|message| DaemonError::Secret {
@@ -367,6 +368,7 @@ fn spawn_cameras(
             intake: intake.clone(),
             status,
             shutdown: stop.clone(),
+            clock: intake.clock().clone(),
         };
         tasks.spawn(async move {
             let _ = task.run().await;

@@ -119,6 +119,12 @@ impl Intake {
         })
     }
 
+    /// The wall clock this intake stamps events with; the daemon hands the same one to every
+    /// component.
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
+    }
+
     pub fn outbox(&self) -> &Outbox {
         &self.outbox
     }

@@ -21,6 +21,7 @@ use tokio_util::codec::Decoder;
 use super::frame::{CodecError, FrameCodec, FrameError, OwnedFrame, Role};
 use super::session::{Session, SessionConfig, SessionError, SessionEvent, State};
 use crate::camera::CameraConfig;
+use crate::clock::SharedClock;
 use crate::event::{EventView, Source};
 use crate::intake::{Accepted, Intake, IntakeError};
 use crate::net::backoff::Backoff;
@@ -115,6 +116,8 @@ pub struct CameraTask {
     pub intake: Arc<Intake>,
     pub status: Arc<CameraStatus>,
     pub shutdown: CancellationToken,
+    /// Wall time for CONNECT's signed `timestamp`.
+    pub clock: SharedClock,
 }
 
 enum Ended {
@@ -209,7 +212,7 @@ impl CameraTask {
         let mut session = Session::new(
             scfg.clone(),
             Instant::now().into_std(),
-            crate::clock::unix_now(),
+            self.clock.now_secs(),
             crate::sign::random_token(),
         );
         wr.write_all(&session.take_transmit()).await?;

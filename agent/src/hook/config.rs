@@ -129,6 +129,12 @@ impl HookConfig {
             (None, None) => {}
             _ => errs.push("hook: tls_cert_file and tls_key_file go together".into()),
         }
+        self.validate_cameras(cameras, errs);
+    }
+
+    /// The hook-mode fields of each camera, against this `[hook]`.
+    fn validate_cameras(&self, cameras: &[CameraConfig], errs: &mut Vec<String>) {
+        let h = self;
         let https = h.tls_cert_file.is_some();
         let mut serials = HashSet::new();
         for (i, c) in cameras.iter().enumerate() {
