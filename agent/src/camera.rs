@@ -146,7 +146,14 @@ impl CameraConfig {
     pub fn resolve_secret(&self) -> Result<String, String> {
         match (&self.secret, &self.secret_file) {
             (Some(s), None) => Ok(s.clone()),
-            (None, Some(p)) => credentials::read_secret_file(p, "secret_file"),
+            (None, Some(p)) => {
+                let s = credentials::read_secret_file(p, "secret_file")?;
+                if s.is_empty() {
+                    let path = credentials::credential_path(p);
+                    return Err(format!("secret_file {} is empty", path.display()));
+                }
+                Ok(s)
+            }
             _ => Err("give exactly one of secret, secret_file".into()),
         }
     }

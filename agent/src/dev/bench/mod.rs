@@ -57,6 +57,22 @@ pub enum BenchError {
     Other(String),
 }
 
+/// The repo's face photos (`tests/fixtures/faces/*.{jpg,png}`), sorted: the vision benches' default set.
+pub fn fixture_images() -> std::io::Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir("tests/fixtures/faces")?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("jpg" | "png")))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// The median of `v` (the upper one of an even count); 0 for none.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
 /// The spec's face event with its extra attributes (~410 bytes).
 pub const FACE_EVENT: &str = r#"{"event_id":2,"event_type":"face_recog_event","sn":"FS101D8BS00106","report_time":15930292837,"group_name":"vip","faceid":"00000001","cloud_faceid":"8798765433","age":10,"gender":2,"arrive_times":4,"pic_url":"https://192.168.103.117/mnt/sd-card/sunmi_image/snap/1597894624456_7.jpg?auth_key=1597894624-f88c2f9a6e69834430648c2f4931ffae","vip_level":"1","hobby":"tennis","weight":"60","height":"180"}"#;
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use super::BenchError;
+use super::{fixture_images, median, BenchError};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ProfileBenchArgs {
@@ -49,23 +49,9 @@ fn detect_once(bin: &Path, models: &Path, images: &[PathBuf]) -> Result<f64, Ben
     Ok(t.elapsed().as_secs_f64() * 1e3)
 }
 
-fn default_images() -> Result<Vec<PathBuf>, BenchError> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir("tests/fixtures/faces")?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("jpg" | "png")))
-        .collect();
-    v.sort();
-    Ok(v)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
 pub fn run(args: ProfileBenchArgs) -> Result<(), BenchError> {
     let images = if args.images.is_empty() {
-        default_images()?
+        fixture_images()?
     } else {
         args.images.clone()
     };

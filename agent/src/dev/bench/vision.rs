@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Instant;
 
+use super::median;
 use crate::cli::face::{read, EngineArgs};
 use crate::vision::models::ModelVariant;
 use crate::vision::pipeline::{FaceEngine, StageTimes};
@@ -91,31 +92,15 @@ fn process_cpu_ms() -> f64 {
     ts.tv_sec as f64 * 1e3 + ts.tv_nsec as f64 / 1e6
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        0.0
-    } else {
-        v[v.len() / 2]
-    }
-}
-
 fn medians(rows: &[Row]) -> Row {
     std::array::from_fn(|k| median(rows.iter().map(|r| r[k]).collect()))
 }
 
 fn default_images() -> Result<Vec<PathBuf>, VisionError> {
-    let dir = PathBuf::from("tests/fixtures/faces");
-    let rd = std::fs::read_dir(&dir).map_err(|source| VisionError::Io {
-        path: dir.clone(),
+    super::fixture_images().map_err(|source| VisionError::Io {
+        path: PathBuf::from("tests/fixtures/faces"),
         source,
-    })?;
-    let mut v: Vec<PathBuf> = rd
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("jpg" | "png")))
-        .collect();
-    v.sort();
-    Ok(v)
+    })
 }
 
 /// The reference (`models/reference.py bench --serve`) as a child process: one image path per line
