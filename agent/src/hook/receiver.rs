@@ -508,7 +508,7 @@ fn check_head(cfg: &ReceiverConfig, req: &Request<Incoming>) -> Result<String, R
             format!("declared {n} bytes"),
         ));
     }
-    Ok(boundary.to_string())
+    Ok(boundary)
 }
 
 /// The whole body, at most `max_body_bytes`, before `deadline`.
