@@ -35,5 +35,7 @@ pub mod outbox;
 pub mod sign;
 pub mod sinks;
 pub mod status;
+/// The face pipeline lives in its own crate (`agent/vision`) so the shipped profile can build it
+/// for speed and everything else for size.
 #[cfg(feature = "vision")]
-pub mod vision;
+pub use camgate_vision as vision;

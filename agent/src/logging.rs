@@ -1,9 +1,10 @@
 //! Logs go to journald (structured fields: camera, sn, event_id, ...) when the journal socket
-//! is there, else to stderr. `RUST_LOG` overrides the level.
+//! is there, else to stderr. `RUST_LOG` overrides the level: `warn`, `info,camgate::sinks=debug`
+//! (levels per target; tracing-subscriber's `Targets`, which needs no regex engine in the binary).
 
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::EnvFilter;
 
 const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
 
@@ -13,10 +14,17 @@ pub enum Target {
     Stderr,
 }
 
+/// `RUST_LOG` when it parses, else `default_level` (which falls back to `info` if it does not).
+fn filter_from(rust_log: Option<&str>, default_level: &str) -> Targets {
+    rust_log
+        .and_then(|s| s.parse().ok())
+        .or_else(|| default_level.parse().ok())
+        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO))
+}
+
 /// Installs the global subscriber; returns where logs go. `default_level` applies without RUST_LOG.
 pub fn init(default_level: &str, prefer_stderr: bool) -> Target {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let filter = filter_from(std::env::var("RUST_LOG").ok().as_deref(), default_level);
     if !prefer_stderr && std::path::Path::new(JOURNAL_SOCKET).exists() {
         // tracing-journald fails at start-up when the socket is missing or refuses; fall back.
         if let Ok(layer) = tracing_journald::layer() {
@@ -44,4 +52,21 @@ pub fn init(default_level: &str, prefer_stderr: bool) -> Target {
         .with(fmt)
         .try_init();
     Target::Stderr
+}
+
+#[cfg(test)]
+mod tests {
+    use super::filter_from;
+    use tracing::Level;
+
+    #[test]
+    fn rust_log_wins_when_it_parses_else_the_default_level() {
+        let f = filter_from(Some("warn,camgate::sinks=debug"), "info");
+        assert!(f.would_enable("camgate::sinks::kafka", &Level::DEBUG));
+        assert!(!f.would_enable("camgate::daemon", &Level::INFO));
+        let f = filter_from(Some("not a=level=filter"), "debug");
+        assert!(f.would_enable("camgate::daemon", &Level::DEBUG));
+        let f = filter_from(None, "camgate=notalevel");
+        assert!(f.would_enable("x", &Level::INFO) && !f.would_enable("x", &Level::DEBUG));
+    }
 }

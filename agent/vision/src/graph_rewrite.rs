@@ -135,7 +135,10 @@ mod tests {
     use tract_onnx::pb::ValueInfoProto;
 
     fn mobilefacenet() -> ModelProto {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/models/mobilefacenet.onnx");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../models/mobilefacenet.onnx"
+        );
         let bytes = std::fs::read(path).expect("models/mobilefacenet.onnx");
         super::super::tract_ops::onnx()
             .proto_model_for_read(&mut bytes.as_slice())
