@@ -91,6 +91,82 @@ async fn in_process_sink_delivers_everything_once_to_tansu() {
     assert_eq!(task.await.unwrap().unwrap(), 200);
 }
 
+/// Face results go to `faces_topic` with their event's key; events stay on `topic`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn face_results_go_to_the_faces_topic_keyed_like_their_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Tansu::start(dir.path());
+    broker.create_topic(TOPIC, 1);
+    broker.create_topic("camgate.faces", 1);
+    let outbox = Outbox::open(&OutboxConfig {
+        dir: dir.path().join("outbox"),
+        ..OutboxConfig::default()
+    })
+    .await
+    .unwrap();
+    let events = Reader::start(&broker.bootstrap(), TOPIC, 1);
+    let faces = Reader::start(&broker.bootstrap(), "camgate.faces", 1);
+    for i in 1..=5 {
+        outbox
+            .append(envelope("door-1", "SNF", i, 10))
+            .await
+            .unwrap();
+        let keys: &[&str] = if i % 2 == 0 { &["alice"] } else { &[] };
+        outbox
+            .append(face_result("door-1", "SNF", i, keys))
+            .await
+            .unwrap();
+    }
+    let status = Arc::new(SinkStatus::default());
+    let stop = CancellationToken::new();
+    let cfg = KafkaConfig {
+        brokers: broker.bootstrap(),
+        topic: TOPIC.into(),
+        dead_letter_path: dir.path().join("dead.jsonl"),
+        commit_interval_ms: 50,
+        ..KafkaConfig::default()
+    };
+    assert_eq!(cfg.faces_topic, "camgate.faces", "the documented default");
+    let task = tokio::spawn(
+        KafkaSink {
+            cfg,
+            gateway_id: "gw-faces".into(),
+            status: status.clone(),
+            observer: None,
+        }
+        .run(outbox.clone(), stop.clone()),
+    );
+    let got = tokio::task::spawn_blocking(move || {
+        (
+            faces.wait_for(5, Duration::from_secs(60)),
+            events.wait_for(5, Duration::from_secs(60)),
+        )
+    })
+    .await
+    .unwrap();
+    stop.cancel();
+    assert_eq!(task.await.unwrap().unwrap(), 10);
+    let (faces, events) = got;
+    assert_eq!(faces.len(), 5);
+    assert_eq!(events.len(), 5);
+    for (i, s) in faces.iter().enumerate() {
+        let r: camgate::results::FaceResult = serde_json::from_slice(&s.payload).unwrap();
+        assert_eq!(s.key, format!("SNF/{}", i + 1));
+        assert_eq!(s.key, r.key());
+        assert_eq!(
+            s.headers.get("event_type").map(String::as_str),
+            Some("face_result")
+        );
+        assert_eq!(s.headers.get("camera").map(String::as_str), Some("door-1"));
+    }
+    for s in &events {
+        assert_eq!(
+            s.headers.get("event_type").map(String::as_str),
+            Some("face_recog_event")
+        );
+    }
+}
+
 fn write_config(dir: &std::path::Path, sim: &SimCamera, brokers: &str) -> std::path::PathBuf {
     let kafka = format!(
         r#"gateway_id = "gw-e2e"

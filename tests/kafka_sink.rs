@@ -404,9 +404,15 @@ async fn an_unwritable_dead_letter_file_holds_the_cursor_until_it_can_be_written
         "{:?}",
         sink.status.snapshot(&outbox.stats(), 0)
     );
-    tokio::time::sleep(Duration::from_secs(1)).await;
     // The record that could be neither sent nor set aside holds the cursor: it and what follows
-    // stay in the outbox (the ten before it are committed).
+    // stay in the outbox (the ten before it are committed; commits of those are spaced by the
+    // disk's fsync time, so wait for them, then check that the cursor stays).
+    assert!(
+        until(Duration::from_secs(30), || sink.lag(&outbox) == 10).await,
+        "{:?}",
+        sink.status.snapshot(&outbox.stats(), 0)
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let snap = sink.status.snapshot(&outbox.stats(), 0);
     assert_eq!(snap.lag_events, 10, "{snap:?}");
     assert_eq!(snap.dead_lettered, 0);

@@ -291,6 +291,92 @@ async fn events_arrive_on_their_topics_with_qos1_and_availability_is_retained() 
     drop(broker);
 }
 
+/// Face results: every one on `faces/<camera>`, and on `matches/<key>` for each person
+/// identified in it; the cursor passes a result only when all of its publishes are acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn face_results_go_to_faces_and_matches_topics() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(&dir.path().join("broker"));
+    let faces = subscribe(broker.port, "camgate/gw-f/faces/#", false).await;
+    let matches = subscribe(broker.port, "camgate/gw-f/matches/#", false).await;
+    let events = subscribe(broker.port, "camgate/gw-f/events/#", false).await;
+    let outbox = open_outbox(dir.path()).await;
+    outbox
+        .append(Bytes::from(sample_envelope("door-1", 1, 200)))
+        .await
+        .unwrap();
+    for (id, keys) in [
+        (1, vec!["alice"]),
+        (2, vec![]),
+        (3, vec!["alice", "bob", "alice"]),
+    ] {
+        outbox
+            .append(face_result("door-1", "SN-F", id, &keys))
+            .await
+            .unwrap();
+    }
+    let status = Arc::new(SinkStatus::default());
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(mqtt::run(
+        outbox.clone(),
+        sink_config(broker.port, "gw-f"),
+        "gw-f".into(),
+        status.clone(),
+        stop.clone(),
+    ));
+    assert!(
+        eventually(Duration::from_secs(20), || faces.messages().len() >= 3
+            && matches.messages().len() >= 3)
+        .await
+    );
+    assert!(
+        eventually(Duration::from_secs(15), || status
+            .snapshot(&outbox.stats(), 0)
+            .lag_events
+            == 0)
+        .await
+    );
+    stop.cancel();
+    assert_eq!(task.await.unwrap().unwrap(), 4);
+    let f = faces.messages();
+    assert_eq!(f.len(), 3);
+    assert!(f
+        .iter()
+        .all(|m| m.topic == "camgate/gw-f/faces/door-1" && m.qos == QoS::AtLeastOnce));
+    let ids: Vec<i64> = f
+        .iter()
+        .map(|m| {
+            serde_json::from_slice::<camgate::results::FaceResult>(&m.payload)
+                .unwrap()
+                .event_id
+        })
+        .collect();
+    assert_eq!(ids, [1, 2, 3]);
+    let mut m: Vec<(String, i64)> = matches
+        .messages()
+        .iter()
+        .map(|m| {
+            let r: camgate::results::FaceResult = serde_json::from_slice(&m.payload).unwrap();
+            (m.topic.clone(), r.event_id)
+        })
+        .collect();
+    m.sort();
+    assert_eq!(
+        m,
+        [
+            ("camgate/gw-f/matches/alice".to_string(), 1),
+            ("camgate/gw-f/matches/alice".to_string(), 3),
+            ("camgate/gw-f/matches/bob".to_string(), 3),
+        ],
+        "one publish per identified person, none for an unknown face"
+    );
+    assert_eq!(
+        events.messages().len(),
+        1,
+        "the event itself still goes to events/"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_aborted_sink_leaves_offline_through_its_last_will() {
     let dir = tempfile::tempdir().unwrap();

@@ -34,6 +34,11 @@ pub enum DaemonError {
     Secret { camera: String, message: String },
     #[error("shutdown did not finish within {0:?}")]
     ShutdownTimeout(Duration),
+    #[cfg(feature = "vision")]
+    #[error(transparent)]
+    Stage(#[from] crate::stage::run::StageError),
+    #[error("gallery: {0}")]
+    Gallery(#[from] crate::gallery::GalleryError),
 }
 
 pub struct Daemon {
@@ -57,7 +62,8 @@ impl Daemon {
     /// Opens the outbox (recovering it) and starts every camera and sink.
     pub async fn start(cfg: &Config) -> Result<Daemon, DaemonError> {
         let outbox = Outbox::open(&cfg.outbox).await?;
-        let (intake, seeded) = open_intake(cfg, &outbox)?;
+        let stored = Outbox::dump(&cfg.outbox.dir)?;
+        let (intake, seeded) = open_intake(cfg, &outbox, &stored);
         let intake_stop = CancellationToken::new();
         let sink_stop = CancellationToken::new();
         let (camera_tasks, cameras) = spawn_cameras(cfg, &intake, &intake_stop);
@@ -67,7 +73,18 @@ impl Daemon {
         } else {
             None
         };
-        let (sink_tasks, sink_status) = spawn_sinks(cfg, &outbox, &sink_stop);
+        #[cfg_attr(not(feature = "vision"), allow(unused_mut))]
+        let (mut sink_tasks, mut sink_status) = spawn_sinks(cfg, &outbox, &sink_stop);
+        #[cfg(feature = "vision")]
+        if let Some(v) = &cfg.vision {
+            let stage = start_stage(cfg, v, &outbox, &intake, stored).await?;
+            let stop = sink_stop.clone();
+            spawn_sink(&mut sink_tasks, &mut sink_status, "vision", move |st| {
+                stage.run(st, stop)
+            });
+        }
+        #[cfg(not(feature = "vision"))]
+        drop(stored);
         let mut d = Daemon {
             outbox,
             intake,
@@ -337,17 +354,46 @@ fn health_report(
 /// works) and every `every` after that, until `stop`.
 /// The intake, its de-duplication re-learnt from what the outbox still holds (so it survives
 /// restarts and kill -9); also returns how many events it learnt.
-fn open_intake(cfg: &Config, outbox: &Outbox) -> Result<(Arc<Intake>, usize), DaemonError> {
+fn open_intake(
+    cfg: &Config,
+    outbox: &Outbox,
+    stored: &[crate::outbox::Record],
+) -> (Arc<Intake>, usize) {
     let intake = Intake::new(
         outbox.clone(),
         Duration::from_secs(cfg.intake.dedupe_window_secs),
         cfg.intake.dedupe_max_entries,
     );
-    let seeded = intake.seed(Outbox::dump(&cfg.outbox.dir)?.iter().filter_map(|r| {
+    let seeded = intake.seed(stored.iter().filter_map(|r| {
         let e: crate::event::StoredEnvelope = serde_json::from_slice(&r.data).ok()?;
         Some((e.sn.into_owned(), e.event_id, e.received_at_ms))
     }));
-    Ok((intake, seeded))
+    (intake, seeded)
+}
+
+/// The gallery and the vision stage (models loaded on a blocking thread); the results already
+/// stored are remembered so that none is made twice.
+#[cfg(feature = "vision")]
+async fn start_stage(
+    cfg: &Config,
+    v: &crate::config::StageConfig,
+    outbox: &Outbox,
+    intake: &Arc<Intake>,
+    stored: Vec<crate::outbox::Record>,
+) -> Result<Arc<crate::stage::run::Stage>, DaemonError> {
+    use crate::stage::run::{result_keys, Stage};
+    let clock = intake.clock().clone();
+    let gallery = crate::gallery::Gallery::open(&cfg.gallery, clock.clone())?;
+    info!(dir = %cfg.gallery.dir.display(), persons = gallery.persons().count(), unknowns = gallery.unknowns().count(), "gallery loaded");
+    let gallery = Arc::new(std::sync::Mutex::new(gallery));
+    let (v, cameras, outbox) = (v.clone(), cfg.cameras.clone(), outbox.clone());
+    let stage = tokio::task::spawn_blocking(move || {
+        let done = result_keys(&stored);
+        Stage::new(&v, gallery, &cameras, outbox, clock, done)
+    })
+    .await
+    .map_err(|e| crate::stage::run::StageError::Task(e.to_string()))??;
+    Ok(Arc::new(stage))
 }
 
 type CameraList = Vec<(String, Arc<CameraStatus>)>;
@@ -427,7 +473,7 @@ fn spawn_sinks(cfg: &Config, outbox: &Outbox, stop: &CancellationToken) -> (Join
 
 /// Starts one forwarding sink with a status of its own; its end (or error) is logged and kept
 /// in the status for `camgate status`.
-#[cfg(any(feature = "kafka", feature = "mqtt"))]
+#[cfg(any(feature = "kafka", feature = "mqtt", feature = "vision"))]
 fn spawn_sink<F, E>(
     tasks: &mut JoinSet<()>,
     statuses: &mut SinkList,

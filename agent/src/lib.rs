@@ -13,7 +13,11 @@
 //! - [`outbox`]: the durable on-disk log every sink reads from with its own committed cursor.
 //! - [`sinks`]: consumers of the outbox (JSON lines, Kafka, MQTT); they import only the outbox,
 //!   `net`, `event` and `clock`.
-//! - [`vision`]: the face pipeline, a leaf; [`cli`]: command-line layers over it.
+//! - [`results`]: the face result records the vision stage stores and the sinks forward.
+//! - [`vision`]: the face pipeline, a leaf; [`gallery`]: enrolled persons and unsolved entries
+//!   (embeddings in, identities out; no vision code); [`stage`]: the vision stage (outbox face
+//!   events → picture → vision → gallery → face result in the outbox); [`cli`]: command-line
+//!   layers over them.
 //! - [`config`] (assembles every component's own config), [`daemon`], [`logging`], [`ops`].
 //! - `dev` (feature `dev-tools`): simulator, demo, benches; nothing else depends on it.
 
@@ -26,14 +30,17 @@ pub mod daemon;
 #[cfg(feature = "dev-tools")]
 pub mod dev;
 pub mod event;
+pub mod gallery;
 pub mod hook;
 pub mod intake;
 pub mod logging;
 pub mod net;
 pub mod ops;
 pub mod outbox;
+pub mod results;
 pub mod sign;
 pub mod sinks;
+pub mod stage;
 pub mod status;
 /// The face pipeline lives in its own crate (`agent/vision`) so the shipped profile can build it
 /// for speed and everything else for size.

@@ -56,6 +56,12 @@ enum Cmd {
         #[command(subcommand)]
         cmd: camgate::cli::face::FaceCommand,
     },
+    /// The gateway's gallery: enroll, list, show, delete, search, unknowns (JSON output).
+    #[cfg(feature = "vision")]
+    Gallery {
+        #[command(subcommand)]
+        cmd: camgate::cli::gallery::GalleryCommand,
+    },
     /// Benchmarks; each prints its figures next to a reference measured in the same run.
     #[cfg(feature = "dev-tools")]
     Bench {
@@ -112,6 +118,9 @@ struct DemoArgs {
     /// forged and one replayed callback).
     #[arg(long)]
     no_faults: bool,
+    /// Channel mode: leave the vision stage out (no photos, no face results).
+    #[arg(long)]
+    no_faces: bool,
 }
 
 #[cfg(feature = "dev-tools")]
@@ -225,6 +234,12 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             camgate::cli::face::run(cmd)?;
             Ok(ExitCode::SUCCESS)
         }
+        #[cfg(feature = "vision")]
+        Cmd::Gallery { cmd } => {
+            logging::init("warn", true);
+            camgate::cli::gallery::run(cmd)?;
+            Ok(ExitCode::SUCCESS)
+        }
         #[cfg(feature = "dev-tools")]
         Cmd::Demo(a) => demo(a),
         #[cfg(feature = "dev-tools")]
@@ -255,6 +270,25 @@ fn not_built(args: &[String]) -> Result<ExitCode> {
 fn check_config(path: &std::path::Path) -> Result<ExitCode> {
     let cfg = Config::load(path).with_context(|| format!("loading {}", path.display()))?;
     match cfg.validate() {
+        Ok(()) if cfg.vision.is_some() => match camgate::gallery::Gallery::check(&cfg.gallery) {
+            Ok(found) => {
+                println!(
+                    "{}: OK ({} camera(s), outbox {}, gallery {}: {})",
+                    path.display(),
+                    cfg.cameras.len(),
+                    cfg.outbox.dir.display(),
+                    cfg.gallery.dir.display(),
+                    found.map_or("none yet".to_string(), |(p, u)| format!(
+                        "{p} person(s), {u} unsolved"
+                    ))
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("{}: gallery: {e}", path.display());
+                Ok(ExitCode::FAILURE)
+            }
+        },
         Ok(()) => {
             println!(
                 "{}: OK ({} camera(s), outbox {})",
@@ -322,6 +356,7 @@ fn demo(a: DemoArgs) -> Result<ExitCode> {
         dir,
         faults: !a.no_faults,
         quiet: false,
+        faces: !a.no_faces,
     };
     runtime()?.block_on(async {
         let stop = tokio_util::sync::CancellationToken::new();

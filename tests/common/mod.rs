@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use camgate::config::{CameraConfig, Config};
 use camgate::dev::sim::{SimCamera, SimConfig};
-use camgate::event::StoredEnvelope;
 use camgate::net::tls::TlsConfig;
 use camgate::outbox::Outbox;
 
@@ -93,15 +92,16 @@ pub async fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
-/// `(sn, event_id)` of every stored record, in order.
+/// `(sn, event_id)` of every stored event, in order (face results of the vision stage left out).
 pub fn stored_events(outbox_dir: &Path) -> Vec<(String, i64)> {
     Outbox::dump(outbox_dir)
         .expect("outbox readable")
         .iter()
-        .map(|r| {
-            let e: StoredEnvelope =
-                serde_json::from_slice(&r.data).expect("stored envelope is JSON");
-            (e.sn.into_owned(), e.event_id.0)
+        .filter_map(|r| {
+            match camgate::results::Stored::parse(&r.data).expect("stored record is JSON") {
+                camgate::results::Stored::Event(e) => Some((e.sn.into_owned(), e.event_id.0)),
+                camgate::results::Stored::FaceResult(_) => None,
+            }
         })
         .collect()
 }
@@ -128,4 +128,50 @@ pub fn assert_acked_are_stored(sim: &SimCamera, serial: &str, outbox_dir: &Path)
             );
         }
     }
+}
+
+/// A face result record as the vision stage stores it, one face per key in `identified` (and one
+/// unknown face when it is empty).
+pub fn face_result(camera: &str, sn: &str, event_id: i64, identified: &[&str]) -> bytes::Bytes {
+    use camgate::results::*;
+    let face = |identity: Option<Identity>| ResultFace {
+        bbox: [10.0, 20.0, 100.0, 120.0],
+        score: 0.99,
+        landmarks: [[50.0, 60.0]; 5],
+        quality: ResultQuality {
+            size: 100.0,
+            blur: 0.1,
+            pose: 0.1,
+            ok: true,
+        },
+        uguid: identity.is_none().then(|| "u-1".to_string()),
+        identity,
+    };
+    let faces = if identified.is_empty() {
+        vec![face(None)]
+    } else {
+        identified
+            .iter()
+            .map(|k| {
+                face(Some(Identity {
+                    key: k.to_string(),
+                    pguid: format!("p-{k}"),
+                    score: 0.7,
+                }))
+            })
+            .collect()
+    };
+    let r = FaceResult {
+        kind: FACE_RESULT.into(),
+        camera: camera.into(),
+        sn: sn.into(),
+        event_id,
+        received_at_ms: 1_796_280_000_000,
+        processed_at_ms: 1_796_280_000_400,
+        model: "mtcnn+mobilefacenet-f16".into(),
+        faces,
+        timings_ms: Timings::default(),
+        error: None,
+    };
+    bytes::Bytes::from(serde_json::to_vec(&r).unwrap())
 }

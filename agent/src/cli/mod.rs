@@ -1,5 +1,7 @@
 //! Command-line layers over the library (clap types live here, not in the library's own types):
-//! [`face`] is `camgate face detect|embed|compare`. `main.rs` wires them in.
+//! [`face`] is `camgate face detect|embed|compare`, [`gallery`] is `camgate gallery ...`. `main.rs` wires them in.
 
 #[cfg(feature = "vision")]
 pub mod face;
+#[cfg(feature = "vision")]
+pub mod gallery;

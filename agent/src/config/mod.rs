@@ -10,11 +10,13 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use crate::camera::{CameraConfig, CameraMode};
+pub use crate::gallery::GalleryConfig;
 pub use crate::hook::HookConfig;
 pub use crate::intake::IntakeConfig;
 pub use crate::ops::HealthConfig;
 pub use crate::outbox::OutboxConfig;
 pub use crate::sinks::{JsonlSinkConfig, KafkaConfig, MqttConfig, SinksConfig};
+pub use crate::stage::StageConfig;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -41,6 +43,14 @@ pub struct Config {
     /// `[mqtt]`: the MQTT forwarding sink; absent disables it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mqtt: Option<MqttConfig>,
+    /// `[vision]`: faces on the live path (the vision stage). Absent: no face work, events are
+    /// forwarded as they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vision: Option<StageConfig>,
+    /// `[gallery]`: enrolled persons and unsolved entries (read by the vision stage and the
+    /// `camgate gallery` commands).
+    #[serde(default)]
+    pub gallery: GalleryConfig,
     #[serde(default)]
     pub cameras: Vec<CameraConfig>,
 }
@@ -146,6 +156,10 @@ impl Config {
         if let Some(m) = &self.mqtt {
             m.validate(&mut errs);
         }
+        if let Some(v) = &self.vision {
+            v.validate(&mut errs);
+        }
+        self.gallery.validate(&mut errs);
         let mut names = HashSet::new();
         for (i, c) in self.cameras.iter().enumerate() {
             if !c.name.is_empty() && !names.insert(c.name.as_str()) {

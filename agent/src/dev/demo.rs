@@ -1,6 +1,9 @@
 //! `camgate demo`: simulated cameras and the real agent in one process on loopback. Events are
 //! printed as they are stored and acknowledged; at the end a summary checks that every event a
-//! camera saw acknowledged is in the outbox.
+//! camera saw acknowledged is in the outbox. With the face pipeline (feature `vision`, models in
+//! `./models` or `$CAMGATE_MODELS`), the cameras serve real photos, one person is enrolled
+//! first, each face event's result is printed (`obama 0.78`, `unknown → uguid …`) and the
+//! summary also checks that every face event has exactly one result (`dev::demo_faces`).
 //!
 //! `--mode channel` (default): camgate keeps a Message Channel session to each camera.
 //! `--mode hook`: each simulated camera serves the hook API over HTTPS; camgate subscribes its
@@ -43,6 +46,9 @@ pub struct DemoOptions {
     /// Hook: make the first camera post one forged and one replayed callback.
     pub faults: bool,
     pub quiet: bool,
+    /// Channel mode: run the vision stage on the live path (when built with `vision` and the
+    /// models are found).
+    pub faces: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +76,9 @@ pub struct DemoSummary {
     pub protocol_errors: u64,
     pub duplicates_acked_again: u64,
     pub dir: PathBuf,
+    #[cfg(feature = "vision")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub faces: Option<crate::dev::demo_faces::FaceSummary>,
 }
 
 pub async fn run(opts: DemoOptions, stop: CancellationToken) -> Result<DemoSummary, DemoError> {
@@ -122,12 +131,22 @@ pub async fn run(opts: DemoOptions, stop: CancellationToken) -> Result<DemoSumma
         }
         println!("  outbox: {}", cfg.outbox.dir.display());
     }
+    #[cfg(feature = "vision")]
+    let faces = opts.faces && enable_faces(&mut cfg, &opts, &sims).await?;
     let daemon = Daemon::start(&cfg).await?;
     let printer = spawn_printer(&daemon, "stored+acked", opts.quiet)?;
 
     tokio::select! {
         _ = tokio::time::sleep(opts.duration) => {}
         _ = stop.cancelled() => {}
+    }
+    #[cfg(feature = "vision")]
+    if faces {
+        // Let the stage finish the face events already stored before stopping.
+        for s in &sims {
+            s.set_paused(true);
+        }
+        crate::dev::demo_faces::settle(&cfg.outbox.dir, Duration::from_secs(60)).await;
     }
     let protocol_errors: u64 = daemon
         .cameras
@@ -196,11 +215,17 @@ pub async fn run(opts: DemoOptions, stop: CancellationToken) -> Result<DemoSumma
         protocol_errors,
         duplicates_acked_again: duplicates,
         dir: opts.dir.clone(),
+        #[cfg(feature = "vision")]
+        faces: faces.then(|| crate::dev::demo_faces::summarise(&records)),
     };
     if !opts.quiet {
         println!("\nsummary");
         for (name, t) in &summary.cameras {
             println!("  {name}: published {} (re-sent {}), acknowledged {}, still unacknowledged {}, connections {}", t.published, t.resent, t.acked, t.unacked, t.connects);
+        }
+        #[cfg(feature = "vision")]
+        if let Some(f) = &summary.faces {
+            println!("  faces: {} face event(s), {} result(s): {} face(s) identified, {} unknown face(s) in {} unsolved entr(ies), {} error result(s)", f.face_events, f.results, f.identified, f.unknown_faces, f.unsolved_entries, f.error_results);
         }
         println!("  outbox: {} records, {} distinct events; protocol errors survived: {}; duplicates acked again: {}", summary.stored_records, summary.unique_events, protocol_errors, duplicates);
         println!(
@@ -218,7 +243,88 @@ pub async fn run(opts: DemoOptions, stop: CancellationToken) -> Result<DemoSumma
     if missing > 0 {
         return Err(DemoError::Lost(missing));
     }
+    #[cfg(feature = "vision")]
+    check_faces(&summary, opts.quiet)?;
     Ok(summary)
+}
+
+/// Sets the face part up (enrolment, `[vision]`, the photos the cameras serve); `false` with a
+/// note when the models are not found.
+#[cfg(feature = "vision")]
+async fn enable_faces(
+    cfg: &mut Config,
+    opts: &DemoOptions,
+    sims: &[SimCamera],
+) -> Result<bool, DemoError> {
+    let (mut c, dir) = (cfg.clone(), opts.dir.clone());
+    let prepared = tokio::task::spawn_blocking(move || {
+        crate::dev::demo_faces::prepare(&mut c, &dir).map(|p| (p, c))
+    })
+    .await
+    .map_err(|e| DemoError::Unexpected(e.to_string()))?
+    .map_err(DemoError::Unexpected)?;
+    let (Some(pguid), c) = prepared else {
+        if !opts.quiet {
+            println!("  faces: off (no models in ./models or $CAMGATE_MODELS)");
+        }
+        return Ok(false);
+    };
+    *cfg = c;
+    for s in sims {
+        s.set_pictures(crate::dev::demo_faces::pictures());
+    }
+    if !opts.quiet {
+        println!(
+            "  faces: enrolled {:?} (pguid {pguid}) from another photo; the cameras serve real photos over HTTPS; gallery {}",
+            crate::dev::demo_faces::ENROLLED_KEY,
+            cfg.gallery.dir.display()
+        );
+    }
+    Ok(true)
+}
+
+#[cfg(feature = "vision")]
+fn check_faces(summary: &DemoSummary, quiet: bool) -> Result<(), DemoError> {
+    let Some(f) = &summary.faces else {
+        return Ok(());
+    };
+    if f.missing > 0 || f.repeated > 0 {
+        return Err(DemoError::Unexpected(format!(
+            "{} face event(s) without a result, {} with more than one",
+            f.missing, f.repeated
+        )));
+    }
+    if !quiet {
+        println!("  OK: every face event has a result");
+    }
+    Ok(())
+}
+
+/// How a face result reads on screen: `obama 0.78`, `unknown → uguid 1a2b3c4d…`, or the error.
+fn describe(r: &crate::results::FaceResult) -> String {
+    if let Some(e) = &r.error {
+        return format!("error {}: {}", e.kind, e.detail);
+    }
+    if r.faces.is_empty() {
+        return "no face".into();
+    }
+    let faces: Vec<String> = r
+        .faces
+        .iter()
+        .map(|f| match (&f.identity, &f.uguid) {
+            (Some(i), _) => format!("{} {:.2}", i.key, i.score),
+            (None, Some(u)) => format!("unknown → uguid {}…", &u[..8.min(u.len())]),
+            (None, None) => format!("face below the quality bars (size {:.0})", f.quality.size),
+        })
+        .collect();
+    format!(
+        "{} ({:.0} ms: fetch {:.0}, detect {:.0}, embed {:.0})",
+        faces.join(", "),
+        r.processed_at_ms.saturating_sub(r.received_at_ms),
+        r.timings_ms.fetch,
+        r.timings_ms.detect,
+        r.timings_ms.embed
+    )
 }
 
 /// Shows each event once it is durable, i.e. once camgate has acknowledged it.
@@ -230,11 +336,21 @@ fn spawn_printer(
     let mut consumer = daemon.outbox.consumer("demo-screen")?;
     Ok(tokio::spawn(async move {
         while let Ok(batch) = consumer.next_batch(64).await {
-            for r in &batch {
-                if let (false, Ok(e)) = (quiet, serde_json::from_slice::<StoredEnvelope>(&r.data)) {
+            for r in batch.iter().filter(|_| !quiet) {
+                if let Ok(e) = serde_json::from_slice::<StoredEnvelope>(&r.data) {
                     println!(
                         "  {label} #{:<5} {:<7} sn={} event_id={:<5} {}",
                         r.offset, e.camera, e.sn, e.event_id, e.event_type
+                    );
+                } else if let Ok(f) = serde_json::from_slice::<crate::results::FaceResult>(&r.data)
+                {
+                    println!(
+                        "  face result  #{:<5} {:<7} sn={} event_id={:<5} {}",
+                        r.offset,
+                        f.camera,
+                        f.sn,
+                        f.event_id,
+                        describe(&f)
                     );
                 }
             }
@@ -427,6 +543,8 @@ async fn run_hook(opts: DemoOptions, stop: CancellationToken) -> Result<DemoSumm
         protocol_errors: counters.rejected.values().sum(),
         duplicates_acked_again: counters.duplicates,
         dir: opts.dir.clone(),
+        #[cfg(feature = "vision")]
+        faces: None,
     };
     let refused_ok =
         refused.iter().all(|(_, s)| *s == 401) && refused.len() == if opts.faults { 2 } else { 0 };

@@ -4,4 +4,6 @@
 
 pub mod bench;
 pub mod demo;
+#[cfg(feature = "vision")]
+pub mod demo_faces;
 pub mod sim;

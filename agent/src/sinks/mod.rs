@@ -8,7 +8,6 @@ pub mod kafka;
 pub mod mqtt;
 #[cfg(not(all(feature = "kafka", feature = "mqtt")))]
 pub mod not_built;
-#[cfg(any(feature = "kafka", feature = "mqtt"))]
 pub mod reader;
 pub mod status;
 #[cfg(any(feature = "kafka", feature = "mqtt"))]

@@ -112,6 +112,16 @@ impl<T> CommitWindow<T> {
         Some(data)
     }
 
+    /// The data of an unsettled record, to update in place (the MQTT sink counts a record's
+    /// outstanding publishes there).
+    pub fn get_mut(&mut self, offset: Offset) -> Option<&mut T> {
+        let i = self
+            .entries
+            .binary_search_by_key(&offset, |e| e.offset)
+            .ok()?;
+        self.entries[i].data.as_mut()
+    }
+
     /// The last offset of the settled prefix (everything through it is settled) and how many
     /// records it covers since the last call: what may be committed now. Taken once.
     pub fn take_committable(&mut self) -> Option<(Offset, usize)> {

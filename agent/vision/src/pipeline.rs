@@ -84,6 +84,10 @@ pub struct Face {
     pub quality: Quality,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub embedding: Option<Vec<f32>>,
+    /// The aligned 112×112 crop the embedding was made from (kept by the gallery with each
+    /// template, so that a model change can re-embed without the original picture).
+    #[serde(skip)]
+    pub aligned: Option<RgbImage>,
 }
 
 /// Milliseconds per stage for one image.
@@ -163,6 +167,7 @@ impl FaceEngine {
                 quality: measure(&d, c.as_ref()),
                 detection: d,
                 embedding: None,
+                aligned: None,
             })
             .collect();
         times.align_ms = ms(t);
@@ -179,6 +184,9 @@ impl FaceEngine {
                 faces[i].embedding = Some(e);
             }
             times.embed_ms = ms(t);
+        }
+        for (f, c) in faces.iter_mut().zip(crops) {
+            f.aligned = c;
         }
         times.total_ms = ms(t0);
         Ok((faces, times))

@@ -50,6 +50,15 @@ pub(crate) async fn serve(
                 _ = shutdown.cancelled() => break,
             };
             let (acceptor, state) = (acceptor.clone(), state.clone());
+            if state.media_stall.load(std::sync::atomic::Ordering::Relaxed) {
+                // Hold the connection open without a word until shutdown.
+                let stop = shutdown.clone();
+                tokio::spawn(async move {
+                    stop.cancelled().await;
+                    drop(tcp);
+                });
+                continue;
+            }
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
@@ -65,6 +74,20 @@ pub(crate) async fn serve(
         }
     });
     Ok(local)
+}
+
+/// The picture of the event whose id ends the file name (`..._<id>.jpg`).
+fn picture(path: &str, state: &SimState) -> Bytes {
+    let pictures = state.pictures.lock().unwrap();
+    let id = path
+        .trim_end_matches(".jpg")
+        .rsplit('_')
+        .next()
+        .and_then(|i| i.parse::<usize>().ok());
+    match (pictures.len(), id) {
+        (0, _) | (_, None) => Bytes::from_static(SNAPSHOT_JPEG),
+        (n, Some(i)) => pictures[i % n].clone(),
+    }
 }
 
 fn answer(req: &Request<hyper::body::Incoming>, state: &SimState) -> Response<Full<Bytes>> {
@@ -85,11 +108,7 @@ fn answer(req: &Request<hyper::body::Incoming>, state: &SimState) -> Response<Fu
         )
     } else if path.ends_with(".jpg") {
         count(&state.media_served);
-        (
-            StatusCode::OK,
-            Bytes::from_static(SNAPSHOT_JPEG),
-            "image/jpeg",
-        )
+        (StatusCode::OK, picture(path, state), "image/jpeg")
     } else {
         count(&state.media_served);
         (

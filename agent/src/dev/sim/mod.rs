@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 pub use cert::SimCert;
+pub use media::SNAPSHOT_JPEG;
 
 use crate::channel::frame::CrcScope;
 use crate::sign::Verifier;
@@ -120,6 +121,11 @@ pub struct SimState {
     pub(crate) media_secret: Mutex<String>,
     /// While set, no new events are generated (re-sends still happen).
     pub(crate) paused: std::sync::atomic::AtomicBool,
+    /// The pictures served for face events, event id `i` getting `pictures[i % len]`; empty:
+    /// the built-in snapshot.
+    pub(crate) pictures: Mutex<Vec<Bytes>>,
+    /// While set, the picture server accepts connections and never answers.
+    pub(crate) media_stall: std::sync::atomic::AtomicBool,
 }
 
 /// A running simulated camera.
@@ -252,6 +258,17 @@ impl SimCamera {
     /// The keep_alive camgate asked for in its last CONNECT.
     pub fn keep_alive_seen(&self) -> Option<u64> {
         *self.state.keep_alive_seen.lock().unwrap()
+    }
+
+    /// The pictures served for face events from now on (event id `i` gets `pictures[i % len]`;
+    /// empty: the built-in snapshot). Any bytes: tests serve broken images too.
+    pub fn set_pictures(&self, pictures: Vec<Bytes>) {
+        *self.state.pictures.lock().unwrap() = pictures;
+    }
+
+    /// A picture server that accepts and never answers (`true`), or works again (`false`).
+    pub fn set_media_stall(&self, stall: bool) {
+        self.state.media_stall.store(stall, Ordering::Relaxed);
     }
 
     /// Pauses or resumes generating new events.

@@ -17,6 +17,9 @@ pub struct KafkaConfig {
     pub brokers: String,
     /// Topic every event goes to. Default `camgate.events`.
     pub topic: String,
+    /// Topic the vision stage's face results go to (same key as their event). Default
+    /// `camgate.faces`.
+    pub faces_topic: String,
     /// librdkafka properties, passed as-is and applied over camgate's defaults
     /// (`message.timeout.ms = 30000`, `client.id = camgate-<gateway_id>`). Values may be strings,
     /// numbers or booleans. `enable.idempotence`, `acks` and `bootstrap.servers` are refused
@@ -54,6 +57,7 @@ impl Default for KafkaConfig {
         Self {
             brokers: String::new(),
             topic: "camgate.events".into(),
+            faces_topic: "camgate.faces".into(),
             options: BTreeMap::new(),
             dead_letter_path: PathBuf::from("/var/lib/camgate/kafka-dead-letter.jsonl"),
             max_in_flight: 1000,
@@ -100,17 +104,17 @@ impl KafkaConfig {
         if self.brokers.trim().is_empty() {
             errs.push("kafka.brokers: must not be empty (host:port[,host:port...])".into());
         }
-        if self.topic.is_empty()
-            || self.topic.len() > 249
-            || !self
-                .topic
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-        {
-            errs.push(format!(
-                "kafka.topic: {:?} is not a valid topic name ([A-Za-z0-9._-], 1..=249)",
-                self.topic
-            ));
+        for (name, topic) in [("topic", &self.topic), ("faces_topic", &self.faces_topic)] {
+            if topic.is_empty()
+                || topic.len() > 249
+                || !topic
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            {
+                errs.push(format!(
+                    "kafka.{name}: {topic:?} is not a valid topic name ([A-Za-z0-9._-], 1..=249)"
+                ));
+            }
         }
         if self.dead_letter_path.as_os_str().is_empty() {
             errs.push("kafka.dead_letter_path: must not be empty".into());

@@ -6,7 +6,8 @@
 //!
 //! Record: key `<sn>/<event_id>`, value the stored envelope exactly as in the outbox (camera,
 //! source, received_at_ms, sn, event_id, event_type, the camera's event), timestamp
-//! `received_at_ms`, headers `camera`, `event_type`, `gateway_id`.
+//! `received_at_ms`, headers `camera`, `event_type`, `gateway_id`. A face result of the vision
+//! stage goes to `faces_topic` with the key of its event and `event_type` header `face_result`.
 
 pub mod classify;
 pub mod config;
@@ -29,9 +30,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::event::StoredEnvelope;
 use crate::net::backoff::Backoff;
 use crate::outbox::{Offset, Outbox, OutboxError, Record};
+use crate::results::{Stored, FACE_RESULT};
 use crate::sinks::reader::{read_and_commit, Acked};
 use crate::sinks::SinkStatus;
 
@@ -64,19 +65,36 @@ struct Prepared {
     camera: String,
     event_type: String,
     received_at_ms: u64,
+    /// A face result (to `faces_topic`), else an event (to `topic`).
+    face_result: bool,
 }
 
 impl Prepared {
     fn parse(r: &Record) -> Result<Prepared, String> {
-        let e: StoredEnvelope = serde_json::from_slice(&r.data)
-            .map_err(|e| format!("not a stored event envelope: {e}"))?;
+        let (key, camera, event_type, received_at_ms, face_result) = match Stored::parse(&r.data)? {
+            Stored::Event(e) => (
+                format!("{}/{}", e.sn, e.event_id),
+                e.camera.into_owned(),
+                e.event_type.into_owned(),
+                e.received_at_ms,
+                false,
+            ),
+            Stored::FaceResult(h) => (
+                h.key(),
+                h.camera.into_owned(),
+                FACE_RESULT.to_owned(),
+                h.received_at_ms,
+                true,
+            ),
+        };
         Ok(Prepared {
             offset: r.offset,
-            key: format!("{}/{}", e.sn, e.event_id),
+            key,
             data: r.data.clone(),
-            camera: e.camera.into_owned(),
-            event_type: e.event_type.into_owned(),
-            received_at_ms: e.received_at_ms,
+            camera,
+            event_type,
+            received_at_ms,
+            face_result,
         })
     }
 }
@@ -292,7 +310,12 @@ impl State {
                 key: "gateway_id",
                 value: Some(self.gateway_id.as_str()),
             });
-        let mut record = FutureRecord::to(&self.cfg.topic)
+        let topic = if p.face_result {
+            &self.cfg.faces_topic
+        } else {
+            &self.cfg.topic
+        };
+        let mut record = FutureRecord::to(topic)
             .key(p.key.as_str())
             .payload(&p.data[..])
             .headers(headers);

@@ -1,7 +1,10 @@
 //! MQTT forwarding sink: every stored event is published with QoS 1 to
 //! `<topic_prefix>/<gateway>/events/<camera>/<event_type>` (payload: the stored envelope JSON,
 //! whose `sn`/`event_id` let consumers drop duplicates), and `<topic_prefix>/<gateway>/status`
-//! holds a retained `online`/`offline` (last will `offline`).
+//! holds a retained `online`/`offline` (last will `offline`). A face result of the vision stage
+//! goes to `<topic_prefix>/<gateway>/faces/<camera>`, and once more to
+//! `<topic_prefix>/<gateway>/matches/<key>` for each person identified in it (what Double Take
+//! users subscribe to); its cursor moves once every one of those publishes is acknowledged.
 //!
 //! Delivery: rumqttc's `publish()` returns once queued (rumqtt#349), so the cursor is moved only
 //! over records whose PubAck came back, in offset order (`sinks::window`). The event loop runs in its
@@ -36,10 +39,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::event::StoredEnvelope;
 use crate::net::backoff::Backoff;
 use crate::net::tls::{self, TlsConfig, TlsError};
 use crate::outbox::{Offset, Outbox, OutboxError, Record};
+use crate::results::Stored;
 use crate::sinks::reader::{read_and_commit, Acked, Batch};
 use crate::sinks::SinkStatus;
 
@@ -284,10 +287,18 @@ pub enum MqttError {
 /// Called with each record's offset when its PubAck arrives (benchmarks measure latency with it).
 pub type AckObserver = Arc<dyn Fn(Offset) + Send + Sync>;
 
-/// A record on its way to the broker.
+/// Most `matches/<key>` publishes of one face result (distinct persons in one picture beyond
+/// this are in the `faces/<camera>` publish only); bounds the client's request queue.
+const MAX_MATCH_TOPICS: usize = 8;
+/// Publishes one record may need: its topic, plus the match topics of a face result.
+const MAX_PARTS: usize = 1 + MAX_MATCH_TOPICS;
+
+/// A record on its way to the broker: the topics it goes to (all with the record as payload)
+/// and how many of those publishes are not acknowledged yet.
 struct Out {
-    topic: String,
+    topics: Vec<String>,
     payload: Bytes,
+    pending: usize,
     received_at_ms: u64,
 }
 
@@ -382,7 +393,7 @@ pub async fn run_observed(
     let inflight = usize::from(cfg.max_inflight.max(1));
     // Room for every record of the window plus the status messages: `try_publish` never
     // finds the request channel full.
-    let (client, mut el) = AsyncClient::new(opts, inflight + 4);
+    let (client, mut el) = AsyncClient::new(opts, inflight * MAX_PARTS + 4);
     let mut net = NetworkOptions::new();
     net.set_connection_timeout(cfg.connect_timeout_secs.max(1));
     el.set_network_options(net);
@@ -522,13 +533,9 @@ impl Forwarder {
             Bytes::from_static(b"online"),
             true,
         );
-        let again: Vec<(Offset, String, Bytes)> = self
-            .window
-            .unsettled_iter()
-            .map(|(o, out)| (o, out.topic.clone(), out.payload.clone()))
-            .collect();
-        for (o, t, p) in again {
-            self.publish(Slot::Record(o), t, p, false);
+        let again: Vec<Offset> = self.window.unsettled_iter().map(|(o, _)| o).collect();
+        for o in again {
+            self.publish_record(o);
         }
         self.pump();
     }
@@ -551,7 +558,11 @@ impl Forwarder {
     fn on_puback(&mut self, pkid: u16) {
         match self.tracker.on_puback(pkid) {
             Some(Slot::Record(o)) => {
-                if self.window.settle(o).is_some() {
+                let last = self.window.get_mut(o).is_some_and(|out| {
+                    out.pending = out.pending.saturating_sub(1);
+                    out.pending == 0
+                });
+                if last && self.window.settle(o).is_some() {
                     if let Some(cb) = &self.on_ack {
                         cb(o);
                     }
@@ -596,21 +607,13 @@ impl Forwarder {
             let Some(r) = self.ahead.pop_front() else {
                 break;
             };
-            let (topic, received_at_ms) = match serde_json::from_slice::<StoredEnvelope>(&r.data) {
-                Ok(e) => (
-                    self.topics.event(&e.camera, &e.event_type),
-                    e.received_at_ms,
-                ),
-                Err(err) => {
-                    // Not dropped: whatever is stored is forwarded, under a topic that says so.
-                    warn!(offset = r.offset, error = %err, "outbox record is not an event envelope; publishing under _unknown");
-                    (self.topics.event("_unknown", "_unknown"), 0)
-                }
-            };
-            let too_large =
-                topic.len() + r.data.len() + PUBLISH_OVERHEAD > self.cfg.max_packet_bytes;
+            let (topics, received_at_ms) = self.topics_of(&r);
+            let too_large = topics
+                .iter()
+                .any(|t| t.len() + r.data.len() + PUBLISH_OVERHEAD > self.cfg.max_packet_bytes);
             let out = Out {
-                topic: topic.clone(),
+                pending: topics.len(),
+                topics,
                 payload: r.data.clone(),
                 received_at_ms,
             };
@@ -635,9 +638,46 @@ impl Forwarder {
                 self.advance();
                 continue;
             }
-            self.publish(Slot::Record(r.offset), topic, r.data, false);
+            self.publish_record(r.offset);
         }
         self.update_oldest();
+    }
+
+    /// Where a record goes, and its receive time (for the lag figures).
+    fn topics_of(&self, r: &Record) -> (Vec<String>, u64) {
+        match Stored::parse(&r.data) {
+            Ok(Stored::Event(e)) => (
+                vec![self.topics.event(&e.camera, &e.event_type)],
+                e.received_at_ms,
+            ),
+            Ok(Stored::FaceResult(h)) => {
+                let mut topics = vec![self.topics.faces(&h.camera)];
+                let keys = h.matched_keys();
+                topics.extend(
+                    keys.iter()
+                        .take(MAX_MATCH_TOPICS)
+                        .map(|k| self.topics.matches(k)),
+                );
+                (topics, h.received_at_ms)
+            }
+            Err(err) => {
+                // Not dropped: whatever is stored is forwarded, under a topic that says so.
+                warn!(offset = r.offset, error = %err, "outbox record is neither an event nor a face result; publishing under _unknown");
+                (vec![self.topics.event("_unknown", "_unknown")], 0)
+            }
+        }
+    }
+
+    /// Publishes every part of a record in the window (again, after a reconnect).
+    fn publish_record(&mut self, offset: Offset) {
+        let Some(out) = self.window.get_mut(offset) else {
+            return;
+        };
+        out.pending = out.topics.len();
+        let (topics, payload) = (out.topics.clone(), out.payload.clone());
+        for t in topics {
+            self.publish(Slot::Record(offset), t, payload.clone(), false);
+        }
     }
 
     fn update_oldest(&self) {

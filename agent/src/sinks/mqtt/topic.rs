@@ -45,6 +45,16 @@ impl Topics {
         )
     }
 
+    /// `<prefix>/<gateway>/faces/<camera>`: every face result of the camera.
+    pub fn faces(&self, camera: &str) -> String {
+        format!("{}faces/{}", self.base, level(camera))
+    }
+
+    /// `<prefix>/<gateway>/matches/<key>`: each result in which the person `key` was identified.
+    pub fn matches(&self, key: &str) -> String {
+        format!("{}matches/{}", self.base, level(key))
+    }
+
     /// `<prefix>/<gateway>/status`, retained `online` / `offline`.
     pub fn status(&self) -> String {
         format!("{}status", self.base)
@@ -89,6 +99,8 @@ mod tests {
         );
         assert_eq!(t.event("", "#"), "camgate/gw_1/events/_/_");
         assert_eq!(t.status(), "camgate/gw_1/status");
+        assert_eq!(t.faces("door/1"), "camgate/gw_1/faces/door_1");
+        assert_eq!(t.matches("alice#"), "camgate/gw_1/matches/alice_");
         assert_eq!(Topics::new("site/cg/", "g").status(), "site/cg/g/status");
         for topic in [t.event("+/#", "\0"), t.status()] {
             assert_eq!(

@@ -1,0 +1,354 @@
+//! The gallery's write-ahead log: one file, `gallery.log`, a header line and then one JSON
+//! operation per line, each prefixed by the CRC-32 of its JSON (`<8 hex> <json>\n`).
+//!
+//! Why a log: enrolling, filing a stranger and deleting are appends (one `write` + `fsync`), a
+//! crash can only leave a torn last line (dropped at the next write, never an error), and other
+//! processes (the CLI beside the daemon) pick up changes by reading what was appended. Every
+//! writer holds an exclusive `flock` on `gallery.lock` while it appends or compacts; readers take
+//! no lock: they apply complete lines only. Compaction writes the live state to a new file and
+//! renames it over the log; a reader notices the new inode and reads it from the start.
+//!
+//! Versioning: the header names the format and its version. A reader applies the operations it
+//! knows and skips (and counts) others, and ignores unknown fields, so the previous release still
+//! reads a log written by this one after an OTA rollback; only a change it could not read safely
+//! bumps [`FORMAT_VERSION`], which older readers then refuse with a clear error.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+
+use super::ops::Op;
+use super::GalleryError;
+
+pub const LOG_FILE: &str = "gallery.log";
+pub const LOCK_FILE: &str = "gallery.lock";
+pub const FORMAT_NAME: &str = "camgate-gallery";
+/// Version 1: the operations of [`Op`].
+pub const FORMAT_VERSION: u32 = 1;
+/// Longest line accepted (a template with a 512-float embedding is about 6 KB).
+pub const MAX_LINE: usize = 1 << 20;
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Header {
+    format: String,
+    version: u32,
+}
+
+fn header_line() -> String {
+    let h = Header {
+        format: FORMAT_NAME.into(),
+        version: FORMAT_VERSION,
+    };
+    format!("{}\n", serde_json::to_string(&h).expect("plain struct"))
+}
+
+/// One operation as a log line.
+pub fn encode(op: &Op) -> Vec<u8> {
+    let json = serde_json::to_vec(op).expect("gallery ops serialise");
+    let mut line = format!("{:08x} ", crc32fast::hash(&json)).into_bytes();
+    line.extend_from_slice(&json);
+    line.push(b'\n');
+    line
+}
+
+/// What a line holds.
+#[derive(Debug)]
+pub enum Line {
+    Op(Box<Op>),
+    /// An operation of a later version of this format, skipped.
+    Unknown,
+}
+
+/// Why a line is not a valid operation (the reason, for the error).
+fn decode(line: &[u8]) -> Result<Line, String> {
+    if line.len() < 10 || line[8] != b' ' {
+        return Err("no CRC prefix".into());
+    }
+    let crc = std::str::from_utf8(&line[..8])
+        .ok()
+        .and_then(|h| u32::from_str_radix(h, 16).ok())
+        .ok_or("CRC prefix is not hex")?;
+    let json = &line[9..];
+    if crc32fast::hash(json) != crc {
+        return Err("CRC mismatch".into());
+    }
+    match serde_json::from_slice::<Op>(json) {
+        Ok(op) => Ok(Line::Op(Box::new(op))),
+        Err(e) => {
+            // Known shape, but an op this version does not know: skip. Anything else is damage.
+            let v: serde_json::Value = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+            match v.get("op").and_then(|o| o.as_str()) {
+                Some(name) if !super::ops::KNOWN.contains(&name) => Ok(Line::Unknown),
+                _ => Err(format!("bad operation: {e}")),
+            }
+        }
+    }
+}
+
+/// A reader/writer of one gallery directory's log.
+#[derive(Debug)]
+pub struct Log {
+    dir: PathBuf,
+    file: File,
+    inode: u64,
+    /// Bytes applied so far (always at a line end).
+    pos: u64,
+    /// Lines applied (header included), for error messages.
+    lines: u64,
+}
+
+/// New operations read by [`Log::read_new`]; `reset` means the file was replaced (compacted by
+/// another process): the state must be rebuilt from these operations alone.
+#[derive(Debug, Default)]
+pub struct Delta {
+    pub reset: bool,
+    pub ops: Vec<Op>,
+    pub skipped: usize,
+    /// A damaged last line, left for the next writer to cut (a torn write).
+    pub torn_tail: bool,
+}
+
+impl Log {
+    pub fn path(dir: &Path) -> PathBuf {
+        dir.join(LOG_FILE)
+    }
+
+    /// Opens (creating the directory and an empty log if need be) and reads every operation.
+    pub fn open(dir: &Path) -> Result<(Log, Delta), GalleryError> {
+        std::fs::create_dir_all(dir).map_err(GalleryError::io(dir))?;
+        let path = Self::path(dir);
+        if !path.exists() {
+            let _lock = lock(dir)?;
+            if !path.exists() {
+                write_file_atomic(&path, header_line().as_bytes())?;
+            }
+        }
+        let file = File::open(&path).map_err(GalleryError::io(&path))?;
+        let inode = file.metadata().map_err(GalleryError::io(&path))?.ino();
+        let mut log = Log {
+            dir: dir.to_owned(),
+            file,
+            inode,
+            pos: 0,
+            lines: 0,
+        };
+        let mut delta = log.read_new()?;
+        delta.reset = true;
+        Ok((log, delta))
+    }
+
+    /// Reads what was appended since the last call (or the whole file again if it was replaced).
+    pub fn read_new(&mut self) -> Result<Delta, GalleryError> {
+        let path = Self::path(&self.dir);
+        let mut delta = Delta::default();
+        let meta = std::fs::metadata(&path).map_err(GalleryError::io(&path))?;
+        if meta.ino() != self.inode {
+            self.file = File::open(&path).map_err(GalleryError::io(&path))?;
+            self.inode = self.file.metadata().map_err(GalleryError::io(&path))?.ino();
+            self.pos = 0;
+            self.lines = 0;
+            delta.reset = true;
+        }
+        let len = self.file.metadata().map_err(GalleryError::io(&path))?.len();
+        if len <= self.pos {
+            return Ok(delta);
+        }
+        let mut buf = Vec::with_capacity((len - self.pos) as usize);
+        self.file
+            .seek(SeekFrom::Start(self.pos))
+            .and_then(|_| (&self.file).take(len - self.pos).read_to_end(&mut buf))
+            .map_err(GalleryError::io(&path))?;
+        self.apply_lines(&buf, &mut delta)?;
+        Ok(delta)
+    }
+
+    fn apply_lines(&mut self, buf: &[u8], delta: &mut Delta) -> Result<(), GalleryError> {
+        let mut at = 0usize;
+        while let Some(nl) = buf[at..].iter().position(|&b| b == b'\n') {
+            let line = &buf[at..at + nl];
+            let offset = self.pos;
+            let parsed = if self.lines == 0 {
+                check_header(line).map(|()| None)
+            } else {
+                decode(line).map(Some)
+            };
+            match parsed {
+                Ok(l) => {
+                    match l {
+                        Some(Line::Op(op)) => delta.ops.push(*op),
+                        Some(Line::Unknown) => delta.skipped += 1,
+                        None => {}
+                    }
+                    at += nl + 1;
+                    self.pos += nl as u64 + 1;
+                    self.lines += 1;
+                }
+                // The last line of the file, damaged: a write torn by a crash (or one still
+                // being copied in by another process). Not applied; the next writer cuts it.
+                Err(_) if self.lines > 0 && at + nl + 1 == buf.len() => {
+                    delta.torn_tail = true;
+                    return Ok(());
+                }
+                Err(reason) => {
+                    return Err(GalleryError::Corrupt {
+                        file: Self::path(&self.dir),
+                        line: self.lines + 1,
+                        offset,
+                        reason,
+                    })
+                }
+            }
+        }
+        // Bytes after the last newline: an append in progress or torn.
+        delta.torn_tail |= at < buf.len();
+        Ok(())
+    }
+
+    /// Appends `ops` under the lock, after catching up (returned: apply it before `ops`). Cuts a
+    /// torn tail first. Durable (fsync) when it returns.
+    pub fn append(&mut self, ops: &[Op]) -> Result<Delta, GalleryError> {
+        let _lock = lock(&self.dir)?;
+        let delta = self.read_new()?;
+        let path = Self::path(&self.dir);
+        let mut f = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(GalleryError::io(&path))?;
+        if f.metadata().map_err(GalleryError::io(&path))?.len() != self.pos {
+            f.set_len(self.pos).map_err(GalleryError::io(&path))?;
+        }
+        let mut bytes = Vec::new();
+        for op in ops {
+            let line = encode(op);
+            if line.len() > MAX_LINE {
+                return Err(GalleryError::Invalid(format!(
+                    "operation of {} bytes is over the {MAX_LINE}-byte line limit",
+                    line.len()
+                )));
+            }
+            bytes.extend_from_slice(&line);
+        }
+        f.seek(SeekFrom::Start(self.pos))
+            .and_then(|_| f.write_all(&bytes))
+            .and_then(|_| f.sync_data())
+            .map_err(GalleryError::io(&path))?;
+        self.pos += bytes.len() as u64;
+        self.lines += ops.len() as u64;
+        Ok(delta)
+    }
+
+    /// Replaces the log by `ops` (the live state), under the lock. Returns `false` (and writes
+    /// nothing) if another process appended since our last read: compaction waits for a quiet
+    /// moment rather than lose its operations.
+    pub fn compact(&mut self, ops: &[Op]) -> Result<bool, GalleryError> {
+        let _lock = lock(&self.dir)?;
+        let path = Self::path(&self.dir);
+        let meta = std::fs::metadata(&path).map_err(GalleryError::io(&path))?;
+        if meta.ino() != self.inode || meta.len() != self.pos {
+            return Ok(false);
+        }
+        let mut bytes = header_line().into_bytes();
+        for op in ops {
+            bytes.extend_from_slice(&encode(op));
+        }
+        write_file_atomic(&path, &bytes)?;
+        self.file = File::open(&path).map_err(GalleryError::io(&path))?;
+        self.inode = self.file.metadata().map_err(GalleryError::io(&path))?.ino();
+        self.pos = bytes.len() as u64;
+        self.lines = 1 + ops.len() as u64;
+        Ok(true)
+    }
+
+    /// Lines in the log (header included).
+    pub fn lines(&self) -> u64 {
+        self.lines
+    }
+}
+
+fn check_header(line: &[u8]) -> Result<(), String> {
+    let h: Header = serde_json::from_slice(line).map_err(|e| format!("not a gallery log: {e}"))?;
+    if h.format != FORMAT_NAME {
+        return Err(format!("format {:?} is not {FORMAT_NAME:?}", h.format));
+    }
+    if h.version > FORMAT_VERSION {
+        return Err(format!(
+            "written by a newer camgate (format version {}, this one reads up to {FORMAT_VERSION})",
+            h.version
+        ));
+    }
+    Ok(())
+}
+
+/// The exclusive writer lock of a gallery directory (released when dropped).
+pub fn lock(dir: &Path) -> Result<Flock<File>, GalleryError> {
+    let path = dir.join(LOCK_FILE);
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(GalleryError::io(&path))?;
+    Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| GalleryError::Io {
+        path,
+        source: std::io::Error::from(e),
+    })
+}
+
+/// Writes `bytes` to `path` durably: a temporary file, fsync, rename, fsync of the directory.
+pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<(), GalleryError> {
+    let tmp = path.with_extension("tmp");
+    let dir = path.parent().unwrap_or(Path::new("."));
+    (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })()
+    .map_err(GalleryError::io(path))
+}
+
+/// What [`repair`] did.
+#[derive(Debug, serde::Serialize)]
+pub struct Repaired {
+    pub kept: usize,
+    /// 1-based record numbers dropped, with the reason.
+    pub dropped: Vec<(u64, String)>,
+    /// The damaged log, kept as it was.
+    pub copy: PathBuf,
+}
+
+/// Rewrites the log without its damaged records (the original is kept beside it as
+/// `gallery.log.damaged-<unix ms>`): the documented way back from a `Corrupt` error, run by an
+/// operator who has read which record is lost.
+pub fn repair(dir: &Path, now_ms: u64) -> Result<Repaired, GalleryError> {
+    let _lock = lock(dir)?;
+    let path = Log::path(dir);
+    let bytes = std::fs::read(&path).map_err(GalleryError::io(&path))?;
+    let copy = dir.join(format!("{LOG_FILE}.damaged-{now_ms}"));
+    std::fs::copy(&path, &copy).map_err(GalleryError::io(&copy))?;
+    let mut out = header_line().into_bytes();
+    let (mut kept, mut dropped) = (0, Vec::new());
+    for (i, line) in bytes.split(|&b| b == b'\n').enumerate().skip(1) {
+        if line.is_empty() {
+            continue;
+        }
+        match decode(line) {
+            Ok(_) => {
+                out.extend_from_slice(line);
+                out.push(b'\n');
+                kept += 1;
+            }
+            Err(reason) => dropped.push((i as u64 + 1, reason)),
+        }
+    }
+    write_file_atomic(&path, &out)?;
+    Ok(Repaired {
+        kept,
+        dropped,
+        copy,
+    })
+}

@@ -1,0 +1,97 @@
+//! The operations of the gallery log (format version 1). Fields are never removed or renamed
+//! within a version; new optional fields and new operations may be added (older readers ignore
+//! them), so no `deny_unknown_fields` here.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Operation names this version knows; a line with another `op` is skipped, not an error.
+pub const KNOWN: &[&str] = &[
+    "person", "template", "delete", "reject", "unknown", "sighting", "forget",
+];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Op {
+    /// A person is created (first time its `pguid` is seen) or its attributes are replaced.
+    Person {
+        pguid: String,
+        key: String,
+        #[serde(default)]
+        attrs: BTreeMap<String, String>,
+        at_ms: u64,
+    },
+    /// A template added to a person.
+    Template {
+        pguid: String,
+        tid: String,
+        #[serde(flatten)]
+        template: TemplateData,
+    },
+    /// A person and its templates are removed.
+    Delete { pguid: String, at_ms: u64 },
+    /// "This face is not that person": lowers the person's matches to look-alikes of it.
+    Reject {
+        pguid: String,
+        model: String,
+        embedding: Vec<f32>,
+        at_ms: u64,
+    },
+    /// An unknown face: a new unsolved entry, or one more exemplar of an existing one.
+    Unknown {
+        uguid: String,
+        #[serde(flatten)]
+        template: TemplateData,
+        #[serde(flatten)]
+        place: Place,
+    },
+    /// An unsolved entry seen again (no new exemplar); `times` > 1 only in a compacted log,
+    /// standing for sightings no longer remembered one by one.
+    Sighting {
+        uguid: String,
+        at_ms: u64,
+        #[serde(flatten)]
+        place: Place,
+        #[serde(default = "one", skip_serializing_if = "is_one")]
+        times: u64,
+    },
+    /// An unsolved entry removed (expired, evicted, promoted to a person).
+    Forget { uguid: String, at_ms: u64 },
+}
+
+/// What a template (of a person or of an unsolved entry) keeps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TemplateData {
+    /// The embedding space (`mobilefacenet`): only templates of the probe's space are compared.
+    pub model: String,
+    /// L2-normalised embedding.
+    pub embedding: Vec<f32>,
+    /// Quality of the face it came from (as in the face result).
+    #[serde(default)]
+    pub quality: Option<serde_json::Value>,
+    /// The aligned 112×112 crop, relative to the gallery directory (`crops/<id>.rgb`), kept so a
+    /// model change can re-embed without re-enrolling.
+    #[serde(default)]
+    pub crop: Option<String>,
+    pub at_ms: u64,
+}
+
+/// Which event an unsolved entry was seen in.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Place {
+    #[serde(default)]
+    pub camera: String,
+    #[serde(default)]
+    pub sn: String,
+    #[serde(default)]
+    pub event_id: i64,
+}
+
+fn one() -> u64 {
+    1
+}
+
+fn is_one(n: &u64) -> bool {
+    *n == 1
+}

@@ -1,0 +1,281 @@
+//! The gallery on a real directory: durability, torn and damaged logs, two processes' handles,
+//! clustering of strangers, expiry and eviction with a manual clock, compaction.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::log::LOG_FILE;
+use super::*;
+use crate::clock::{ManualClock, SharedClock};
+
+const T0: u64 = 1_796_280_000_000;
+
+fn unit(seed: u32, dim: usize) -> Vec<f32> {
+    let v: Vec<f32> = (0..dim)
+        .map(|i| {
+            (((i as u32).wrapping_mul(2654435761) ^ seed.wrapping_mul(40503)) % 1000) as f32 - 500.0
+        })
+        .collect();
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.into_iter().map(|x| x / n).collect()
+}
+
+/// `base` moved a little towards `other` (still the same person/stranger).
+fn near(base: &[f32], other: &[f32], t: f32) -> Vec<f32> {
+    let v: Vec<f32> = base
+        .iter()
+        .zip(other)
+        .map(|(a, b)| a * (1.0 - t) + b * t)
+        .collect();
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.into_iter().map(|x| x / n).collect()
+}
+
+fn tmpl(e: Vec<f32>) -> NewTemplate {
+    NewTemplate {
+        model: MOBILEFACENET.into(),
+        embedding: e,
+        quality: None,
+        crop: Some(vec![7; 112 * 112 * 3]),
+    }
+}
+
+fn setup() -> (tempfile::TempDir, GalleryConfig, Arc<ManualClock>) {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = GalleryConfig {
+        dir: d.path().join("gallery"),
+        ..GalleryConfig::default()
+    };
+    (d, cfg, ManualClock::new(T0))
+}
+
+fn open(cfg: &GalleryConfig, clock: &Arc<ManualClock>) -> Gallery {
+    Gallery::open(cfg, clock.clone() as SharedClock).unwrap()
+}
+
+#[test]
+fn enrolled_people_survive_a_reopen_and_are_identified() {
+    let (_d, cfg, clock) = setup();
+    let (alice, bob) = (unit(1, 128), unit(2, 128));
+    let mut g = open(&cfg, &clock);
+    let attrs = BTreeMap::from([("dept".to_string(), "r&d".to_string())]);
+    let e = g
+        .enroll("alice", Some(attrs), vec![tmpl(alice.clone())])
+        .unwrap();
+    assert!(e.created && e.templates == 1);
+    g.enroll("bob", None, vec![tmpl(bob.clone())]).unwrap();
+    let again = g
+        .enroll("alice", None, vec![tmpl(near(&alice, &bob, 0.1))])
+        .unwrap();
+    assert_eq!(
+        (again.pguid.as_str(), again.created, again.templates),
+        (e.pguid.as_str(), false, 2)
+    );
+    drop(g);
+
+    let mut g = open(&cfg, &clock);
+    let p = g.person("alice").unwrap();
+    assert_eq!((p.templates.len(), p.attrs["dept"].as_str()), (2, "r&d"));
+    let crop = p.templates[0].data.crop.clone().unwrap();
+    assert_eq!(g.crop(&crop).unwrap().len(), 112 * 112 * 3);
+    let (d, ranked) = g.identify(&near(&alice, &unit(9, 128), 0.2), MOBILEFACENET);
+    assert!(
+        matches!(d, Decision::Match(ref c) if c.key == "alice"),
+        "{d:?} {ranked:?}"
+    );
+    let (d, _) = g.identify(&unit(3, 128), MOBILEFACENET);
+    assert!(
+        matches!(d, Decision::Unknown(_)),
+        "a stranger is nobody: {d:?}"
+    );
+    // Another embedding space is never compared.
+    assert!(g.search(&alice, "other-net").is_empty());
+    g.delete("alice").unwrap();
+    assert!(g.person("alice").is_none());
+    assert!(open(&cfg, &clock).person("alice").is_none());
+}
+
+#[test]
+fn a_torn_last_line_is_dropped_and_cut_by_the_next_write() {
+    let (_d, cfg, clock) = setup();
+    let mut g = open(&cfg, &clock);
+    g.enroll("alice", None, vec![tmpl(unit(1, 64))]).unwrap();
+    drop(g);
+    let path = cfg.dir.join(LOG_FILE);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let whole = bytes.len();
+    // A crash in the middle of the next append.
+    bytes.extend_from_slice(b"0badc0de {\"op\":\"person\",\"pgu");
+    std::fs::write(&path, &bytes).unwrap();
+    let mut g = open(&cfg, &clock);
+    assert_eq!(g.persons().count(), 1);
+    g.enroll("bob", None, vec![tmpl(unit(2, 64))]).unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(!text.contains("0badc0de"), "the torn tail was cut");
+    assert!(text.len() > whole);
+    assert_eq!(open(&cfg, &clock).persons().count(), 2);
+}
+
+#[test]
+fn a_damaged_record_in_the_middle_refuses_to_load_naming_it() {
+    let (_d, cfg, clock) = setup();
+    let mut g = open(&cfg, &clock);
+    g.enroll("alice", None, vec![tmpl(unit(1, 64))]).unwrap();
+    g.enroll("bob", None, vec![tmpl(unit(2, 64))]).unwrap();
+    drop(g);
+    let path = cfg.dir.join(LOG_FILE);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let damaged = text.replacen("\"alice\"", "\"alicf\"", 1);
+    std::fs::write(&path, damaged).unwrap();
+    let err = Gallery::open(&cfg, clock.clone() as SharedClock).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(err, GalleryError::Corrupt { line: 2, .. }),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("gallery.log") && msg.contains("record 2") && msg.contains("CRC"),
+        "{msg}"
+    );
+    // The documented recovery: drop the damaged record, keep a copy of the log as it was.
+    let r = log::repair(&cfg.dir, T0).unwrap();
+    assert_eq!(r.dropped.len(), 1);
+    assert_eq!(r.dropped[0].0, 2);
+    assert!(r.copy.exists());
+    let g = open(&cfg, &clock);
+    let keys: Vec<&str> = g.persons().map(|p| p.key.as_str()).collect();
+    assert_eq!(keys, ["bob"], "alice's person record was the damaged one");
+}
+
+#[test]
+fn a_newer_format_is_refused_and_unknown_operations_are_skipped() {
+    let (_d, cfg, clock) = setup();
+    open(&cfg, &clock)
+        .enroll("alice", None, vec![tmpl(unit(1, 64))])
+        .unwrap();
+    let path = cfg.dir.join(LOG_FILE);
+    // A later release's new operation, with a field this one does not know.
+    let json = br#"{"op":"watchlist","pguid":"x","level":3}"#;
+    let mut line = format!("{:08x} ", crc32fast::hash(json)).into_bytes();
+    line.extend_from_slice(json);
+    line.push(b'\n');
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes.extend_from_slice(&line);
+    std::fs::write(&path, &bytes).unwrap();
+    let g = open(&cfg, &clock);
+    assert_eq!((g.persons().count(), g.skipped_ops), (1, 1));
+    let text = String::from_utf8(bytes).unwrap();
+    std::fs::write(&path, text.replacen("\"version\":1", "\"version\":2", 1)).unwrap();
+    let msg = Gallery::open(&cfg, clock.clone() as SharedClock)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("newer camgate"), "{msg}");
+}
+
+/// The CLI and the daemon each hold a handle: each sees the other's writes.
+#[test]
+fn two_handles_see_each_others_writes() {
+    let (_d, cfg, clock) = setup();
+    let mut daemon = open(&cfg, &clock);
+    let mut cli = open(&cfg, &clock);
+    cli.enroll("alice", None, vec![tmpl(unit(1, 64))]).unwrap();
+    assert!(daemon.person("alice").is_none());
+    assert!(daemon.refresh().unwrap());
+    assert!(daemon.person("alice").is_some());
+    let u = daemon
+        .file_unknown(tmpl(unit(5, 64)), Seen::default())
+        .unwrap();
+    // The CLI's next change applies the daemon's first, then its own.
+    cli.enroll("bob", None, vec![tmpl(unit(2, 64))]).unwrap();
+    assert!(cli.unknown(&u).is_some());
+    cli.forget(&u).unwrap();
+    daemon.refresh().unwrap();
+    assert!(daemon.unknown(&u).is_none() && daemon.person("bob").is_some());
+}
+
+#[test]
+fn the_same_stranger_is_one_entry_with_every_sighting() {
+    let (_d, cfg, clock) = setup();
+    let mut g = open(&cfg, &clock);
+    let (stranger, other) = (unit(11, 128), unit(12, 128));
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        clock.advance_ms(1000);
+        let seen = Seen {
+            camera: "door-1".into(),
+            sn: "SN".into(),
+            event_id: i,
+        };
+        let probe = near(&stranger, &unit(100 + i as u32, 128), 0.15);
+        ids.push(g.file_unknown(tmpl(probe), seen).unwrap());
+    }
+    assert!(ids.iter().all(|u| *u == ids[0]), "{ids:?}");
+    let second = g.file_unknown(tmpl(other), Seen::default()).unwrap();
+    assert_ne!(second, ids[0]);
+    let u = g.unknown(&ids[0]).unwrap();
+    assert_eq!((u.count, u.exemplars.len()), (10, state::MAX_EXEMPLARS));
+    assert_eq!((u.first_ms, u.last_ms), (T0 + 1000, T0 + 10_000));
+    assert_eq!(u.sightings.back().unwrap().1.event_id, 9);
+    let reopened = open(&cfg, &clock);
+    assert_eq!(reopened.unknown(&ids[0]).unwrap(), u);
+}
+
+#[test]
+fn strangers_expire_and_the_oldest_makes_room() {
+    let (_d, mut cfg, clock) = setup();
+    cfg.max_unknowns = 3;
+    cfg.unknown_ttl_hours = 1;
+    let mut g = open(&cfg, &clock);
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        clock.advance_ms(1000);
+        ids.push(
+            g.file_unknown(tmpl(unit(20 + i, 128)), Seen::default())
+                .unwrap(),
+        );
+    }
+    assert_eq!(g.unknowns().count(), 3);
+    assert!(
+        g.unknown(&ids[0]).is_none(),
+        "the one seen longest ago went"
+    );
+    clock.advance_ms(3_600_001);
+    // Filing the next one forgets the expired ones.
+    let fresh = g
+        .file_unknown(tmpl(unit(30, 128)), Seen::default())
+        .unwrap();
+    let left: Vec<&str> = g.unknowns().map(|u| u.uguid.as_str()).collect();
+    assert_eq!(left, [fresh.as_str()]);
+}
+
+#[test]
+fn compaction_keeps_the_state_and_other_handles_follow() {
+    let (_d, cfg, clock) = setup();
+    let mut g = open(&cfg, &clock);
+    let mut other = open(&cfg, &clock);
+    g.enroll("alice", None, vec![tmpl(unit(1, 64))]).unwrap();
+    let u = g.file_unknown(tmpl(unit(5, 64)), Seen::default()).unwrap();
+    for i in 0..1200 {
+        g.file_unknown(
+            tmpl(near(&unit(5, 64), &unit(6, 64), 0.01)),
+            Seen {
+                event_id: i,
+                ..Seen::default()
+            },
+        )
+        .unwrap();
+    }
+    let before = g.unknown(&u).unwrap().clone();
+    assert!(g.maybe_compact().unwrap());
+    let lines = std::fs::read_to_string(cfg.dir.join(LOG_FILE))
+        .unwrap()
+        .lines()
+        .count();
+    assert!(lines < 50, "{lines} lines after compaction");
+    let again = open(&cfg, &clock);
+    assert_eq!(again.unknown(&u).unwrap().count, before.count);
+    assert_eq!(again.unknown(&u).unwrap().last_ms, before.last_ms);
+    assert!(again.person("alice").is_some());
+    other.refresh().unwrap();
+    assert_eq!(other.unknown(&u).unwrap().count, 1201);
+}

@@ -1,0 +1,588 @@
+//! The vision stage at run time. One loop owns the window of events read ahead of the cursor;
+//! each face event is a task (fetch → vision pool → gallery → append the result); the cursor is
+//! committed over the prefix of events whose results are durable (or that need none).
+//!
+//! At most one result per `(sn, event_id)` is stored: the keys of the results already in the
+//! outbox are learnt at start-up, so an event processed again after a crash (its result written,
+//! the cursor not yet moved) is skipped. The sinks may still re-send a result after their own
+//! crash, always with the same key (`<sn>/<event_id>`), which makes the re-send harmless.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, warn};
+
+use super::config::{QualityBars, StageConfig, Variant};
+use crate::camera::CameraConfig;
+use crate::clock::SharedClock;
+use crate::event::{EventView, FACE_RECOG_EVENT};
+use crate::gallery::{Decision, Gallery, GalleryError, NewTemplate, Seen, MOBILEFACENET};
+use crate::net::backoff::Backoff;
+use crate::net::https::{camera_url, HttpsClient, HttpsError};
+use crate::net::tls::{client_config, ClientTls};
+use crate::outbox::{Offset, Outbox, OutboxError, Record};
+use crate::results::{
+    FaceResult, Identity, ResultError, ResultFace, ResultQuality, Stored, Timings, FACE_RESULT,
+};
+use crate::sinks::reader::{read_and_commit, Acked, Batch};
+use crate::sinks::SinkStatus;
+use crate::vision::pipeline::{Face, StageTimes};
+use crate::vision::{FaceEngine, ModelVariant, VisionConfig, VisionError, VisionPool};
+
+pub const CONSUMER: &str = "vision";
+const READ_BATCH: usize = 32;
+const COMMIT_EVERY: Duration = Duration::from_millis(200);
+/// How long a result waits for room in a full outbox before it is given up (logged and
+/// counted): the stage's own unfinished events may be what keeps the outbox full.
+const FULL_WAIT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    #[error("vision models: {0}")]
+    Vision(#[from] VisionError),
+    #[error("gallery: {0}")]
+    Gallery(#[from] GalleryError),
+    #[error("vision stage task: {0}")]
+    Task(String),
+}
+
+/// What the stage has done, for the health file and the logs.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct StageCounters {
+    pub face_events: AtomicU64,
+    pub results: AtomicU64,
+    pub error_results: AtomicU64,
+    pub fetch_retries: AtomicU64,
+    pub faces: AtomicU64,
+    pub identified: AtomicU64,
+    pub unknown: AtomicU64,
+    /// Events skipped because their result was already stored (processed before a crash).
+    pub already_done: AtomicU64,
+    pub results_dropped: AtomicU64,
+}
+
+/// One camera as the picture fetch sees it.
+struct CameraSide {
+    host: String,
+    tls: Result<ClientTls, String>,
+    /// Its last event used up every attempt: one attempt per event until a fetch works.
+    failing: AtomicBool,
+    /// One fetch at a time per camera.
+    serial: tokio::sync::Mutex<()>,
+}
+
+/// A face event to handle.
+#[derive(Debug, Clone)]
+struct Job {
+    camera: String,
+    sn: String,
+    event_id: i64,
+    received_at_ms: u64,
+    pic_url: String,
+}
+
+impl Job {
+    fn key(&self) -> String {
+        format!("{}/{}", self.sn, self.event_id)
+    }
+}
+
+/// A fetch or vision failure, as recorded in the result.
+struct Failure {
+    kind: &'static str,
+    detail: String,
+}
+
+fn fail(kind: &'static str, detail: impl ToString) -> Failure {
+    Failure {
+        kind,
+        detail: detail.to_string(),
+    }
+}
+
+pub struct Stage {
+    cfg: StageConfig,
+    pool: VisionPool,
+    gallery: Arc<Mutex<Gallery>>,
+    cameras: HashMap<String, Arc<CameraSide>>,
+    outbox: Outbox,
+    clock: SharedClock,
+    model: String,
+    done: Mutex<HashSet<String>>,
+    pub counters: Arc<StageCounters>,
+}
+
+/// The face pipeline's settings for the stage's `[vision]`.
+pub fn vision_config(cfg: &StageConfig) -> VisionConfig {
+    let variant = match cfg.variant {
+        Variant::Float => ModelVariant::Float,
+        Variant::F16 => ModelVariant::F16,
+        Variant::Int8 => ModelVariant::Int8,
+    };
+    let mut v = VisionConfig {
+        models_dir: Some(cfg.models_dir.clone()),
+        detector_variant: variant,
+        embedder_variant: variant,
+        workers: cfg.workers,
+        ..VisionConfig::default()
+    };
+    v.detector.min_face_size = cfg.min_face;
+    v
+}
+
+/// Keys (`<sn>/<event_id>`) of the face results stored in `records`.
+pub fn result_keys<'a>(records: impl IntoIterator<Item = &'a Record>) -> HashSet<String> {
+    records
+        .into_iter()
+        .filter_map(|r| match Stored::parse(&r.data) {
+            Ok(Stored::FaceResult(h)) => Some(h.key()),
+            _ => None,
+        })
+        .collect()
+}
+
+impl Stage {
+    /// Loads the models (blocking: call it off the async threads) and sets up each camera's
+    /// picture client. `done` holds the keys of results already stored.
+    pub fn new(
+        cfg: &StageConfig,
+        gallery: Arc<Mutex<Gallery>>,
+        cameras: &[CameraConfig],
+        outbox: Outbox,
+        clock: SharedClock,
+        done: HashSet<String>,
+    ) -> Result<Stage, StageError> {
+        let engine = FaceEngine::new(vision_config(cfg))?;
+        let cameras = cameras
+            .iter()
+            .map(|c| {
+                let side = CameraSide {
+                    host: c.host().to_owned(),
+                    tls: client_config(&c.tls, c.host()).map_err(|e| e.to_string()),
+                    failing: AtomicBool::new(false),
+                    serial: tokio::sync::Mutex::new(()),
+                };
+                (c.name.clone(), Arc::new(side))
+            })
+            .collect();
+        Ok(Stage {
+            cfg: cfg.clone(),
+            pool: VisionPool::new(Arc::new(engine)),
+            gallery,
+            cameras,
+            outbox,
+            clock,
+            model: cfg.model_label(),
+            done: Mutex::new(done),
+            counters: Arc::default(),
+        })
+    }
+
+    /// Runs until `stop` (or the outbox closes); returns the events committed. Events in
+    /// flight at `stop` are not committed: they are handled again at the next start.
+    pub async fn run(
+        self: Arc<Self>,
+        status: Arc<SinkStatus>,
+        stop: CancellationToken,
+    ) -> Result<u64, StageError> {
+        let consumer = self.outbox.consumer(CONSUMER)?;
+        let (tx, mut rx) = mpsc::channel::<Batch>(1);
+        let (acked_tx, acked_rx) = watch::channel(Acked::default());
+        let reader_stop = CancellationToken::new();
+        let reader = tokio::spawn(read_and_commit(
+            consumer,
+            READ_BATCH,
+            COMMIT_EVERY,
+            tx,
+            acked_rx,
+            status,
+            reader_stop.clone(),
+        ));
+        let mut w = Window::default();
+        let mut ahead: VecDeque<Record> = VecDeque::new();
+        let mut jobs: JoinSet<Offset> = JoinSet::new();
+        let outcome = loop {
+            while w.open.len() < self.cfg.max_in_flight {
+                let Some(r) = ahead.pop_front() else { break };
+                match self.job_for(&r) {
+                    Some(job) => {
+                        w.open.insert(r.offset, false);
+                        let (me, offset) = (self.clone(), r.offset);
+                        jobs.spawn(async move {
+                            me.handle(job).await;
+                            offset
+                        });
+                    }
+                    None => {
+                        w.open.insert(r.offset, true);
+                    }
+                }
+            }
+            w.advance(&acked_tx);
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => break Ok(()),
+                Some(done) = jobs.join_next(), if !jobs.is_empty() => match done {
+                    Ok(offset) => { w.open.insert(offset, true); }
+                    Err(e) => break Err(StageError::Task(e.to_string())),
+                },
+                b = rx.recv(), if ahead.is_empty() => match b {
+                    Some(Ok(records)) => ahead.extend(records),
+                    Some(Err(e)) => break Err(e.into()),
+                    None => break Ok(()),
+                },
+            }
+        };
+        jobs.abort_all();
+        drop(rx);
+        reader_stop.cancel();
+        let committed = reader
+            .await
+            .map_err(|e| StageError::Task(e.to_string()))??;
+        outcome.map(|()| committed)
+    }
+
+    /// The job for a stored face event with a picture whose result is not stored yet.
+    fn job_for(&self, r: &Record) -> Option<Job> {
+        let Ok(Stored::Event(env)) = Stored::parse(&r.data) else {
+            return None;
+        };
+        if env.event_type != FACE_RECOG_EVENT {
+            return None;
+        }
+        let view = EventView::parse(env.event.get().as_bytes()).ok()?;
+        let pic_url = view.pic_url.filter(|u| !u.is_empty())?.into_owned();
+        let job = Job {
+            camera: env.camera.into_owned(),
+            sn: env.sn.into_owned(),
+            event_id: env.event_id.0,
+            received_at_ms: env.received_at_ms,
+            pic_url,
+        };
+        self.counters.face_events.fetch_add(1, Ordering::Relaxed);
+        if self.done.lock().expect("not poisoned").contains(&job.key()) {
+            self.counters.already_done.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(job)
+    }
+
+    /// Makes the event's result and stores it (waiting while the outbox is full, bounded).
+    async fn handle(&self, job: Job) {
+        let result = self.process(&job).await;
+        let counted = if result.error.is_some() {
+            &self.counters.error_results
+        } else {
+            &self.counters.results
+        };
+        let data = Bytes::from(serde_json::to_vec(&result).expect("results serialise"));
+        let since = tokio::time::Instant::now();
+        loop {
+            match self.outbox.append(data.clone()).await {
+                Ok(_) => {
+                    counted.fetch_add(1, Ordering::Relaxed);
+                    self.done.lock().expect("not poisoned").insert(job.key());
+                    return;
+                }
+                Err(OutboxError::Full { .. }) if since.elapsed() < FULL_WAIT => {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => {
+                    self.counters
+                        .results_dropped
+                        .fetch_add(1, Ordering::Relaxed);
+                    error!(camera = %job.camera, key = %job.key(), error = %e, "face result not stored; the event itself stays stored and forwarded");
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn process(&self, job: &Job) -> FaceResult {
+        let mut timings = Timings::default();
+        let t = Instant::now();
+        let picture = self.fetch(job).await;
+        timings.fetch = ms(t);
+        let outcome = match picture.and_then(complete) {
+            Ok(bytes) => match self.pool.process(bytes.to_vec(), true).await {
+                Ok((faces, times)) => {
+                    timings.detect = detect_ms(&times);
+                    timings.embed = times.embed_ms;
+                    let t = Instant::now();
+                    let faces = self.identify(faces, job).await;
+                    timings.search = ms(t);
+                    Ok(faces)
+                }
+                Err(
+                    e @ (VisionError::Decode(_)
+                    | VisionError::TooLarge { .. }
+                    | VisionError::Empty { .. }),
+                ) => Err(fail("decode", e)),
+                Err(e) => Err(fail("vision", e)),
+            },
+            Err(f) => Err(f),
+        };
+        let (faces, error) = match outcome {
+            Ok(faces) => (faces, None),
+            Err(f) => {
+                warn!(camera = %job.camera, key = %job.key(), kind = f.kind, detail = %f.detail, "face event without a usable picture");
+                (
+                    Vec::new(),
+                    Some(ResultError {
+                        kind: f.kind.into(),
+                        detail: f.detail,
+                    }),
+                )
+            }
+        };
+        FaceResult {
+            kind: FACE_RESULT.into(),
+            camera: job.camera.clone(),
+            sn: job.sn.clone(),
+            event_id: job.event_id,
+            received_at_ms: job.received_at_ms,
+            processed_at_ms: self.clock.now_ms(),
+            model: self.model.clone(),
+            faces,
+            timings_ms: timings,
+            error,
+        }
+    }
+
+    /// The picture, from the camera's own host with the camera's trust, retried with backoff.
+    async fn fetch(&self, job: &Job) -> Result<Bytes, Failure> {
+        let cam = self.cameras.get(&job.camera).ok_or_else(|| {
+            fail(
+                "camera",
+                format!("camera {:?} is not configured", job.camera),
+            )
+        })?;
+        let url = camera_url(&job.pic_url, &cam.host).map_err(|e| fail("url", e))?;
+        let tls = match (url.https, &cam.tls) {
+            (false, _) => None,
+            (true, Ok(t)) => Some(t.clone()),
+            (true, Err(e)) => return Err(fail("tls", e)),
+        };
+        let client = HttpsClient::new(
+            &url.authority,
+            tls,
+            Duration::from_millis(self.cfg.fetch_timeout_ms),
+        );
+        let _one_at_a_time = cam.serial.lock().await;
+        let attempts = if cam.failing.load(Ordering::Relaxed) {
+            1
+        } else {
+            self.cfg.fetch_attempts
+        };
+        let mut backoff = Backoff::new(
+            Duration::from_millis(self.cfg.fetch_backoff_min_ms),
+            Duration::from_millis(self.cfg.fetch_backoff_max_ms),
+        );
+        let mut last = fail("fetch", "no attempt");
+        for attempt in 1..=attempts {
+            let retry = match client
+                .get(&url.path_and_query, self.cfg.max_picture_bytes)
+                .await
+            {
+                Ok(a) if a.status == 200 => {
+                    cam.failing.store(false, Ordering::Relaxed);
+                    return Ok(a.body);
+                }
+                Ok(a) => {
+                    last = fail(
+                        "http_status",
+                        format!("the camera answered HTTP {}", a.status),
+                    );
+                    a.status >= 500 || a.status == 429
+                }
+                Err(e @ HttpsError::TooLarge { .. }) => return Err(fail("too_large", e)),
+                Err(e) => {
+                    last = fail("fetch", e);
+                    true
+                }
+            };
+            if !retry {
+                return Err(last);
+            }
+            if attempt < attempts {
+                self.counters.fetch_retries.fetch_add(1, Ordering::Relaxed);
+                let d = backoff.next_delay(&mut rand::rng());
+                debug!(camera = %job.camera, attempt, retry_in = ?d, detail = %last.detail, "picture fetch failed; retrying");
+                tokio::time::sleep(d).await;
+            }
+        }
+        cam.failing.store(true, Ordering::Relaxed);
+        Err(last)
+    }
+
+    /// Gallery decisions for each face (on a blocking thread: filing a stranger is an fsync).
+    async fn identify(&self, faces: Vec<Face>, job: &Job) -> Vec<ResultFace> {
+        let (gallery, bars, counters) = (
+            self.gallery.clone(),
+            self.cfg.quality,
+            self.counters.clone(),
+        );
+        let seen = Seen {
+            camera: job.camera.clone(),
+            sn: job.sn.clone(),
+            event_id: job.event_id,
+        };
+        let run = move || {
+            let mut g = gallery.lock().expect("not poisoned");
+            if let Err(e) = g.refresh() {
+                warn!(error = %e, "gallery changes by another process cannot be read; using what is loaded");
+            }
+            let out: Vec<ResultFace> = faces
+                .into_iter()
+                .map(|f| decide_face(&mut g, f, &bars, &seen, &counters))
+                .collect();
+            if let Err(e) = g.maybe_compact() {
+                warn!(error = %e, "gallery compaction failed");
+            }
+            out
+        };
+        match tokio::task::spawn_blocking(run).await {
+            Ok(out) => out,
+            Err(e) => {
+                error!(error = %e, "gallery step failed");
+                Vec::new()
+            }
+        }
+    }
+}
+
+/// One face's entry in the result: matched, filed as a stranger, or (below the bars) neither.
+fn decide_face(
+    g: &mut Gallery,
+    f: Face,
+    bars: &QualityBars,
+    seen: &Seen,
+    counters: &StageCounters,
+) -> ResultFace {
+    counters.faces.fetch_add(1, Ordering::Relaxed);
+    let quality = quality_of(&f, bars);
+    let [x1, y1, x2, y2] = f.detection.bbox;
+    let mut out = ResultFace {
+        bbox: [x1, y1, x2 - x1, y2 - y1],
+        score: f.detection.score,
+        landmarks: f.detection.landmarks,
+        quality,
+        identity: None,
+        uguid: None,
+    };
+    let Some(embedding) = f.embedding.filter(|_| quality.ok) else {
+        return out;
+    };
+    match g.identify(&embedding, MOBILEFACENET).0 {
+        Decision::Match(c) => {
+            counters.identified.fetch_add(1, Ordering::Relaxed);
+            out.identity = Some(Identity {
+                key: c.key,
+                pguid: c.pguid,
+                score: c.score,
+            });
+        }
+        Decision::Unknown(_) => {
+            counters.unknown.fetch_add(1, Ordering::Relaxed);
+            let t = NewTemplate {
+                model: MOBILEFACENET.into(),
+                embedding,
+                quality: serde_json::to_value(quality).ok(),
+                crop: f.aligned.map(|c| c.data),
+            };
+            match g.file_unknown(t, seen.clone()) {
+                Ok(u) => out.uguid = Some(u),
+                Err(e) => warn!(error = %e, "unknown face not filed in the gallery"),
+            }
+        }
+    }
+    out
+}
+
+/// The result's quality: `blur` maps the Laplacian variance of the aligned crop to 0..1
+/// (100 / (100 + variance): a sharp crop has several hundred); `pose` is the larger of |yaw| and
+/// 2·|pitch|, capped at 1. Roll is left out: alignment turns the face upright, so a tilted head
+/// embeds as well as a level one.
+pub fn quality_of(f: &Face, bars: &QualityBars) -> ResultQuality {
+    let q = &f.quality;
+    let size = q.box_size;
+    let blur = 100.0 / (100.0 + q.blur_var.max(0.0));
+    let pose = q
+        .yaw
+        .abs()
+        .max(2.0 * q.pitch.abs())
+        .max(q.roll_deg.abs() / 45.0)
+        .min(1.0);
+    let ok = size >= bars.min_size
+        && q.score >= bars.min_score
+        && blur <= bars.max_blur
+        && pose <= bars.max_pose
+        && f.aligned.is_some();
+    ResultQuality {
+        size,
+        blur,
+        pose,
+        ok,
+    }
+}
+
+/// Refuses a JPEG cut short (no end-of-image marker before trailing padding): the decoder would
+/// fill the missing rows grey and the result would quietly say "no face". PNG decoding fails on
+/// a truncated stream by itself.
+fn complete(bytes: Bytes) -> Result<Bytes, Failure> {
+    if bytes.starts_with(&[0xff, 0xd8]) {
+        let end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+        if !bytes[..end].ends_with(&[0xff, 0xd9]) {
+            return Err(fail(
+                "decode",
+                format!(
+                    "truncated JPEG: no end-of-image marker ({} bytes)",
+                    bytes.len()
+                ),
+            ));
+        }
+    }
+    Ok(bytes)
+}
+
+fn detect_ms(t: &StageTimes) -> f64 {
+    t.decode_ms + t.resize_ms + t.pnet_ms + t.rnet_ms + t.onet_ms + t.align_ms
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+/// Events read ahead of the cursor: offset → whether it is finished.
+#[derive(Default)]
+struct Window {
+    open: BTreeMap<Offset, bool>,
+    acked: Acked,
+}
+
+impl Window {
+    /// Hands the finished prefix to the reader for committing.
+    fn advance(&mut self, tx: &watch::Sender<Acked>) {
+        let mut moved = false;
+        while let Some(entry) = self.open.first_entry() {
+            if !*entry.get() {
+                break;
+            }
+            let (offset, _) = entry.remove_entry();
+            self.acked.through = Some(offset);
+            self.acked.count += 1;
+            moved = true;
+        }
+        if moved {
+            tx.send_replace(self.acked);
+        }
+    }
+}

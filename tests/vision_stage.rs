@@ -1,0 +1,341 @@
+//! Faces on the live path with real parts: simulated cameras serve real photos over real TLS,
+//! the daemon's vision stage fetches them, runs the shipped models, asks the gallery and stores
+//! face results in the outbox; a process killed with SIGKILL and restarted makes no second
+//! result for an event.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use camgate::config::{Config, StageConfig};
+use camgate::daemon::Daemon as Gateway;
+use camgate::dev::sim::SimCamera;
+use camgate::gallery::{Gallery, NewTemplate, MOBILEFACENET};
+use camgate::outbox::Outbox;
+use camgate::results::FaceResult;
+use camgate::stage::run::{quality_of, vision_config};
+use camgate::vision::FaceEngine;
+use common::*;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn photo(name: &str) -> Bytes {
+    Bytes::from(std::fs::read(root().join("tests/fixtures/faces").join(name)).unwrap())
+}
+
+fn stage_config() -> StageConfig {
+    StageConfig {
+        models_dir: root().join("models"),
+        fetch_timeout_ms: 1000,
+        fetch_backoff_min_ms: 50,
+        fetch_backoff_max_ms: 200,
+        ..StageConfig::default()
+    }
+}
+
+fn vision_cfg(dir: &Path, cameras: Vec<camgate::config::CameraConfig>) -> Config {
+    let mut cfg = config_in(dir, cameras);
+    cfg.vision = Some(stage_config());
+    cfg.gallery.dir = dir.join("gallery");
+    cfg
+}
+
+/// Enrolls `key` from the largest face of `photo` through the library (as `gallery enroll` does).
+fn enroll(cfg: &Config, key: &str, photo_name: &str) {
+    let stage = cfg.vision.clone().unwrap();
+    let engine = FaceEngine::new(vision_config(&stage)).unwrap();
+    let (faces, _) = engine.process(&photo(photo_name), true).unwrap();
+    let f = faces
+        .into_iter()
+        .filter(|f| quality_of(f, &stage.quality).ok)
+        .max_by(|a, b| a.quality.box_size.total_cmp(&b.quality.box_size))
+        .expect("a usable face");
+    let mut g = Gallery::open(&cfg.gallery, camgate::clock::system()).unwrap();
+    g.enroll(
+        key,
+        None,
+        vec![NewTemplate {
+            model: MOBILEFACENET.into(),
+            quality: None,
+            embedding: f.embedding.unwrap(),
+            crop: f.aligned.map(|c| c.data),
+        }],
+    )
+    .unwrap();
+}
+
+/// The face results stored so far (none while the daemon has not made its outbox yet).
+fn results(outbox: &Path) -> Vec<FaceResult> {
+    if !outbox.exists() {
+        return Vec::new();
+    }
+    Outbox::dump(outbox)
+        .unwrap()
+        .iter()
+        .filter_map(|r| serde_json::from_slice::<FaceResult>(&r.data).ok())
+        .collect()
+}
+
+fn face_camera(sim: &SimCamera, name: &str) -> camgate::config::CameraConfig {
+    let mut c = camera_for(sim, name);
+    c.events = vec!["face_recog_event".into()];
+    c
+}
+
+async fn sim_with(serial: &str, pictures: Vec<Bytes>, events: u64) -> SimCamera {
+    let mut sc = sim_config(10.0);
+    sc.serial = serial.into();
+    sc.max_events = Some(events);
+    let sim = SimCamera::start(sc).await.unwrap();
+    sim.set_pictures(pictures);
+    sim
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_enrolled_person_is_named_and_a_stranger_is_one_unsolved_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    // Even ids get obama2 (a different photo from the enrolled one), odd ids biden.
+    let sim = sim_with("SN-A", vec![photo("obama2.jpg"), photo("biden.jpg")], 6).await;
+    let cfg = vision_cfg(dir.path(), vec![face_camera(&sim, "door-1")]);
+    cfg.validate().unwrap();
+    enroll(&cfg, "obama", "obama.jpg");
+    let d = Gateway::start(&cfg).await.unwrap();
+    let outbox = cfg.outbox.dir.clone();
+    assert!(
+        eventually(WAIT, || results(&outbox).len() >= 6).await,
+        "{} results",
+        results(&outbox).len()
+    );
+    d.shutdown(Duration::from_secs(10)).await.unwrap();
+    let all = results(&outbox);
+    assert_eq!(all.len(), 6, "one result per face event");
+    let mut strangers = Vec::new();
+    for r in &all {
+        assert_eq!((r.camera.as_str(), r.sn.as_str()), ("door-1", "SN-A"));
+        assert_eq!(r.model, "mtcnn+mobilefacenet-f16");
+        assert!(r.error.is_none(), "{r:?}");
+        assert!(r.processed_at_ms >= r.received_at_ms);
+        assert!(
+            r.timings_ms.detect > 0.0 && r.timings_ms.fetch > 0.0,
+            "{r:?}"
+        );
+        assert_eq!(r.faces.len(), 1, "{r:?}");
+        let f = &r.faces[0];
+        assert!(f.quality.ok, "{f:?}");
+        if r.event_id % 2 == 0 {
+            let id = f.identity.as_ref().expect("obama2 is the enrolled person");
+            assert_eq!(id.key, "obama");
+            assert!(id.score >= 0.45, "{id:?}");
+            assert!(f.uguid.is_none());
+        } else {
+            assert!(f.identity.is_none(), "biden is not enrolled: {f:?}");
+            strangers.push(f.uguid.clone().expect("an unknown face is filed"));
+        }
+    }
+    strangers.dedup();
+    assert_eq!(strangers.len(), 1, "the same stranger is one entry");
+    let g = Gallery::open(&cfg.gallery, camgate::clock::system()).unwrap();
+    let u = g.unknown(&strangers[0]).unwrap();
+    assert_eq!(u.count, 3);
+    // The jsonl sink forwarded the results with the events.
+    let lines = std::fs::read_to_string(&cfg.sinks.jsonl.path).unwrap();
+    assert_eq!(lines.matches("\"kind\":\"face_result\"").count(), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_pictures_are_error_results_and_the_stage_keeps_going() {
+    let dir = tempfile::tempdir().unwrap();
+    let jpeg = photo("obama2.jpg");
+    // A 20000x20000 PNG header: refused before any pixel is allocated.
+    let mut bomb = Vec::from(&b"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR"[..]);
+    bomb.extend_from_slice(&20000u32.to_be_bytes());
+    bomb.extend_from_slice(&20000u32.to_be_bytes());
+    bomb.extend_from_slice(&[8, 2, 0, 0, 0, 0, 0, 0, 0]);
+    let pictures = vec![
+        Bytes::from_static(b"this is not an image"),
+        jpeg.slice(..jpeg.len() / 3),
+        Bytes::from(bomb),
+        Bytes::from(vec![0xffu8; 300 * 1024]),
+        jpeg.clone(),
+    ];
+    let sim = sim_with("SN-B", pictures, 10).await;
+    // A second camera whose configured host is not the host in its pic_url.
+    let other = sim_with("SN-C", vec![jpeg], 2).await;
+    let mut wrong = face_camera(&other, "door-2");
+    wrong.address = format!("localhost:{}", other.addr.port());
+    let mut cfg = vision_cfg(dir.path(), vec![face_camera(&sim, "door-1"), wrong]);
+    cfg.vision.as_mut().unwrap().max_picture_bytes = 200 * 1024;
+    let d = Gateway::start(&cfg).await.unwrap();
+    let outbox = cfg.outbox.dir.clone();
+    assert!(eventually(WAIT, || results(&outbox).len() >= 12).await);
+    d.shutdown(Duration::from_secs(10)).await.unwrap();
+    let by_id: HashMap<(String, i64), FaceResult> = results(&outbox)
+        .into_iter()
+        .map(|r| ((r.sn.clone(), r.event_id), r))
+        .collect();
+    for (id, r) in by_id.iter().filter(|(k, _)| k.0 == "SN-B") {
+        // Event id i gets pictures[i % 5].
+        let want = match id.1 % 5 {
+            0..=2 => Some("decode"),
+            3 => Some("too_large"),
+            _ => None,
+        };
+        assert_eq!(
+            r.error.as_ref().map(|e| e.kind.as_str()),
+            want,
+            "{id:?}: {r:?}"
+        );
+        if want.is_some() {
+            assert!(r.faces.is_empty() && !r.error.as_ref().unwrap().detail.is_empty());
+        } else {
+            assert_eq!(r.faces.len(), 1, "{r:?}");
+        }
+    }
+    for (_, r) in by_id.iter().filter(|(k, _)| k.0 == "SN-C") {
+        let e = r
+            .error
+            .as_ref()
+            .expect("another host's picture is not fetched");
+        assert_eq!(e.kind, "url", "{e:?}");
+        assert!(e.detail.contains("not at the camera"), "{e:?}");
+    }
+    assert_eq!(by_id.len(), 12);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_picture_server_does_not_hold_up_another_camera() {
+    let dir = tempfile::tempdir().unwrap();
+    let dead = sim_with("SN-DEAD", vec![photo("obama2.jpg")], 4).await;
+    dead.set_media_stall(true);
+    let live = sim_with("SN-LIVE", vec![photo("obama2.jpg")], 4).await;
+    let cfg = vision_cfg(
+        dir.path(),
+        vec![face_camera(&dead, "dead"), face_camera(&live, "live")],
+    );
+    let d = Gateway::start(&cfg).await.unwrap();
+    let outbox = cfg.outbox.dir.clone();
+    let live_done = || {
+        results(&outbox)
+            .iter()
+            .filter(|r| r.sn == "SN-LIVE")
+            .count()
+            == 4
+    };
+    // Each dead event costs up to 3 attempts of 1 s: the live camera must not wait for them.
+    assert!(eventually(Duration::from_secs(8), live_done).await);
+    assert!(
+        results(&outbox)
+            .iter()
+            .filter(|r| r.sn == "SN-DEAD")
+            .count()
+            < 4,
+        "the dead camera's events are still being tried"
+    );
+    assert!(
+        eventually(WAIT, || results(&outbox)
+            .iter()
+            .filter(|r| r.sn == "SN-DEAD")
+            .count()
+            == 4)
+        .await
+    );
+    d.shutdown(Duration::from_secs(10)).await.unwrap();
+    for r in results(&outbox).iter().filter(|r| r.sn == "SN-DEAD") {
+        assert_eq!(r.error.as_ref().unwrap().kind, "fetch", "{r:?}");
+    }
+}
+
+const BIN: &str = env!("CARGO_BIN_EXE_camgate");
+
+fn spawn_run(cfg: &Path) -> Daemon {
+    let child = std::process::Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(cfg)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    Daemon(child)
+}
+
+/// `<sn>/<event_id>` → results stored for it; and the stored face events.
+fn tally(outbox: &Path) -> (HashMap<String, usize>, Vec<String>) {
+    let mut results: HashMap<String, usize> = HashMap::new();
+    for r in self::results(outbox) {
+        *results.entry(r.key()).or_default() += 1;
+    }
+    let events = stored_events(outbox)
+        .into_iter()
+        .map(|(sn, id)| format!("{sn}/{id}"))
+        .collect();
+    (results, events)
+}
+
+/// kill -9 of the daemon while it fetches, infers and writes results, three times; after the
+/// last clean run every face event has exactly one result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_results_makes_no_second_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sc = sim_config(8.0);
+    sc.serial = "SN-K".into();
+    let sim = SimCamera::start(sc).await.unwrap();
+    let camera = channel_camera_toml(&sim, "door-1").replacen(
+        "tls = {",
+        "events = [\"face_recog_event\"]\ntls = {",
+        1,
+    );
+    let sections = format!(
+        "{camera}[vision]\nmodels_dir = \"{}\"\nfetch_timeout_ms = 2000\n[gallery]\ndir = \"{}/gallery\"\n",
+        root().join("models").display(),
+        dir.path().display()
+    );
+    let cfg = write_run_config(dir.path(), &sections);
+    let outbox = dir.path().join("outbox");
+    for round in 1..=3usize {
+        let mut d = spawn_run(&cfg);
+        let want = round * 4;
+        assert!(
+            eventually(WAIT, || results(&outbox).len() >= want).await,
+            "round {round}: {} results",
+            results(&outbox).len()
+        );
+        d.0.kill().unwrap();
+        d.0.wait().unwrap();
+        let (counts, _) = tally(&outbox);
+        let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(
+            twice.is_empty(),
+            "round {round}: results stored twice: {twice:?}"
+        );
+    }
+    sim.set_paused(true);
+    let mut d = spawn_run(&cfg);
+    assert!(
+        eventually(WAIT, || {
+            let (counts, events) = tally(&outbox);
+            sim.totals().unacked == 0 && events.iter().all(|k| counts.contains_key(k))
+        })
+        .await,
+        "not every face event got a result"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(d.0.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    d.0.wait().unwrap();
+    let (counts, events) = tally(&outbox);
+    assert!(events.len() >= 12);
+    for k in &events {
+        assert_eq!(counts.get(k), Some(&1), "{k}");
+    }
+    assert_eq!(counts.len(), events.len());
+}
