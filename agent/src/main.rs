@@ -177,6 +177,10 @@ enum BenchCmd {
     /// The face pipeline per stage, next to the onnxruntime reference (Python) when available.
     #[cfg(feature = "vision")]
     Vision(camgate::dev::bench::vision::VisionBenchArgs),
+    /// The vision stage (events/s, latency) next to the bare pipeline; 1:N search at 1k-100k
+    /// templates next to a plain loop; enroll rate next to bare fsyncs; gallery memory.
+    #[cfg(feature = "vision")]
+    Faces(camgate::dev::bench::faces::FacesBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -380,6 +384,11 @@ fn bench(cmd: BenchCmd) -> Result<ExitCode> {
         BenchCmd::Vision(args) => {
             logging::init("warn", true);
             bench::vision::run(args)?;
+        }
+        #[cfg(feature = "vision")]
+        BenchCmd::Faces(args) => {
+            logging::init("error", true);
+            runtime()?.block_on(bench::faces::run(args))?;
         }
         #[cfg(feature = "mqtt")]
         BenchCmd::Mqtt(args) => {

@@ -324,7 +324,12 @@ fn search(args: &GalleryArgs, image: &Path, key: Option<&str>) -> Result<(), Gal
     let face = best_face(&engine, &ctx.stage, image).map_err(GalleryCliError::Usage)?;
     let probe = face.embedding.clone().unwrap_or_default();
     let threshold = ctx.gallery.config().match_threshold;
-    let (decision, ranked) = ctx.gallery.identify(&probe, MOBILEFACENET);
+    let (decision, _) = ctx.gallery.identify(&probe, MOBILEFACENET);
+    let ranked = ctx.gallery.search(
+        &probe,
+        MOBILEFACENET,
+        if key.is_some() { usize::MAX } else { 5 },
+    );
     let out = match key {
         Some(k) => {
             let c = ranked
@@ -343,7 +348,7 @@ fn search(args: &GalleryArgs, image: &Path, key: Option<&str>) -> Result<(), Gal
             };
             serde_json::json!({"identity": identity, "threshold": threshold,
                 "margin": ctx.gallery.config().margin,
-                "candidates": ranked.iter().take(5).collect::<Vec<_>>()})
+                "candidates": ranked})
         }
     };
     print_json(&out);

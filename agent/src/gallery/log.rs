@@ -63,7 +63,7 @@ pub enum Line {
 }
 
 /// Why a line is not a valid operation (the reason, for the error).
-fn decode(line: &[u8]) -> Result<Line, String> {
+pub fn decode(line: &[u8]) -> Result<Line, String> {
     if line.len() < 10 || line[8] != b' ' {
         return Err("no CRC prefix".into());
     }
@@ -76,6 +76,7 @@ fn decode(line: &[u8]) -> Result<Line, String> {
         return Err("CRC mismatch".into());
     }
     match serde_json::from_slice::<Op>(json) {
+        Ok(op) if !op.is_finite() => Err("an embedding value is not a finite number".into()),
         Ok(op) => Ok(Line::Op(Box::new(op))),
         Err(e) => {
             // Known shape, but an op this version does not know: skip. Anything else is damage.
@@ -86,6 +87,73 @@ fn decode(line: &[u8]) -> Result<Line, String> {
             }
         }
     }
+}
+
+/// What [`scan`] found in a run of log bytes.
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub ops: Vec<Op>,
+    /// Lines of a later format's operations, skipped.
+    pub skipped: usize,
+    /// Bytes of the complete, valid lines read (always at a line end).
+    pub consumed: usize,
+    /// Lines read (the header included, when it was in `buf`).
+    pub lines: u64,
+    /// The bytes after `consumed` are a damaged or unfinished last line: a torn write (or one
+    /// still being copied in by another process), not damage.
+    pub torn_tail: bool,
+    /// A damaged line with more lines after it.
+    pub damage: Option<Damage>,
+}
+
+#[derive(Debug)]
+pub struct Damage {
+    /// 1-based, counted from the start of `buf`.
+    pub line: u64,
+    /// Byte offset in `buf`.
+    pub offset: usize,
+    pub reason: String,
+}
+
+/// Parses log bytes (no I/O): the header first unless `header_seen`, then operation lines.
+pub fn scan(buf: &[u8], header_seen: bool) -> Scan {
+    let mut out = Scan::default();
+    let mut at = 0usize;
+    while let Some(nl) = buf[at..].iter().position(|&b| b == b'\n') {
+        let line = &buf[at..at + nl];
+        let parsed = if !header_seen && out.lines == 0 {
+            check_header(line).map(|()| None)
+        } else {
+            decode(line).map(Some)
+        };
+        match parsed {
+            Ok(l) => {
+                match l {
+                    Some(Line::Op(op)) => out.ops.push(*op),
+                    Some(Line::Unknown) => out.skipped += 1,
+                    None => {}
+                }
+                at += nl + 1;
+                out.consumed = at;
+                out.lines += 1;
+            }
+            // The last line, damaged after the header: torn.
+            Err(_) if (header_seen || out.lines > 0) && at + nl + 1 == buf.len() => {
+                out.torn_tail = true;
+                return out;
+            }
+            Err(reason) => {
+                out.damage = Some(Damage {
+                    line: out.lines + 1,
+                    offset: at,
+                    reason,
+                });
+                return out;
+            }
+        }
+    }
+    out.torn_tail |= at < buf.len();
+    out
 }
 
 /// A reader/writer of one gallery directory's log.
@@ -166,44 +234,20 @@ impl Log {
     }
 
     fn apply_lines(&mut self, buf: &[u8], delta: &mut Delta) -> Result<(), GalleryError> {
-        let mut at = 0usize;
-        while let Some(nl) = buf[at..].iter().position(|&b| b == b'\n') {
-            let line = &buf[at..at + nl];
-            let offset = self.pos;
-            let parsed = if self.lines == 0 {
-                check_header(line).map(|()| None)
-            } else {
-                decode(line).map(Some)
-            };
-            match parsed {
-                Ok(l) => {
-                    match l {
-                        Some(Line::Op(op)) => delta.ops.push(*op),
-                        Some(Line::Unknown) => delta.skipped += 1,
-                        None => {}
-                    }
-                    at += nl + 1;
-                    self.pos += nl as u64 + 1;
-                    self.lines += 1;
-                }
-                // The last line of the file, damaged: a write torn by a crash (or one still
-                // being copied in by another process). Not applied; the next writer cuts it.
-                Err(_) if self.lines > 0 && at + nl + 1 == buf.len() => {
-                    delta.torn_tail = true;
-                    return Ok(());
-                }
-                Err(reason) => {
-                    return Err(GalleryError::Corrupt {
-                        file: Self::path(&self.dir),
-                        line: self.lines + 1,
-                        offset,
-                        reason,
-                    })
-                }
-            }
+        let scan = scan(buf, self.lines > 0);
+        if let Some(d) = scan.damage {
+            return Err(GalleryError::Corrupt {
+                file: Self::path(&self.dir),
+                line: self.lines + d.line,
+                offset: self.pos + d.offset as u64,
+                reason: d.reason,
+            });
         }
-        // Bytes after the last newline: an append in progress or torn.
-        delta.torn_tail |= at < buf.len();
+        self.pos += scan.consumed as u64;
+        self.lines += scan.lines;
+        delta.ops.extend(scan.ops);
+        delta.skipped += scan.skipped;
+        delta.torn_tail |= scan.torn_tail;
         Ok(())
     }
 

@@ -7,9 +7,11 @@
 //! varied galleries that recognise best. The trimmed mean is reported beside it (search output,
 //! calibration) as the evidence of how consistent the match is.
 //!
-//! Negative examples (`gallery reject KEY IMG`): a probe that is about as close to one of the
-//! person's negatives as to the person (within `margin`) is pushed down by the difference, so a
-//! look-alike that was once confused for the person no longer takes their identity.
+//! Negative examples (`gallery reject KEY IMG`): a probe closer to one of the person's negatives
+//! than to any of the person's templates is never that person (its score becomes -1); one almost
+//! as close (within `margin`) is pushed down by the shortfall. A look-alike once confused for the
+//! person no longer takes their identity, while the person's own faces (closer to their templates
+//! than to the look-alike) still match.
 //!
 //! Open set: the top person is the identity only if its score ≥ `match_threshold` and beats the
 //! second-best *person* by `margin`; otherwise the face is unknown.
@@ -101,44 +103,61 @@ impl Index {
         self.rows.len() / self.dim.max(1)
     }
 
-    /// Every person's scores, best first.
-    pub fn search(&self, probe: &[f32], margin: f32) -> Vec<Candidate> {
-        if probe.len() != self.dim || self.dim == 0 {
+    /// The `k` best persons' scores, best first. One pass of dot products over the rows, no
+    /// allocation per person; only the `k` returned are built (and their trimmed means taken).
+    pub fn search(&self, probe: &[f32], margin: f32, k: usize) -> Vec<Candidate> {
+        if probe.len() != self.dim || self.dim == 0 || k == 0 {
             return Vec::new();
         }
-        let mut out: Vec<Candidate> = self
+        let row = |r: usize| &self.rows[r * self.dim..(r + 1) * self.dim];
+        let mut scored: Vec<(f32, f32, usize)> = self
             .persons
             .iter()
-            .map(|p| {
-                let scores: Vec<f32> = (p.first..p.first + p.n)
-                    .map(|r| dot(probe, &self.rows[r * self.dim..(r + 1) * self.dim]))
-                    .collect();
-                let best = scores.iter().copied().fold(f32::MIN, f32::max);
+            .enumerate()
+            .map(|(i, p)| {
+                let best = (p.first..p.first + p.n)
+                    .map(|r| dot(probe, row(r)))
+                    .fold(f32::MIN, f32::max);
                 let neg = p
                     .negatives
                     .iter()
                     .map(|e| dot(probe, e))
                     .fold(f32::MIN, f32::max);
+                (lowered(best, neg, margin), best, i)
+            })
+            .collect();
+        let by_score = |a: &(f32, f32, usize), b: &(f32, f32, usize)| b.0.total_cmp(&a.0);
+        if k < scored.len() {
+            scored.select_nth_unstable_by(k - 1, by_score);
+            scored.truncate(k);
+        }
+        scored.sort_by(by_score);
+        scored
+            .into_iter()
+            .map(|(score, best, i)| {
+                let p = &self.persons[i];
+                let scores = (p.first..p.first + p.n)
+                    .map(|r| dot(probe, row(r)))
+                    .collect();
                 Candidate {
                     key: p.key.clone(),
                     pguid: p.pguid.clone(),
-                    score: lowered(best, neg, margin),
+                    score,
                     best,
                     trimmed_mean: trimmed_mean(scores),
                     templates: p.n,
                 }
             })
-            .collect();
-        out.sort_by(|a, b| b.score.total_cmp(&a.score));
-        out
+            .collect()
     }
 }
 
-/// The best score, pushed down when a negative example is within `margin` of it.
+/// The best score after the person's negative examples (the closest at `negative`).
 pub fn lowered(best: f32, negative: f32, margin: f32) -> f32 {
-    let gap = negative + margin - best;
-    if gap > 0.0 {
-        best - gap
+    if negative >= best {
+        -1.0
+    } else if negative + margin > best {
+        best - (negative + margin - best)
     } else {
         best
     }
@@ -219,10 +238,13 @@ mod tests {
     #[test]
     fn negatives_lower_only_look_alikes() {
         assert_eq!(lowered(0.8, 0.2, 0.05), 0.8);
-        // As close to the negative as to the person: pushed below the runner-up.
-        let l = lowered(0.6, 0.6, 0.05);
-        assert!((l - 0.55).abs() < 1e-6, "{l}");
-        assert!(lowered(0.6, 0.9, 0.05) < 0.3);
+        assert_eq!(lowered(0.8, f32::MIN, 0.05), 0.8, "no negatives");
+        // Almost as close to the negative as to the person: pushed down by the shortfall.
+        let l = lowered(0.6, 0.58, 0.05);
+        assert!((l - 0.57).abs() < 1e-6, "{l}");
+        // Closer to the negative: never that person.
+        assert_eq!(lowered(0.6, 0.6, 0.05), -1.0);
+        assert_eq!(lowered(0.6, 0.9, 0.05), -1.0);
     }
 
     #[test]

@@ -95,3 +95,16 @@ fn one() -> u64 {
 fn is_one(n: &u64) -> bool {
     *n == 1
 }
+
+impl Op {
+    /// Whether every embedding value is a finite number (JSON cannot hold the others, and one
+    /// would poison every score it enters).
+    pub fn is_finite(&self) -> bool {
+        let e: &[f32] = match self {
+            Op::Template { template, .. } | Op::Unknown { template, .. } => &template.embedding,
+            Op::Reject { embedding, .. } => embedding,
+            _ => &[],
+        };
+        e.iter().all(|v| v.is_finite())
+    }
+}

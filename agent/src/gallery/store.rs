@@ -123,6 +123,11 @@ impl Gallery {
 
     /// Appends `ops` durably and applies them (after whatever others appended first).
     fn commit(&mut self, ops: Vec<Op>) -> Result<(), GalleryError> {
+        if !ops.iter().all(Op::is_finite) {
+            return Err(GalleryError::Invalid(
+                "an embedding value is not a finite number".into(),
+            ));
+        }
         let delta = self.log.append(&ops)?;
         self.apply(delta);
         self.apply(Delta {
@@ -288,15 +293,16 @@ impl Gallery {
         self.index.as_ref().expect("just built")
     }
 
-    /// Every person ranked against `probe` (scores of the embedding space `model`).
-    pub fn search(&mut self, probe: &[f32], model: &str) -> Vec<Candidate> {
+    /// The `k` persons closest to `probe`, best first (scores of the embedding space `model`;
+    /// `usize::MAX` ranks everyone).
+    pub fn search(&mut self, probe: &[f32], model: &str, k: usize) -> Vec<Candidate> {
         let margin = self.cfg.margin;
-        self.index(model).search(probe, margin)
+        self.index(model).search(probe, margin, k)
     }
 
-    /// The open-set decision for `probe`, with the ranking it came from.
+    /// The open-set decision for `probe`, with the two best candidates it came from.
     pub fn identify(&mut self, probe: &[f32], model: &str) -> (Decision, Vec<Candidate>) {
-        let ranked = self.search(probe, model);
+        let ranked = self.search(probe, model, 2);
         let d = decide(&ranked, self.cfg.match_threshold, self.cfg.margin);
         (d, ranked)
     }

@@ -89,7 +89,11 @@ fn enrolled_people_survive_a_reopen_and_are_identified() {
         "a stranger is nobody: {d:?}"
     );
     // Another embedding space is never compared.
-    assert!(g.search(&alice, "other-net").is_empty());
+    assert!(g.search(&alice, "other-net", 5).is_empty());
+    let all = g.search(&alice, MOBILEFACENET, usize::MAX);
+    assert_eq!(all.len(), 2);
+    assert!(all[0].key == "alice" && all[0].score > all[1].score);
+    assert_eq!(g.search(&alice, MOBILEFACENET, 1).len(), 1);
     g.delete("alice").unwrap();
     assert!(g.person("alice").is_none());
     assert!(open(&cfg, &clock).person("alice").is_none());
@@ -278,4 +282,85 @@ fn compaction_keeps_the_state_and_other_handles_follow() {
     assert!(again.person("alice").is_some());
     other.refresh().unwrap();
     assert_eq!(other.unknown(&u).unwrap().count, 1201);
+}
+
+/// The golden log of format version 1 (tests/fixtures/gallery): what an older release left on a
+/// gateway must read to the same state forever.
+#[test]
+fn the_v1_golden_log_reads_as_it_always_has() {
+    let (_d, cfg, clock) = setup();
+    std::fs::create_dir_all(&cfg.dir).unwrap();
+    let golden = include_bytes!("../../../tests/fixtures/gallery/v1.log");
+    std::fs::write(cfg.dir.join(LOG_FILE), golden).unwrap();
+    let mut g = open(&cfg, &clock);
+    let keys: Vec<&str> = g.persons().map(|p| p.key.as_str()).collect();
+    assert_eq!(keys, ["alice", "bob"], "carol was deleted");
+    let alice = g.person("alice").unwrap();
+    assert_eq!(alice.pguid, "11111111-1111-4111-8111-111111111111");
+    assert_eq!(alice.attrs["dept"], "r&d");
+    assert_eq!(alice.templates[0].data.embedding, [0.6, 0.8, 0.0, 0.0]);
+    assert_eq!(alice.negatives.len(), 1);
+    let u = g.unknown("33333333-3333-4333-8333-333333333333").unwrap();
+    assert_eq!(
+        (u.count, u.first_ms, u.last_ms),
+        (5, 1796280000005, 1796280000007)
+    );
+    assert!(g.unknown("44444444-4444-4444-8444-444444444444").is_none());
+    let (d, ranked) = g.identify(&[0.6, 0.8, 0.0, 0.0], MOBILEFACENET);
+    assert!(
+        matches!(d, Decision::Match(ref c) if c.key == "alice"),
+        "{ranked:?}"
+    );
+    // A probe like alice's negative example is pushed off her.
+    let (d, _) = g.identify(&[0.0, 1.0, 0.0, 0.0], MOBILEFACENET);
+    assert!(matches!(d, Decision::Unknown(_)), "{d:?}");
+}
+
+/// Appends read in pieces (another process mid-write): a line is applied once, when whole.
+#[test]
+fn split_reads_apply_each_line_once_when_complete() {
+    let (_d, cfg, clock) = setup();
+    let mut reader = open(&cfg, &clock);
+    let line = log::encode(&ops::Op::Person {
+        pguid: "p".into(),
+        key: "k".into(),
+        attrs: BTreeMap::new(),
+        at_ms: 1,
+    });
+    let path = cfg.dir.join(LOG_FILE);
+    for cut in [1, 9, line.len() / 2, line.len() - 1] {
+        let before = std::fs::read(&path).unwrap();
+        let mut partial = before.clone();
+        partial.extend_from_slice(&line[..cut]);
+        std::fs::write(&path, &partial).unwrap();
+        assert!(
+            !reader.refresh().unwrap(),
+            "cut at {cut}: nothing whole yet"
+        );
+        std::fs::write(&path, &before).unwrap();
+    }
+    let mut whole = std::fs::read(&path).unwrap();
+    whole.extend_from_slice(&line[..10]);
+    std::fs::write(&path, &whole).unwrap();
+    reader.refresh().unwrap();
+    whole.extend_from_slice(&line[10..]);
+    std::fs::write(&path, &whole).unwrap();
+    assert!(reader.refresh().unwrap());
+    assert!(reader.person("k").is_some());
+    assert!(!reader.refresh().unwrap(), "applied once");
+}
+
+#[test]
+fn non_finite_embeddings_are_refused() {
+    let (_d, cfg, clock) = setup();
+    let mut g = open(&cfg, &clock);
+    let mut e = unit(1, 8);
+    e[3] = f32::NAN;
+    assert!(matches!(
+        g.enroll("x", None, vec![tmpl(e)]),
+        Err(GalleryError::Invalid(_))
+    ));
+    assert!(g.person("x").is_none());
+    let s = log::scan(b"{\"format\":\"camgate-gallery\",\"version\":1}\n", false);
+    assert_eq!((s.lines, s.ops.len(), s.torn_tail), (1, 0, false));
 }

@@ -515,12 +515,7 @@ pub fn quality_of(f: &Face, bars: &QualityBars) -> ResultQuality {
     let q = &f.quality;
     let size = q.box_size;
     let blur = 100.0 / (100.0 + q.blur_var.max(0.0));
-    let pose = q
-        .yaw
-        .abs()
-        .max(2.0 * q.pitch.abs())
-        .max(q.roll_deg.abs() / 45.0)
-        .min(1.0);
+    let pose = q.yaw.abs().max(2.0 * q.pitch.abs()).min(1.0);
     let ok = size >= bars.min_size
         && q.score >= bars.min_score
         && blur <= bars.max_blur
@@ -584,5 +579,84 @@ impl Window {
         if moved {
             tx.send_replace(self.acked);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vision::mtcnn::Detection;
+    use crate::vision::quality::Quality;
+
+    fn face(size: f32, score: f32, blur_var: f32, yaw: f32, roll: f32) -> Face {
+        Face {
+            detection: Detection {
+                bbox: [0.0, 0.0, size, size],
+                score,
+                landmarks: [[0.0; 2]; 5],
+            },
+            quality: Quality {
+                box_size: size,
+                score,
+                blur_var,
+                yaw,
+                pitch: 0.0,
+                roll_deg: roll,
+            },
+            embedding: None,
+            aligned: Some(crate::vision::RgbImage::from_raw(1, 1, vec![0; 3]).unwrap()),
+        }
+    }
+
+    #[test]
+    fn quality_bars() {
+        let bars = QualityBars::default();
+        let q = quality_of(&face(120.0, 0.99, 900.0, 0.1, 40.0), &bars);
+        assert!(
+            q.ok,
+            "a tilted head is fine: alignment turns it upright: {q:?}"
+        );
+        assert!((q.blur - 0.1).abs() < 1e-6);
+        for (f, why) in [
+            (face(30.0, 0.99, 900.0, 0.1, 0.0), "small"),
+            (face(120.0, 0.8, 900.0, 0.1, 0.0), "low score"),
+            (face(120.0, 0.99, 5.0, 0.1, 0.0), "blurred"),
+            (face(120.0, 0.99, 900.0, 0.95, 0.0), "profile"),
+        ] {
+            assert!(!quality_of(&f, &bars).ok, "{why}");
+        }
+        let mut no_crop = face(120.0, 0.99, 900.0, 0.1, 0.0);
+        no_crop.aligned = None;
+        assert!(!quality_of(&no_crop, &bars).ok);
+    }
+
+    #[test]
+    fn truncated_jpegs_are_refused() {
+        let jpeg = Bytes::from_static(b"\xff\xd8\xff\xe0 body \xff\xd9");
+        assert!(complete(jpeg.clone()).is_ok());
+        assert!(
+            complete(Bytes::from([&jpeg[..], &[0u8; 16]].concat())).is_ok(),
+            "padding"
+        );
+        let cut = complete(jpeg.slice(..8)).err().unwrap();
+        assert_eq!(cut.kind, "decode");
+        assert!(cut.detail.contains("truncated"));
+        // Not a JPEG: left to the decoder (PNG fails on a short stream by itself).
+        assert!(complete(Bytes::from_static(b"\x89PNG")).is_ok());
+    }
+
+    #[test]
+    fn the_window_commits_only_a_finished_prefix() {
+        let (tx, rx) = watch::channel(Acked::default());
+        let mut w = Window::default();
+        for (o, done) in [(1, true), (2, false), (3, true)] {
+            w.open.insert(o, done);
+        }
+        w.advance(&tx);
+        assert_eq!(rx.borrow().through, Some(1));
+        w.open.insert(2, true);
+        w.advance(&tx);
+        assert_eq!((rx.borrow().through, rx.borrow().count), (Some(3), 3));
+        assert!(w.open.is_empty());
     }
 }

@@ -7,6 +7,8 @@
 //!    the child. Reference: the same cameras acked at once by a bare in-process client (no
 //!    outbox), i.e. what the network and TLS alone cost.
 
+#[cfg(feature = "vision")]
+pub mod faces;
 pub mod hook;
 #[cfg(feature = "kafka")]
 pub mod kafka;
