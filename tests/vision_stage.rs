@@ -27,7 +27,7 @@ fn root() -> PathBuf {
 }
 
 fn photo(name: &str) -> Bytes {
-    Bytes::from(std::fs::read(root().join("tests/fixtures/faces").join(name)).unwrap())
+    Bytes::from(std::fs::read(photo_path(name)).unwrap())
 }
 
 fn stage_config() -> StageConfig {
@@ -144,9 +144,69 @@ async fn the_enrolled_person_is_named_and_a_stranger_is_one_unsolved_entry() {
     let g = Gallery::open(&cfg.gallery, camgate::clock::system()).unwrap();
     let u = g.unknown(&strangers[0]).unwrap();
     assert_eq!(u.count, 3);
+    drop(g);
     // The jsonl sink forwarded the results with the events.
     let lines = std::fs::read_to_string(&cfg.sinks.jsonl.path).unwrap();
     assert_eq!(lines.matches("\"kind\":\"face_result\"").count(), 6);
+    // The health file counts what the stage did.
+    let health: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg.health.file).unwrap()).unwrap();
+    let v = &health["vision"];
+    assert_eq!(
+        (
+            v["results"].as_u64(),
+            v["identified"].as_u64(),
+            v["unknown"].as_u64()
+        ),
+        (Some(6), Some(3), Some(3)),
+        "{v}"
+    );
+    assert_eq!(v["error_results"], 0);
+
+    // The operator lists the stranger and promotes them to a person; the next photo of them
+    // is that person.
+    let cli = dir.path().join("cli.toml");
+    std::fs::write(
+        &cli,
+        format!(
+            "[vision]\nmodels_dir = \"{}\"\n[gallery]\ndir = \"{}\"\n",
+            root().join("models").display(),
+            cfg.gallery.dir.display()
+        ),
+    )
+    .unwrap();
+    let gallery = |args: &[&str]| -> serde_json::Value {
+        let out = std::process::Command::new(BIN)
+            .arg("gallery")
+            .args(args)
+            .arg("--config")
+            .arg(&cli)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let unknowns = gallery(&["unknowns"]);
+    assert_eq!(unknowns[0]["uguid"], strangers[0].as_str());
+    assert_eq!(unknowns[0]["count"], 3);
+    assert_eq!(unknowns[0]["last_camera"], "door-1");
+    let promoted = gallery(&["promote", &strangers[0], "--key", "biden"]);
+    assert!(
+        promoted["templates_added"].as_u64().unwrap() >= 1,
+        "{promoted}"
+    );
+    assert!(gallery(&["unknowns"]).as_array().unwrap().is_empty());
+    let biden = photo_path("biden.jpg");
+    let hit = gallery(&["search", biden.to_str().unwrap()]);
+    assert_eq!(hit["identity"]["key"], "biden", "{hit}");
+}
+
+fn photo_path(name: &str) -> PathBuf {
+    root().join("tests/fixtures/faces").join(name)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -55,6 +55,8 @@ pub struct Daemon {
     sink_tasks: JoinSet<()>,
     /// Status of each forwarding sink, by name, for the health file and `camgate status`.
     pub sink_status: Vec<(String, Arc<sinks::SinkStatus>)>,
+    /// The vision stage's counters, when it runs.
+    pub stage_counters: Option<Arc<crate::stage::StageCounters>>,
     health_task: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -75,9 +77,12 @@ impl Daemon {
         };
         #[cfg_attr(not(feature = "vision"), allow(unused_mut))]
         let (mut sink_tasks, mut sink_status) = spawn_sinks(cfg, &outbox, &sink_stop);
+        #[cfg_attr(not(feature = "vision"), allow(unused_mut))]
+        let mut stage_counters = None;
         #[cfg(feature = "vision")]
         if let Some(v) = &cfg.vision {
             let stage = start_stage(cfg, v, &outbox, &intake, stored).await?;
+            stage_counters = Some(stage.counters.clone());
             let stop = sink_stop.clone();
             spawn_sink(&mut sink_tasks, &mut sink_status, "vision", move |st| {
                 stage.run(st, stop)
@@ -97,6 +102,7 @@ impl Daemon {
             reconcilers,
             sink_tasks,
             sink_status,
+            stage_counters,
             health_task: None,
         };
         d.health_task = Some(d.spawn_health());
@@ -152,6 +158,7 @@ impl Daemon {
             &self.sink_status,
         );
         r.hook = self.hook_health().map(|h| h.value());
+        r.vision = vision_health(&self.stage_counters);
         r
     }
 
@@ -171,6 +178,7 @@ impl Daemon {
         let outbox = self.outbox.clone();
         let sink_status = self.sink_status.clone();
         let hook = self.hook_health();
+        let stage = self.stage_counters.clone();
         let interval_secs = self.cfg.health.interval_secs;
         let stop = self.intake_stop.clone();
         tokio::spawn(async move {
@@ -184,6 +192,7 @@ impl Daemon {
                 let mut report =
                     health_report("running", interval_secs, &cameras, &outbox, &sink_status);
                 report.hook = hook.as_ref().map(HookHealth::value);
+                report.vision = vision_health(&stage);
                 if let Err(e) = ops::write_health(&path, &report) {
                     if !warned {
                         warn!(path = %path.display(), error = %e, "cannot write health file");
@@ -317,6 +326,10 @@ impl HookHealth {
     }
 }
 
+fn vision_health(c: &Option<Arc<crate::stage::StageCounters>>) -> Option<serde_json::Value> {
+    c.as_ref().and_then(|c| serde_json::to_value(&**c).ok())
+}
+
 fn health_report(
     state: &str,
     interval_secs: u64,
@@ -347,6 +360,7 @@ fn health_report(
             })
             .collect(),
         outbox: serde_json::to_value(stats).unwrap_or_default(),
+        vision: None,
     }
 }
 

@@ -73,6 +73,10 @@ pub struct HealthReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hook: Option<serde_json::Value>,
     pub outbox: serde_json::Value,
+    /// The vision stage's counters (face events, results, error results, fetch retries, faces
+    /// identified / unknown), when `[vision]` is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vision: Option<serde_json::Value>,
     /// Forwarding sinks by name (`kafka`, `mqtt`): delivery counters and lag.
     #[serde(default)]
     pub sinks: std::collections::BTreeMap<String, serde_json::Value>,

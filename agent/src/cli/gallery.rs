@@ -112,6 +112,12 @@ pub enum GalleryCommand {
         #[arg(long, value_name = "FILE")]
         write: Option<PathBuf>,
     },
+    /// Embed the kept crops of templates made by another model with the current one (after a
+    /// model change; nobody re-enrols).
+    Reembed {
+        #[command(flatten)]
+        args: GalleryArgs,
+    },
     /// Rewrite a damaged gallery log without its damaged records (the original is kept beside
     /// it); the way back when `check-config` or start-up names a damaged record.
     Repair {
@@ -239,6 +245,19 @@ pub fn run(cmd: GalleryCommand) -> Result<(), GalleryCliError> {
             pairs,
             write,
         } => calibrate(&args, target_fmr, pairs.as_deref(), write.as_deref()),
+        GalleryCommand::Reembed { args } => {
+            let mut ctx = open(&args)?;
+            let engine = FaceEngine::new(vision_config(&ctx.stage))?;
+            let (added, no_crop) = ctx.gallery.reembed(MOBILEFACENET, |crop| {
+                let img =
+                    crate::vision::RgbImage::from_raw(112, 112, crop).map_err(|e| e.to_string())?;
+                engine.embed_aligned(&img).map_err(|e| e.to_string())
+            })?;
+            print_json(
+                &serde_json::json!({"model": MOBILEFACENET, "templates_added": added, "without_crop": no_crop}),
+            );
+            Ok(())
+        }
         GalleryCommand::Repair { args } => {
             let cfg = Config::load_valid(&args.config)?;
             let r = crate::gallery::log::repair(&cfg.gallery.dir, clock::unix_now_ms())?;

@@ -75,6 +75,9 @@ pub struct TemplateData {
     #[serde(default)]
     pub crop: Option<String>,
     pub at_ms: u64,
+    /// Set by `gallery reembed`: the template whose crop this one was embedded from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
 }
 
 /// Which event an unsolved entry was seen in.

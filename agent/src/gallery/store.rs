@@ -174,6 +174,7 @@ impl Gallery {
             embedding: t.embedding,
             quality: t.quality,
             at_ms: self.now(),
+            from: None,
         })
     }
 
@@ -444,6 +445,51 @@ impl Gallery {
         let e = self.enroll(key, None, templates)?;
         self.forget(uguid)?;
         Ok(e)
+    }
+
+    /// Embeds every kept crop whose template is of another embedding space than `model` and has
+    /// no `model` template made from it yet (after a model change: no re-enrolling). Returns the
+    /// templates added and the ones that have no crop to embed from.
+    pub fn reembed(
+        &mut self,
+        model: &str,
+        mut embed: impl FnMut(Vec<u8>) -> Result<Vec<f32>, String>,
+    ) -> Result<(usize, usize), GalleryError> {
+        self.refresh()?;
+        let (mut ops, mut no_crop) = (Vec::new(), 0);
+        for p in self.state.persons.values() {
+            let done: Vec<&str> = p
+                .templates
+                .iter()
+                .filter(|t| t.data.model == model)
+                .filter_map(|t| t.data.from.as_deref())
+                .collect();
+            for t in p.templates.iter().filter(|t| t.data.model != model) {
+                if done.contains(&t.tid.as_str()) {
+                    continue;
+                }
+                let Some(crop) = t.data.crop.as_deref().and_then(|c| self.crop(c).ok()) else {
+                    no_crop += 1;
+                    continue;
+                };
+                let embedding = embed(crop).map_err(GalleryError::Invalid)?;
+                ops.push(Op::Template {
+                    pguid: p.pguid.clone(),
+                    tid: uuid::Uuid::new_v4().to_string(),
+                    template: TemplateData {
+                        model: model.to_owned(),
+                        embedding,
+                        quality: t.data.quality.clone(),
+                        crop: t.data.crop.clone(),
+                        at_ms: self.clock.now_ms(),
+                        from: Some(t.tid.clone()),
+                    },
+                });
+            }
+        }
+        let added = ops.len();
+        self.commit(ops)?;
+        Ok((added, no_crop))
     }
 
     /// Rewrites the log as the live state when it has grown past twice that (and 1000 lines);

@@ -364,3 +364,26 @@ fn non_finite_embeddings_are_refused() {
     let s = log::scan(b"{\"format\":\"camgate-gallery\",\"version\":1}\n", false);
     assert_eq!((s.lines, s.ops.len(), s.torn_tail), (1, 0, false));
 }
+
+/// After a model change, kept crops are embedded again; nothing is re-enrolled, nothing twice.
+#[test]
+fn reembed_embeds_kept_crops_once() {
+    let (_d, cfg, clock) = setup();
+    let mut g = open(&cfg, &clock);
+    let mut old = tmpl(unit(1, 16));
+    old.model = "old-net".into();
+    g.enroll("alice", None, vec![old]).unwrap();
+    let mut calls = 0;
+    let (added, no_crop) = g
+        .reembed(MOBILEFACENET, |crop| {
+            calls += 1;
+            assert_eq!(crop.len(), 112 * 112 * 3);
+            Ok(unit(2, 16))
+        })
+        .unwrap();
+    assert_eq!((added, no_crop, calls), (1, 0, 1));
+    let again = g.reembed(MOBILEFACENET, |_| Ok(unit(3, 16))).unwrap();
+    assert_eq!(again, (0, 0), "already re-embedded");
+    let (d, _) = g.identify(&unit(2, 16), MOBILEFACENET);
+    assert!(matches!(d, Decision::Match(ref c) if c.key == "alice"));
+}

@@ -14,3 +14,20 @@ pub mod config;
 pub mod run;
 
 pub use config::{QualityBars, StageConfig, Variant};
+
+use std::sync::atomic::AtomicU64;
+
+/// What the stage has done, for the health file and the logs.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct StageCounters {
+    pub face_events: AtomicU64,
+    pub results: AtomicU64,
+    pub error_results: AtomicU64,
+    pub fetch_retries: AtomicU64,
+    pub faces: AtomicU64,
+    pub identified: AtomicU64,
+    pub unknown: AtomicU64,
+    /// Events skipped because their result was already stored (processed before a crash).
+    pub already_done: AtomicU64,
+    pub results_dropped: AtomicU64,
+}

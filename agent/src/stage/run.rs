@@ -8,7 +8,7 @@
 //! crash, always with the same key (`<sn>/<event_id>`), which makes the re-send harmless.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
 use super::config::{QualityBars, StageConfig, Variant};
+use super::StageCounters;
 use crate::camera::CameraConfig;
 use crate::clock::SharedClock;
 use crate::event::{EventView, FACE_RECOG_EVENT};
@@ -52,21 +53,6 @@ pub enum StageError {
     Gallery(#[from] GalleryError),
     #[error("vision stage task: {0}")]
     Task(String),
-}
-
-/// What the stage has done, for the health file and the logs.
-#[derive(Debug, Default, serde::Serialize)]
-pub struct StageCounters {
-    pub face_events: AtomicU64,
-    pub results: AtomicU64,
-    pub error_results: AtomicU64,
-    pub fetch_retries: AtomicU64,
-    pub faces: AtomicU64,
-    pub identified: AtomicU64,
-    pub unknown: AtomicU64,
-    /// Events skipped because their result was already stored (processed before a crash).
-    pub already_done: AtomicU64,
-    pub results_dropped: AtomicU64,
 }
 
 /// One camera as the picture fetch sees it.
@@ -366,11 +352,18 @@ impl Stage {
             )
         })?;
         let url = camera_url(&job.pic_url, &cam.host).map_err(|e| fail("url", e))?;
-        let tls = match (url.https, &cam.tls) {
-            (false, _) => None,
-            (true, Ok(t)) => Some(t.clone()),
-            (true, Err(e)) => return Err(fail("tls", e)),
-        };
+        // DECISIONS §4: pictures come over HTTPS with the camera's trust; a plain http URL
+        // would hand the picture (and the auth_key) to whoever is on the path.
+        if !url.https {
+            return Err(fail(
+                "url",
+                format!(
+                    "{:?} is not https (pictures are fetched only with the camera's TLS trust)",
+                    job.pic_url
+                ),
+            ));
+        }
+        let tls = Some(cam.tls.clone().map_err(|e| fail("tls", e))?);
         let client = HttpsClient::new(
             &url.authority,
             tls,

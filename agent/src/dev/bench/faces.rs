@@ -80,6 +80,7 @@ fn person_ops(i: usize, e: Vec<f32>) -> [Op; 2] {
                 quality: None,
                 crop: None,
                 at_ms: 0,
+                from: None,
             },
         },
     ]
