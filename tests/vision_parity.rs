@@ -117,11 +117,19 @@ fn iou(a: &[f32], b: &[f32]) -> f32 {
     i / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - i)
 }
 
+/// Images left out by `CAMGATE_PARITY_SKIP` (comma-separated names): CI's aarch64 step under
+/// qemu skips the two that repeat what the others cover at the highest cost (32bit.png is
+/// obama2.jpg re-encoded as RGBA PNG, biden.jpg the widest picture); x86_64 runs them all.
+fn skipped(name: &str) -> bool {
+    std::env::var("CAMGATE_PARITY_SKIP").is_ok_and(|s| s.split(',').any(|n| n.trim() == name))
+}
+
 fn images() -> Vec<(String, &'static Value)> {
     reference()["images"]
         .as_object()
         .unwrap()
         .iter()
+        .filter(|(k, _)| !skipped(k))
         .map(|(k, v)| (k.clone(), v))
         .collect()
 }
@@ -370,9 +378,13 @@ fn identities() -> Vec<(&'static str, usize, &'static str)> {
 }
 
 fn check_separation(variant: ModelVariant) {
+    let identities: Vec<_> = identities()
+        .into_iter()
+        .filter(|(name, _, _)| !skipped(name))
+        .collect();
     let threshold = camgate::cli::face::DEFAULT_THRESHOLD;
     let mut embs = Vec::new();
-    for (name, idx, who) in identities() {
+    for (name, idx, who) in identities {
         let faces = &results(variant)[name];
         let rb = f32s(&reference()["images"][name]["faces_float"][idx]["box"]);
         let f = faces
