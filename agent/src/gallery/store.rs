@@ -244,9 +244,12 @@ impl Gallery {
             pguid: p.pguid.clone(),
             at_ms: self.now(),
         }])?;
-        for rel in p.templates.iter().filter_map(|t| t.data.crop.as_deref()) {
-            let _ = std::fs::remove_file(self.cfg.dir.join(rel));
-        }
+        let crops: Vec<&str> = p
+            .templates
+            .iter()
+            .filter_map(|t| t.data.crop.as_deref())
+            .collect();
+        self.remove_crops(&crops);
         Ok(p)
     }
 
@@ -311,7 +314,7 @@ impl Gallery {
     /// Files an unknown face: the unsolved entry it resembles gets a sighting (and, while it
     /// has few, a new exemplar), or a new entry is made (the one seen longest ago is forgotten
     /// when `max_unknowns` are kept). Returns the entry's `uguid`.
-    pub fn file_unknown(&mut self, t: NewTemplate, seen: Seen) -> Result<String, GalleryError> {
+    pub fn file_unknown(&mut self, mut t: NewTemplate, seen: Seen) -> Result<String, GalleryError> {
         self.refresh()?;
         let now = self.now();
         let place = Place {
@@ -336,6 +339,10 @@ impl Gallery {
                 let uguid = found.map_or_else(|| uuid::Uuid::new_v4().to_string(), |f| f.0);
                 if fresh {
                     ops.extend(self.eviction_ops(now));
+                } else {
+                    // One crop per stranger (the first face): enough to re-embed after a model
+                    // change, and the gallery's disk use stays one crop per unsolved entry.
+                    t.crop = None;
                 }
                 let template = self.template_data(&format!("u-{}", uuid::Uuid::new_v4()), t)?;
                 ops.push(Op::Unknown {
@@ -346,8 +353,39 @@ impl Gallery {
                 uguid
             }
         };
+        let gone = self.crops_of_forgotten(&ops);
         self.commit(ops)?;
+        self.remove_crops(&gone);
         Ok(uguid)
+    }
+
+    /// The crop files of the unsolved entries that `ops` forget.
+    fn crops_of_forgotten(&self, ops: &[Op]) -> Vec<String> {
+        ops.iter()
+            .filter_map(|op| match op {
+                Op::Forget { uguid, .. } => self.state.unknowns.get(uguid),
+                _ => None,
+            })
+            .flat_map(|u| u.exemplars.iter().filter_map(|t| t.crop.clone()))
+            .collect()
+    }
+
+    /// Deletes crop files no operation names any more (after the operation that dropped them
+    /// is durable: a crash in between leaves a stray file, never a missing one).
+    fn remove_crops<S: AsRef<str>>(&self, rels: &[S]) {
+        for rel in rels {
+            let _ = std::fs::remove_file(self.cfg.dir.join(rel.as_ref()));
+        }
+    }
+
+    /// An unsolved entry, after catching up with other processes.
+    fn unknown_now(&mut self, uguid: &str) -> Result<Unknown, GalleryError> {
+        self.refresh()?;
+        self.state
+            .unknowns
+            .get(uguid)
+            .cloned()
+            .ok_or_else(|| GalleryError::NoUnknown(uguid.to_owned()))
     }
 
     /// The entry whose exemplars come closest to `probe` at ≥ `cluster_threshold`, and how
@@ -405,33 +443,24 @@ impl Gallery {
 
     /// Removes an unsolved entry (and its crops).
     pub fn forget(&mut self, uguid: &str) -> Result<Unknown, GalleryError> {
-        self.refresh()?;
-        let u = self
-            .state
-            .unknowns
-            .get(uguid)
-            .cloned()
-            .ok_or_else(|| GalleryError::NoUnknown(uguid.to_owned()))?;
+        let u = self.unknown_now(uguid)?;
         self.commit(vec![Op::Forget {
             uguid: uguid.to_owned(),
             at_ms: self.now(),
         }])?;
-        for rel in u.exemplars.iter().filter_map(|t| t.crop.as_deref()) {
-            let _ = std::fs::remove_file(self.cfg.dir.join(rel));
-        }
+        let crops: Vec<&str> = u
+            .exemplars
+            .iter()
+            .filter_map(|t| t.crop.as_deref())
+            .collect();
+        self.remove_crops(&crops);
         Ok(u)
     }
 
     /// Enrolls the unsolved entry `uguid` as the person `key` (its exemplars become templates,
     /// their crops copied) and forgets the entry.
     pub fn promote(&mut self, uguid: &str, key: &str) -> Result<Enrolled, GalleryError> {
-        self.refresh()?;
-        let u = self
-            .state
-            .unknowns
-            .get(uguid)
-            .cloned()
-            .ok_or_else(|| GalleryError::NoUnknown(uguid.to_owned()))?;
+        let u = self.unknown_now(uguid)?;
         let templates = u
             .exemplars
             .iter()

@@ -387,3 +387,28 @@ fn reembed_embeds_kept_crops_once() {
     let (d, _) = g.identify(&unit(2, 16), MOBILEFACENET);
     assert!(matches!(d, Decision::Match(ref c) if c.key == "alice"));
 }
+
+/// Strangers keep one crop each, and a forgotten stranger's crop goes with it: the gallery's
+/// disk use is bounded by `max_unknowns`.
+#[test]
+fn crops_of_strangers_are_one_each_and_go_with_them() {
+    let (_d, mut cfg, clock) = setup();
+    cfg.max_unknowns = 2;
+    let mut g = open(&cfg, &clock);
+    let crops =
+        |cfg: &GalleryConfig| std::fs::read_dir(cfg.dir.join("crops")).map_or(0, |d| d.count());
+    let base = unit(40, 64);
+    for i in 0..4 {
+        g.file_unknown(tmpl(near(&base, &unit(50 + i, 64), 0.1)), Seen::default())
+            .unwrap();
+    }
+    assert_eq!(g.unknowns().count(), 1);
+    assert_eq!(crops(&cfg), 1, "one crop for one stranger seen four times");
+    for i in 0..5 {
+        clock.advance_ms(1000);
+        g.file_unknown(tmpl(unit(60 + i, 64)), Seen::default())
+            .unwrap();
+    }
+    assert_eq!(g.unknowns().count(), 2);
+    assert_eq!(crops(&cfg), 2, "evicted strangers' crops are deleted");
+}
