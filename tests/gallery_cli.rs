@@ -16,7 +16,7 @@ fn photo(name: &str) -> PathBuf {
 
 fn config(dir: &Path) -> PathBuf {
     let text = format!(
-        "[outbox]\ndir = \"{d}/outbox\"\n[vision]\nmodels_dir = \"{m}\"\n[gallery]\ndir = \"{d}/gallery\"\n",
+        "[outbox]\ndir = \"{d}/outbox\"\n[sinks.jsonl]\npath = \"{d}/events.jsonl\"\n[health]\nfile = \"{d}/health.json\"\n[vision]\nmodels_dir = \"{m}\"\n[gallery]\ndir = \"{d}/gallery\"\n",
         d = dir.display(),
         m = root().join("models").display()
     );
@@ -123,6 +123,16 @@ fn a_damaged_gallery_is_named_by_check_config_and_repaired() {
         "{err}"
     );
     assert!(err.contains("camgate gallery repair"), "{err}");
+
+    // The daemon refuses to start rather than run without the people it can no longer read.
+    let run = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success(), "{err}");
+    assert!(err.contains("gallery.log") && err.contains("record 2"), "{err}");
 
     let r = json(&gallery(&cfg, &["repair"], &[]));
     assert_eq!(r["dropped"].as_array().unwrap().len(), 1, "{r}");
