@@ -132,7 +132,10 @@ fn a_damaged_gallery_is_named_by_check_config_and_repaired() {
         .unwrap();
     let err = String::from_utf8_lossy(&run.stderr);
     assert!(!run.status.success(), "{err}");
-    assert!(err.contains("gallery.log") && err.contains("record 2"), "{err}");
+    assert!(
+        err.contains("gallery.log") && err.contains("record 2"),
+        "{err}"
+    );
 
     let r = json(&gallery(&cfg, &["repair"], &[]));
     assert_eq!(r["dropped"].as_array().unwrap().len(), 1, "{r}");
