@@ -11,7 +11,7 @@ use crate::clock;
 use crate::config::{Config, ConfigError};
 use crate::gallery::calibrate::Labelled;
 use crate::gallery::{Decision, Gallery, GalleryError, NewTemplate, MOBILEFACENET};
-use crate::stage::run::{quality_of, vision_config};
+use crate::stage::run::{best_usable, quality_of, template_of, vision_config};
 use crate::stage::StageConfig;
 use crate::vision::pipeline::Face;
 use crate::vision::{FaceEngine, VisionError};
@@ -147,28 +147,20 @@ fn open(args: &GalleryArgs) -> Result<Ctx, GalleryCliError> {
     Ok(Ctx { stage, gallery })
 }
 
-/// The largest face of a photo that passes the quality bars, with its quality.
+/// The largest face of a photo that passes the quality bars.
 fn best_face(engine: &FaceEngine, stage: &StageConfig, path: &Path) -> Result<Face, String> {
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
     let (faces, _) = engine.process(&bytes, true).map_err(|e| e.to_string())?;
     let n = faces.len();
-    faces
-        .into_iter()
-        .filter(|f| f.embedding.is_some() && quality_of(f, &stage.quality).ok)
-        .max_by(|a, b| a.quality.box_size.total_cmp(&b.quality.box_size))
-        .ok_or_else(|| match n {
-            0 => "no face found".to_string(),
-            n => format!("{n} face(s) found, none passes the quality bars ([vision.quality])"),
-        })
+    best_usable(faces, &stage.quality).ok_or_else(|| match n {
+        0 => "no face found".to_string(),
+        n => format!("{n} face(s) found, none passes the quality bars ([vision.quality])"),
+    })
 }
 
 fn template(f: Face, stage: &StageConfig) -> NewTemplate {
-    NewTemplate {
-        model: MOBILEFACENET.into(),
-        quality: serde_json::to_value(quality_of(&f, &stage.quality)).ok(),
-        embedding: f.embedding.unwrap_or_default(),
-        crop: f.aligned.map(|c| c.data),
-    }
+    let q = quality_of(&f, &stage.quality);
+    template_of(f, q)
 }
 
 fn parse_attrs(attrs: &[String]) -> Result<Option<BTreeMap<String, String>>, GalleryCliError> {

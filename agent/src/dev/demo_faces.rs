@@ -10,10 +10,10 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::config::{Config, StageConfig};
-use crate::gallery::{Gallery, NewTemplate, MOBILEFACENET};
+use crate::gallery::Gallery;
 use crate::outbox::Record;
 use crate::results::{FaceResult, Stored};
-use crate::stage::run::{quality_of, vision_config};
+use crate::stage::run::{best_usable, quality_of, template_of, vision_config};
 use crate::vision::models::ModelSet;
 use crate::vision::FaceEngine;
 
@@ -49,23 +49,12 @@ pub fn prepare(cfg: &mut Config, dir: &Path) -> Result<Option<String>, String> {
     let (faces, _) = engine
         .process(ENROLL_PHOTO, true)
         .map_err(|e| e.to_string())?;
-    let face = faces
-        .into_iter()
-        .filter(|f| quality_of(f, &stage.quality).ok)
-        .max_by(|a, b| a.quality.box_size.total_cmp(&b.quality.box_size))
-        .ok_or("the enrollment photo has no usable face")?;
+    let face =
+        best_usable(faces, &stage.quality).ok_or("the enrollment photo has no usable face")?;
+    let q = quality_of(&face, &stage.quality);
     let mut g = Gallery::open(&cfg.gallery, crate::clock::system()).map_err(|e| e.to_string())?;
     let e = g
-        .enroll(
-            ENROLLED_KEY,
-            None,
-            vec![NewTemplate {
-                model: MOBILEFACENET.into(),
-                quality: serde_json::to_value(quality_of(&face, &stage.quality)).ok(),
-                embedding: face.embedding.unwrap_or_default(),
-                crop: face.aligned.map(|c| c.data),
-            }],
-        )
+        .enroll(ENROLLED_KEY, None, vec![template_of(face, q)])
         .map_err(|e| e.to_string())?;
     cfg.vision = Some(stage);
     Ok(Some(e.pguid))

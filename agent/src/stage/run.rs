@@ -471,10 +471,11 @@ fn decide_face(
         identity: None,
         uguid: None,
     };
-    let Some(embedding) = f.embedding.filter(|_| quality.ok) else {
+    if !quality.ok || f.embedding.is_none() {
         return out;
-    };
-    match g.identify(&embedding, MOBILEFACENET).0 {
+    }
+    let t = template_of(f, quality);
+    match g.identify(&t.embedding, MOBILEFACENET).0 {
         Decision::Match(c) => {
             counters.identified.fetch_add(1, Ordering::Relaxed);
             out.identity = Some(Identity {
@@ -485,12 +486,6 @@ fn decide_face(
         }
         Decision::Unknown(_) => {
             counters.unknown.fetch_add(1, Ordering::Relaxed);
-            let t = NewTemplate {
-                model: MOBILEFACENET.into(),
-                embedding,
-                quality: serde_json::to_value(quality).ok(),
-                crop: f.aligned.map(|c| c.data),
-            };
             match g.file_unknown(t, seen.clone()) {
                 Ok(u) => out.uguid = Some(u),
                 Err(e) => warn!(error = %e, "unknown face not filed in the gallery"),
@@ -498,6 +493,25 @@ fn decide_face(
         }
     }
     out
+}
+
+/// The largest face that passes `bars` and has an embedding: the one a photo of one person is
+/// about (enrolment, `gallery search`, `gallery reject`).
+pub fn best_usable(faces: Vec<Face>, bars: &QualityBars) -> Option<Face> {
+    faces
+        .into_iter()
+        .filter(|f| f.embedding.is_some() && quality_of(f, bars).ok)
+        .max_by(|a, b| a.quality.box_size.total_cmp(&b.quality.box_size))
+}
+
+/// A gallery template of a face: its embedding, its quality and its aligned crop.
+pub fn template_of(f: Face, quality: ResultQuality) -> NewTemplate {
+    NewTemplate {
+        model: MOBILEFACENET.into(),
+        embedding: f.embedding.unwrap_or_default(),
+        quality: serde_json::to_value(quality).ok(),
+        crop: f.aligned.map(|c| c.data),
+    }
 }
 
 /// The result's quality: `blur` maps the Laplacian variance of the aligned crop to 0..1
