@@ -13,10 +13,10 @@ use bytes::Bytes;
 use camgate::config::{Config, StageConfig};
 use camgate::daemon::Daemon as Gateway;
 use camgate::dev::sim::SimCamera;
-use camgate::gallery::{Gallery, NewTemplate, MOBILEFACENET};
+use camgate::gallery::Gallery;
 use camgate::outbox::Outbox;
 use camgate::results::FaceResult;
-use camgate::stage::run::{quality_of, vision_config};
+use camgate::stage::run::{best_usable, quality_of, template_of, vision_config};
 use camgate::vision::FaceEngine;
 use common::*;
 
@@ -52,23 +52,10 @@ fn enroll(cfg: &Config, key: &str, photo_name: &str) {
     let stage = cfg.vision.clone().unwrap();
     let engine = FaceEngine::new(vision_config(&stage)).unwrap();
     let (faces, _) = engine.process(&photo(photo_name), true).unwrap();
-    let f = faces
-        .into_iter()
-        .filter(|f| quality_of(f, &stage.quality).ok)
-        .max_by(|a, b| a.quality.box_size.total_cmp(&b.quality.box_size))
-        .expect("a usable face");
+    let f = best_usable(faces, &stage.quality).expect("a usable face");
+    let q = quality_of(&f, &stage.quality);
     let mut g = Gallery::open(&cfg.gallery, camgate::clock::system()).unwrap();
-    g.enroll(
-        key,
-        None,
-        vec![NewTemplate {
-            model: MOBILEFACENET.into(),
-            quality: None,
-            embedding: f.embedding.unwrap(),
-            crop: f.aligned.map(|c| c.data),
-        }],
-    )
-    .unwrap();
+    g.enroll(key, None, vec![template_of(f, q)]).unwrap();
 }
 
 /// The face results stored so far (none while the daemon has not made its outbox yet).
@@ -112,6 +99,16 @@ async fn the_enrolled_person_is_named_and_a_stranger_is_one_unsolved_entry() {
         eventually(WAIT, || results(&outbox).len() >= 6).await,
         "{} results",
         results(&outbox).len()
+    );
+    // A result is readable in the outbox a moment before the stage counts it: let the count
+    // catch up before stopping (shutdown cancels the stage's tasks).
+    let counters = d.stage_counters.clone().unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || counters
+            .results
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 6)
+        .await
     );
     d.shutdown(Duration::from_secs(10)).await.unwrap();
     let all = results(&outbox);
