@@ -129,7 +129,7 @@ async fn the_enrolled_person_is_named_and_a_stranger_is_one_unsolved_entry() {
         if r.event_id % 2 == 0 {
             let id = f.identity.as_ref().expect("obama2 is the enrolled person");
             assert_eq!(id.key, "obama");
-            assert!(id.score >= 0.45, "{id:?}");
+            assert!(id.score >= 0.52, "{id:?}");
             assert!(f.uguid.is_none());
         } else {
             assert!(f.identity.is_none(), "biden is not enrolled: {f:?}");
@@ -395,4 +395,151 @@ async fn kill_9_during_results_makes_no_second_result() {
         assert_eq!(counts.get(k), Some(&1), "{k}");
     }
     assert_eq!(counts.len(), events.len());
+}
+
+/// `mosquitto_sub` (the broker's own client, not camgate's code) on `filters`, QoS 1; lines
+/// `<topic> <payload>`. Returns once the broker acknowledged the subscription.
+#[cfg(feature = "kafka")]
+fn mosquitto_sub(port: u16, filters: &[&str], out: &Path) -> Daemon {
+    let file = std::fs::File::create(out).unwrap();
+    let mut cmd = std::process::Command::new("mosquitto_sub");
+    cmd.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-q",
+        "1",
+        "-v",
+        "-d",
+    ]);
+    for f in filters {
+        cmd.args(["-t", f]);
+    }
+    let child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(file)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("mosquitto_sub (Debian package mosquitto-clients, installed by .ci/setup)");
+    let t0 = std::time::Instant::now();
+    while !std::fs::read_to_string(out).unwrap().contains("SUBACK") {
+        assert!(t0.elapsed() < WAIT, "mosquitto_sub did not subscribe");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Daemon(child)
+}
+
+/// The messages `mosquitto_sub` printed (its debug lines left out).
+#[cfg(feature = "kafka")]
+fn mqtt_messages(out: &Path) -> Vec<(String, serde_json::Value)> {
+    std::fs::read_to_string(out)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("camgate/"))
+        .filter_map(|l| l.split_once(' '))
+        .filter_map(|(t, p)| Some((t.to_owned(), serde_json::from_str(p).ok()?)))
+        .collect()
+}
+
+/// The whole spine as a process: a camera's face events → the daemon fetches the pictures over
+/// TLS, names the enrolled person → the results reach a Kafka consumer on `camgate.faces`
+/// (keyed `<sn>/<event_id>`) and an MQTT subscriber on `faces/<camera>` and `matches/<key>`,
+/// beside the events themselves.
+#[cfg(feature = "kafka")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn face_results_reach_kafka_and_mqtt_consumers_through_the_daemon() {
+    use common::kafka::Reader;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::tansu::Tansu::start(&dir.path().join("tansu"));
+    broker.create_topic("camgate.events", 1);
+    broker.create_topic("camgate.faces", 1);
+    let mqtt = common::mosquitto::Mosquitto::start(&dir.path().join("mqtt"));
+    let sub_out = dir.path().join("mqtt.out");
+    let _sub = mosquitto_sub(
+        mqtt.port,
+        &["camgate/gw-v/faces/#", "camgate/gw-v/matches/#"],
+        &sub_out,
+    );
+    let faces = Reader::start(&broker.bootstrap(), "camgate.faces", 1);
+    let events = Reader::start(&broker.bootstrap(), "camgate.events", 1);
+
+    // Event id i gets picture i % 2: even ids the enrolled person, odd ids a stranger.
+    let sim = sim_with("SN-V", vec![photo("obama2.jpg"), photo("biden.jpg")], 4).await;
+    let stage = vision_cfg(dir.path(), vec![]);
+    enroll(&stage, "obama", "obama.jpg");
+    let camera = channel_camera_toml(&sim, "door-1").replacen(
+        "tls = {",
+        "events = [\"face_recog_event\"]\ntls = {",
+        1,
+    );
+    let sections = format!(
+        "gateway_id = \"gw-v\"\n{camera}[vision]\nmodels_dir = \"{m}\"\n[gallery]\ndir = \"{d}/gallery\"\n[kafka]\nbrokers = \"{b}\"\ntopic = \"camgate.events\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {p}\ngateway_id = \"gw-v\"\n",
+        m = root().join("models").display(),
+        d = dir.path().display(),
+        b = broker.bootstrap(),
+        p = mqtt.port,
+    );
+    let cfg = write_run_config(dir.path(), &sections);
+    let _d = spawn_run(&cfg);
+
+    let got = faces.wait_for(4, Duration::from_secs(120));
+    let mut keys: Vec<String> = got.iter().map(|s| s.key.clone()).collect();
+    keys.sort();
+    assert_eq!(keys, ["SN-V/1", "SN-V/2", "SN-V/3", "SN-V/4"], "{got:?}");
+    for s in &got {
+        assert_eq!(
+            s.headers.get("event_type").map(String::as_str),
+            Some("face_result")
+        );
+        let r: FaceResult = serde_json::from_slice(&s.payload).unwrap();
+        assert_eq!(
+            (r.camera.as_str(), format!("{}/{}", r.sn, r.event_id)),
+            ("door-1", s.key.clone())
+        );
+        let named: Vec<&str> = r
+            .faces
+            .iter()
+            .filter_map(|f| f.identity.as_ref().map(|i| i.key.as_str()))
+            .collect();
+        let want: &[&str] = if r.event_id % 2 == 0 { &["obama"] } else { &[] };
+        assert_eq!(named, want, "event {}: {r:?}", r.event_id);
+    }
+    let evs = events.wait_for(4, WAIT);
+    assert_eq!(
+        common::kafka::tally(&evs).0,
+        4,
+        "the events themselves, on their topic"
+    );
+
+    assert!(
+        eventually(WAIT, || {
+            let m = mqtt_messages(&sub_out);
+            m.iter().filter(|(t, _)| t.contains("/faces/")).count() >= 4
+                && m.iter().filter(|(t, _)| t.contains("/matches/")).count() >= 2
+        })
+        .await,
+        "mqtt: {:?}",
+        mqtt_messages(&sub_out)
+    );
+    let m = mqtt_messages(&sub_out);
+    let mut on_faces: Vec<i64> = m
+        .iter()
+        .filter(|(t, _)| t == "camgate/gw-v/faces/door-1")
+        .map(|(_, v)| v["event_id"].as_i64().unwrap())
+        .collect();
+    on_faces.sort();
+    on_faces.dedup();
+    assert_eq!(on_faces, [1, 2, 3, 4]);
+    let matched: Vec<(&str, i64)> = m
+        .iter()
+        .filter(|(t, _)| t.contains("/matches/"))
+        .map(|(t, v)| (t.as_str(), v["event_id"].as_i64().unwrap()))
+        .collect();
+    assert!(
+        matched
+            .iter()
+            .all(|(t, id)| *t == "camgate/gw-v/matches/obama" && id % 2 == 0),
+        "{matched:?}"
+    );
 }

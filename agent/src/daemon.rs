@@ -397,8 +397,9 @@ async fn start_stage(
 ) -> Result<Arc<crate::stage::run::Stage>, DaemonError> {
     use crate::stage::run::{result_keys, Stage};
     let clock = intake.clock().clone();
-    let gallery = crate::gallery::Gallery::open(&cfg.gallery, clock.clone())?;
-    info!(dir = %cfg.gallery.dir.display(), persons = gallery.persons().count(), unknowns = gallery.unknowns().count(), "gallery loaded");
+    let mut gallery = crate::gallery::Gallery::open(&cfg.gallery, clock.clone())?;
+    let templates = gallery.warm(crate::gallery::MOBILEFACENET);
+    info!(dir = %cfg.gallery.dir.display(), persons = gallery.persons().count(), templates, unknowns = gallery.unknowns().count(), "gallery loaded");
     let gallery = Arc::new(std::sync::Mutex::new(gallery));
     let (v, cameras, outbox) = (v.clone(), cfg.cameras.clone(), outbox.clone());
     let stage = tokio::task::spawn_blocking(move || {
@@ -407,7 +408,20 @@ async fn start_stage(
     })
     .await
     .map_err(|e| crate::stage::run::StageError::Task(e.to_string()))??;
+    release_freed_memory();
     Ok(Arc::new(stage))
+}
+
+/// Hands the memory freed while loading (parse buffers of the gallery and the models) back to
+/// the system: glibc returns only the free top of a heap by itself, and loading leaves its free
+/// space in holes between what stays (measured: 5 MB of a 10k-person gallery's 25 MB).
+#[cfg(feature = "vision")]
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 type CameraList = Vec<(String, Arc<CameraStatus>)>;

@@ -207,7 +207,7 @@ pub fn run(cmd: GalleryCommand) -> Result<(), GalleryCliError> {
             let mut ctx = open(&args)?;
             let p = ctx.gallery.delete(&key)?;
             print_json(
-                &serde_json::json!({"deleted": p.key, "pguid": p.pguid, "templates": p.templates.len()}),
+                &serde_json::json!({"deleted": &*p.key, "pguid": &*p.pguid, "templates": p.templates.len()}),
             );
             Ok(())
         }
@@ -279,7 +279,7 @@ pub fn run(cmd: GalleryCommand) -> Result<(), GalleryCliError> {
 
 fn person_json(p: &crate::gallery::Person) -> serde_json::Value {
     serde_json::json!({
-        "key": p.key, "pguid": p.pguid, "attrs": p.attrs, "created_ms": p.created_ms,
+        "key": &*p.key, "pguid": &*p.pguid, "attrs": p.attrs(), "created_ms": p.created_ms,
         "negatives": p.negatives.len(),
         "templates": p.templates.iter().map(|t| serde_json::json!({
             "tid": t.tid, "model": t.data.model, "dim": t.data.embedding.len(),
@@ -450,7 +450,7 @@ fn calibrate(
                 .filter(|t| t.data.model == MOBILEFACENET)
                 .map(|t| Labelled {
                     person: format!("gallery:{}", p.key),
-                    embedding: t.data.embedding.clone(),
+                    embedding: t.data.embedding.to_vec(),
                 })
         })
         .collect();

@@ -30,6 +30,8 @@ pub const FORMAT_NAME: &str = "camgate-gallery";
 pub const FORMAT_VERSION: u32 = 1;
 /// Longest line accepted (a template with a 512-float embedding is about 6 KB).
 pub const MAX_LINE: usize = 1 << 20;
+/// Bytes read at a time when catching up with the log.
+const READ_CHUNK: usize = 256 * 1024;
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Header {
@@ -184,8 +186,9 @@ impl Log {
         dir.join(LOG_FILE)
     }
 
-    /// Opens (creating the directory and an empty log if need be) and reads every operation.
-    pub fn open(dir: &Path) -> Result<(Log, Delta), GalleryError> {
+    /// Opens (creating the directory and an empty log if need be) and hands every operation to
+    /// `each`, in order.
+    pub fn open(dir: &Path, each: &mut dyn FnMut(Op)) -> Result<(Log, Delta), GalleryError> {
         std::fs::create_dir_all(dir).map_err(GalleryError::io(dir))?;
         let path = Self::path(dir);
         if !path.exists() {
@@ -203,13 +206,24 @@ impl Log {
             pos: 0,
             lines: 0,
         };
-        let mut delta = log.read_new()?;
+        let mut delta = log.read_each(each)?;
         delta.reset = true;
         Ok((log, delta))
     }
 
     /// Reads what was appended since the last call (or the whole file again if it was replaced).
     pub fn read_new(&mut self) -> Result<Delta, GalleryError> {
+        let mut ops = Vec::new();
+        let mut delta = self.read_each(&mut |op| ops.push(op))?;
+        delta.ops = ops;
+        Ok(delta)
+    }
+
+    /// [`Log::read_new`], handing each operation to `each` as it is decoded instead of
+    /// collecting them: a large gallery is read through a [`READ_CHUNK`] buffer, never held
+    /// whole as text or as operations (on a gateway that peak would outlive the load: the
+    /// allocator keeps it).
+    fn read_each(&mut self, each: &mut dyn FnMut(Op)) -> Result<Delta, GalleryError> {
         let path = Self::path(&self.dir);
         let mut delta = Delta::default();
         let meta = std::fs::metadata(&path).map_err(GalleryError::io(&path))?;
@@ -224,16 +238,34 @@ impl Log {
         if len <= self.pos {
             return Ok(delta);
         }
-        let mut buf = Vec::with_capacity((len - self.pos) as usize);
         self.file
             .seek(SeekFrom::Start(self.pos))
-            .and_then(|_| (&self.file).take(len - self.pos).read_to_end(&mut buf))
             .map_err(GalleryError::io(&path))?;
-        self.apply_lines(&buf, &mut delta)?;
+        let mut left = len - self.pos;
+        // Bytes read but not applied yet: the start of a line the next chunk finishes.
+        let mut buf: Vec<u8> = Vec::new();
+        while left > 0 {
+            let n = left.min(READ_CHUNK as u64);
+            (&self.file)
+                .take(n)
+                .read_to_end(&mut buf)
+                .map_err(GalleryError::io(&path))?;
+            left -= n;
+            let consumed = self.apply_lines(&buf, left == 0, &mut delta, each)?;
+            buf.drain(..consumed);
+        }
         Ok(delta)
     }
 
-    fn apply_lines(&mut self, buf: &[u8], delta: &mut Delta) -> Result<(), GalleryError> {
+    /// Applies the complete lines of `buf` (bytes from `self.pos`); `at_end`: nothing follows
+    /// in the file, so a damaged last line is a torn write, not damage. Returns the bytes used.
+    fn apply_lines(
+        &mut self,
+        buf: &[u8],
+        at_end: bool,
+        delta: &mut Delta,
+        each: &mut dyn FnMut(Op),
+    ) -> Result<usize, GalleryError> {
         let scan = scan(buf, self.lines > 0);
         if let Some(d) = scan.damage {
             return Err(GalleryError::Corrupt {
@@ -245,10 +277,10 @@ impl Log {
         }
         self.pos += scan.consumed as u64;
         self.lines += scan.lines;
-        delta.ops.extend(scan.ops);
+        scan.ops.into_iter().for_each(each);
         delta.skipped += scan.skipped;
-        delta.torn_tail |= scan.torn_tail;
-        Ok(())
+        delta.torn_tail |= at_end && scan.torn_tail;
+        Ok(scan.consumed)
     }
 
     /// Appends `ops` under the lock, after catching up (returned: apply it before `ops`). Cuts a

@@ -3,8 +3,9 @@
 //! them), so no `deny_unknown_fields` here.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Operation names this version knows; a line with another `op` is skipped, not an error.
 pub const KNOWN: &[&str] = &[
@@ -35,7 +36,8 @@ pub enum Op {
     Reject {
         pguid: String,
         model: String,
-        embedding: Vec<f32>,
+        #[serde(with = "shared")]
+        embedding: Embedding,
         at_ms: u64,
     },
     /// An unknown face: a new unsolved entry, or one more exemplar of an existing one.
@@ -66,10 +68,11 @@ pub struct TemplateData {
     /// The embedding space (`mobilefacenet`): only templates of the probe's space are compared.
     pub model: String,
     /// L2-normalised embedding.
-    pub embedding: Vec<f32>,
+    #[serde(with = "shared")]
+    pub embedding: Embedding,
     /// Quality of the face it came from (as in the face result).
     #[serde(default)]
-    pub quality: Option<serde_json::Value>,
+    pub quality: Option<JsonText>,
     /// The aligned 112×112 crop, relative to the gallery directory (`crops/<id>.rgb`), kept so a
     /// model change can re-embed without re-enrolling.
     #[serde(default)]
@@ -78,6 +81,53 @@ pub struct TemplateData {
     /// Set by `gallery reembed`: the template whose crop this one was embedded from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
+}
+
+/// An embedding, shared between the gallery's state and its search index (held once: a
+/// 10k-person gallery's embeddings are 5 MB of a gateway's 64 MB).
+pub type Embedding = Arc<[f32]>;
+
+/// Serde for [`Embedding`] as a plain JSON array.
+mod shared {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(e: &Embedding, s: S) -> Result<S::Ok, S::Error> {
+        e[..].serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Embedding, D::Error> {
+        Vec::<f32>::deserialize(d).map(Embedding::from)
+    }
+}
+
+/// A JSON value the gallery keeps but never reads (a template's quality), held as its compact
+/// text: a parsed map costs ~20 small allocations per template, the text one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JsonText(Box<str>);
+
+impl JsonText {
+    pub fn value(&self) -> serde_json::Value {
+        serde_json::from_str(&self.0).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+impl From<serde_json::Value> for JsonText {
+    fn from(v: serde_json::Value) -> JsonText {
+        JsonText(v.to_string().into_boxed_str())
+    }
+}
+
+impl Serialize for JsonText {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // Through a value, not raw text: raw JSON does not survive serde's `flatten`.
+        self.value().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for JsonText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<JsonText, D::Error> {
+        serde_json::Value::deserialize(d).map(JsonText::from)
+    }
 }
 
 /// Which event an unsolved entry was seen in.

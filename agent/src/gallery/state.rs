@@ -3,8 +3,9 @@
 //! process) is ignored, so replay never fails on content, only on damage.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 
-use super::ops::{Op, Place, TemplateData};
+use super::ops::{Embedding, Op, Place, TemplateData};
 
 /// Exemplar embeddings kept per unsolved entry (the first ones seen; enough to recognise the
 /// stranger from a few angles without letting one entry drift into another).
@@ -18,15 +19,33 @@ pub struct Template {
     pub data: TemplateData,
 }
 
+/// A person. The `pguid` and `key` are shared (`Arc`) with the maps and the search index that
+/// name the person, not copied into each.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Person {
-    pub pguid: String,
-    pub key: String,
-    pub attrs: BTreeMap<String, String>,
+    pub pguid: Arc<str>,
+    pub key: Arc<str>,
+    /// Sorted by name (a map's node costs ~0.5 KB even for one attribute).
+    attrs: Box<[(String, String)]>,
     pub templates: Vec<Template>,
     /// Negative examples ("not this person"): model and embedding.
-    pub negatives: Vec<(String, Vec<f32>)>,
+    pub negatives: Vec<(String, Embedding)>,
     pub created_ms: u64,
+}
+
+impl Person {
+    /// The person's attributes.
+    pub fn attrs(&self) -> BTreeMap<String, String> {
+        self.attrs.iter().cloned().collect()
+    }
+
+    pub fn attr(&self, name: &str) -> Option<&str> {
+        let i = self
+            .attrs
+            .binary_search_by(|(k, _)| k.as_str().cmp(name))
+            .ok()?;
+        Some(&self.attrs[i].1)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -42,9 +61,9 @@ pub struct Unknown {
 
 #[derive(Debug, Default)]
 pub struct State {
-    pub persons: BTreeMap<String, Person>,
+    pub persons: BTreeMap<Arc<str>, Person>,
     /// key → pguid
-    pub keys: HashMap<String, String>,
+    pub keys: HashMap<Arc<str>, Arc<str>>,
     pub unknowns: BTreeMap<String, Unknown>,
 }
 
@@ -62,7 +81,10 @@ impl State {
                 tid,
                 template,
             } => {
-                if let Some(p) = self.persons.get_mut(&pguid) {
+                if let Some(p) = self.persons.get_mut(pguid.as_str()) {
+                    // Room for this one only: most persons have one or two templates, and the
+                    // default growth would reserve four.
+                    p.templates.reserve_exact(1);
                     p.templates.push(Template {
                         tid,
                         data: template,
@@ -70,7 +92,7 @@ impl State {
                 }
             }
             Op::Delete { pguid, .. } => {
-                if let Some(p) = self.persons.remove(&pguid) {
+                if let Some(p) = self.persons.remove(pguid.as_str()) {
                     self.keys.remove(&p.key);
                 }
             }
@@ -80,7 +102,7 @@ impl State {
                 embedding,
                 ..
             } => {
-                if let Some(p) = self.persons.get_mut(&pguid) {
+                if let Some(p) = self.persons.get_mut(pguid.as_str()) {
                     p.negatives.push((model, embedding));
                 }
             }
@@ -110,20 +132,40 @@ impl State {
     ) {
         // A key names one person: a second pguid under the same key replaces the first (only a
         // concurrent enroll of one key from two processes can do this; the later one wins).
-        if let Some(old) = self.keys.get(&key).filter(|g| **g != pguid).cloned() {
+        if let Some(old) = self
+            .keys
+            .get(key.as_str())
+            .filter(|g| ***g != *pguid)
+            .cloned()
+        {
             self.persons.remove(&old);
         }
+        let pguid: Arc<str> = match self.persons.get_key_value(pguid.as_str()) {
+            Some((shared, _)) => shared.clone(),
+            None => pguid.into(),
+        };
+        let key: Arc<str> = match self.persons.get(&pguid) {
+            Some(p) if *p.key == *key => p.key.clone(),
+            Some(p) => {
+                // The person's key changed: its old name no longer leads to it.
+                if self.keys.get(&p.key) == Some(&pguid) {
+                    self.keys.remove(&p.key);
+                }
+                key.into()
+            }
+            None => key.into(),
+        };
         self.keys.insert(key.clone(), pguid.clone());
         let p = self.persons.entry(pguid.clone()).or_insert_with(|| Person {
             pguid,
             key: key.clone(),
-            attrs: BTreeMap::new(),
+            attrs: Box::default(),
             templates: Vec::new(),
             negatives: Vec::new(),
             created_ms: at_ms,
         });
         p.key = key;
-        p.attrs = attrs;
+        p.attrs = attrs.into_iter().collect();
     }
 
     fn see(
@@ -171,21 +213,21 @@ impl State {
         let mut ops = Vec::new();
         for p in self.persons.values() {
             ops.push(Op::Person {
-                pguid: p.pguid.clone(),
-                key: p.key.clone(),
-                attrs: p.attrs.clone(),
+                pguid: p.pguid.to_string(),
+                key: p.key.to_string(),
+                attrs: p.attrs(),
                 at_ms: p.created_ms,
             });
             for t in &p.templates {
                 ops.push(Op::Template {
-                    pguid: p.pguid.clone(),
+                    pguid: p.pguid.to_string(),
                     tid: t.tid.clone(),
                     template: t.data.clone(),
                 });
             }
             for (model, e) in &p.negatives {
                 ops.push(Op::Reject {
-                    pguid: p.pguid.clone(),
+                    pguid: p.pguid.to_string(),
                     model: model.clone(),
                     embedding: e.clone(),
                     at_ms: p.created_ms,

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use super::log::{write_file_atomic, Delta, Log};
 use super::matching::{decide, Candidate, Decision, Index};
-use super::ops::{Op, Place, TemplateData};
+use super::ops::{JsonText, Op, Place, TemplateData};
 use super::state::{Person, State, Unknown, MAX_EXEMPLARS};
 use super::{GalleryConfig, GalleryError};
 use crate::clock::SharedClock;
@@ -69,17 +69,16 @@ impl Gallery {
     /// Opens `cfg.dir` (creating an empty gallery there if there is none) and reads it whole.
     /// A damaged record before the end is an error naming the file and the record.
     pub fn open(cfg: &GalleryConfig, clock: SharedClock) -> Result<Gallery, GalleryError> {
-        let (log, delta) = Log::open(&cfg.dir)?;
-        let mut g = Gallery {
+        let mut state = State::default();
+        let (log, delta) = Log::open(&cfg.dir, &mut |op| state.apply(op))?;
+        Ok(Gallery {
             cfg: cfg.clone(),
             log,
-            state: State::default(),
+            state,
             index: None,
             clock,
-            skipped_ops: 0,
-        };
-        g.apply(delta);
-        Ok(g)
+            skipped_ops: delta.skipped,
+        })
     }
 
     /// Reads the gallery of `cfg.dir` if there is one (creates nothing): persons and unsolved
@@ -171,8 +170,8 @@ impl Gallery {
         Ok(TemplateData {
             crop: self.save_crop(id, &t.crop)?,
             model: t.model,
-            embedding: t.embedding,
-            quality: t.quality,
+            embedding: t.embedding.into(),
+            quality: t.quality.map(JsonText::from),
             at_ms: self.now(),
             from: None,
         })
@@ -196,13 +195,13 @@ impl Gallery {
         let created = existing.is_none();
         let pguid = existing
             .as_ref()
-            .map_or_else(|| uuid::Uuid::new_v4().to_string(), |p| p.pguid.clone());
+            .map_or_else(|| uuid::Uuid::new_v4().to_string(), |p| p.pguid.to_string());
         let mut ops = Vec::new();
         if created || attrs.is_some() {
             ops.push(Op::Person {
                 pguid: pguid.clone(),
                 key: key.to_owned(),
-                attrs: attrs.unwrap_or_else(|| existing.map(|p| p.attrs).unwrap_or_default()),
+                attrs: attrs.unwrap_or_else(|| existing.map(|p| p.attrs()).unwrap_or_default()),
                 at_ms: self.now(),
             });
         }
@@ -221,7 +220,7 @@ impl Gallery {
         let templates = self
             .state
             .persons
-            .get(&pguid)
+            .get(pguid.as_str())
             .map_or(0, |p| p.templates.len());
         Ok(Enrolled {
             key: key.to_owned(),
@@ -241,7 +240,7 @@ impl Gallery {
             .cloned()
             .ok_or_else(|| GalleryError::NoPerson(key.to_owned()))?;
         self.commit(vec![Op::Delete {
-            pguid: p.pguid.clone(),
+            pguid: p.pguid.to_string(),
             at_ms: self.now(),
         }])?;
         let crops: Vec<&str> = p
@@ -264,12 +263,12 @@ impl Gallery {
         let pguid = self
             .state
             .person_by_key(key)
-            .map(|p| p.pguid.clone())
+            .map(|p| p.pguid.to_string())
             .ok_or_else(|| GalleryError::NoPerson(key.to_owned()))?;
         self.commit(vec![Op::Reject {
             pguid,
             model: model.to_owned(),
-            embedding,
+            embedding: embedding.into(),
             at_ms: self.now(),
         }])
     }
@@ -295,6 +294,12 @@ impl Gallery {
             self.index = Some(Index::build(&self.state, model));
         }
         self.index.as_ref().expect("just built")
+    }
+
+    /// Builds the search index of `model` now rather than at the first search (the daemon does
+    /// this at start-up: the first face is not slowed, and the memory figure is the real one).
+    pub fn warm(&mut self, model: &str) -> usize {
+        self.index(model).templates()
     }
 
     /// The `k` persons closest to `probe`, best first (scores of the embedding space `model`;
@@ -466,8 +471,8 @@ impl Gallery {
             .iter()
             .map(|t| NewTemplate {
                 model: t.model.clone(),
-                embedding: t.embedding.clone(),
-                quality: t.quality.clone(),
+                embedding: t.embedding.to_vec(),
+                quality: t.quality.as_ref().map(JsonText::value),
                 crop: t.crop.as_deref().and_then(|c| self.crop(c).ok()),
             })
             .collect();
@@ -503,11 +508,11 @@ impl Gallery {
                 };
                 let embedding = embed(crop).map_err(GalleryError::Invalid)?;
                 ops.push(Op::Template {
-                    pguid: p.pguid.clone(),
+                    pguid: p.pguid.to_string(),
                     tid: uuid::Uuid::new_v4().to_string(),
                     template: TemplateData {
                         model: model.to_owned(),
-                        embedding,
+                        embedding: embedding.into(),
                         quality: t.data.quality.clone(),
                         crop: t.data.crop.clone(),
                         at_ms: self.clock.now_ms(),

@@ -75,7 +75,7 @@ fn enrolled_people_survive_a_reopen_and_are_identified() {
 
     let mut g = open(&cfg, &clock);
     let p = g.person("alice").unwrap();
-    assert_eq!((p.templates.len(), p.attrs["dept"].as_str()), (2, "r&d"));
+    assert_eq!((p.templates.len(), p.attr("dept").unwrap()), (2, "r&d"));
     let crop = p.templates[0].data.crop.clone().unwrap();
     assert_eq!(g.crop(&crop).unwrap().len(), 112 * 112 * 3);
     let (d, ranked) = g.identify(&near(&alice, &unit(9, 128), 0.2), MOBILEFACENET);
@@ -147,7 +147,7 @@ fn a_damaged_record_in_the_middle_refuses_to_load_naming_it() {
     assert_eq!(r.dropped[0].0, 2);
     assert!(r.copy.exists());
     let g = open(&cfg, &clock);
-    let keys: Vec<&str> = g.persons().map(|p| p.key.as_str()).collect();
+    let keys: Vec<&str> = g.persons().map(|p| &*p.key).collect();
     assert_eq!(keys, ["bob"], "alice's person record was the damaged one");
 }
 
@@ -293,12 +293,12 @@ fn the_v1_golden_log_reads_as_it_always_has() {
     let golden = include_bytes!("../../../tests/fixtures/gallery/v1.log");
     std::fs::write(cfg.dir.join(LOG_FILE), golden).unwrap();
     let mut g = open(&cfg, &clock);
-    let keys: Vec<&str> = g.persons().map(|p| p.key.as_str()).collect();
+    let keys: Vec<&str> = g.persons().map(|p| &*p.key).collect();
     assert_eq!(keys, ["alice", "bob"], "carol was deleted");
     let alice = g.person("alice").unwrap();
-    assert_eq!(alice.pguid, "11111111-1111-4111-8111-111111111111");
-    assert_eq!(alice.attrs["dept"], "r&d");
-    assert_eq!(alice.templates[0].data.embedding, [0.6, 0.8, 0.0, 0.0]);
+    assert_eq!(&*alice.pguid, "11111111-1111-4111-8111-111111111111");
+    assert_eq!(alice.attr("dept"), Some("r&d"));
+    assert_eq!(alice.templates[0].data.embedding[..], [0.6, 0.8, 0.0, 0.0]);
     assert_eq!(alice.negatives.len(), 1);
     let u = g.unknown("33333333-3333-4333-8333-333333333333").unwrap();
     assert_eq!(
@@ -411,4 +411,50 @@ fn crops_of_strangers_are_one_each_and_go_with_them() {
     }
     assert_eq!(g.unknowns().count(), 2);
     assert_eq!(crops(&cfg), 2, "evicted strangers' crops are deleted");
+}
+
+/// A log of many read chunks (the loader streams it): every person loads, and a damaged record
+/// far into the file, wherever the chunks split it, is named exactly.
+#[test]
+fn a_log_longer_than_a_read_chunk_loads_whole_and_damage_is_found_anywhere() {
+    let (_d, cfg, clock) = setup();
+    let mut g = open(&cfg, &clock);
+    for i in 0..600u32 {
+        let mut t = tmpl(unit(i, 512));
+        t.crop = None;
+        g.enroll(&format!("p{i}"), None, vec![t]).unwrap();
+    }
+    drop(g);
+    let path = cfg.dir.join(LOG_FILE);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.len() > 4 * 256 * 1024, "{} bytes", text.len());
+    let g = open(&cfg, &clock);
+    assert_eq!(g.persons().count(), 600);
+    assert_eq!(g.person("p599").unwrap().templates.len(), 1);
+    drop(g);
+    // Damage the person record of p450 (line 2 + 2*450: header, then person + template each).
+    let damaged = text.replacen("\"p450\"", "\"p45x\"", 1);
+    std::fs::write(&path, damaged).unwrap();
+    let err = Gallery::open(&cfg, clock.clone() as SharedClock).unwrap_err();
+    assert!(
+        matches!(err, GalleryError::Corrupt { line: 902, .. }),
+        "{err}"
+    );
+}
+
+/// A person record that renames (same pguid, new key): the old key no longer finds anyone.
+#[test]
+fn a_renamed_person_is_found_by_the_new_key_only() {
+    let mut s = state::State::default();
+    let person = |key: &str| ops::Op::Person {
+        pguid: "g1".into(),
+        key: key.into(),
+        attrs: BTreeMap::new(),
+        at_ms: 1,
+    };
+    s.apply(person("alice"));
+    s.apply(person("alice2"));
+    assert!(s.person_by_key("alice").is_none());
+    assert_eq!(&*s.person_by_key("alice2").unwrap().pguid, "g1");
+    assert_eq!(s.persons.len(), 1);
 }
