@@ -402,17 +402,19 @@ async fn kill_9_during_results_makes_no_second_result() {
 #[cfg(feature = "kafka")]
 fn mosquitto_sub(port: u16, filters: &[&str], out: &Path) -> Daemon {
     let file = std::fs::File::create(out).unwrap();
-    let mut cmd = std::process::Command::new("mosquitto_sub");
+    // stdbuf: line-buffered, or the lines sit in stdio's buffer while stdout is a file.
+    let mut cmd = std::process::Command::new("stdbuf");
     cmd.args([
+        "-oL",
+        "mosquitto_sub",
         "-h",
         "127.0.0.1",
-        "-p",
-        &port.to_string(),
         "-q",
         "1",
         "-v",
         "-d",
     ]);
+    cmd.args(["-p", &port.to_string()]);
     for f in filters {
         cmd.args(["-t", f]);
     }
@@ -451,7 +453,7 @@ fn mqtt_messages(out: &Path) -> Vec<(String, serde_json::Value)> {
 async fn face_results_reach_kafka_and_mqtt_consumers_through_the_daemon() {
     use common::kafka::Reader;
     let dir = tempfile::tempdir().unwrap();
-    let broker = common::tansu::Tansu::start(&dir.path().join("tansu"));
+    let broker = common::tansu::Tansu::start(dir.path());
     broker.create_topic("camgate.events", 1);
     broker.create_topic("camgate.faces", 1);
     let mqtt = common::mosquitto::Mosquitto::start(&dir.path().join("mqtt"));

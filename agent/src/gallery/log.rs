@@ -277,7 +277,9 @@ impl Log {
         }
         self.pos += scan.consumed as u64;
         self.lines += scan.lines;
-        scan.ops.into_iter().for_each(each);
+        let mut ops = scan.ops;
+        super::ops::pack(&mut ops);
+        ops.into_iter().for_each(each);
         delta.skipped += scan.skipped;
         delta.torn_tail |= at_end && scan.torn_tail;
         Ok(scan.consumed)

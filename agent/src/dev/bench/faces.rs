@@ -23,9 +23,7 @@ use crate::config::{CameraConfig, Config, StageConfig};
 use crate::daemon::Daemon;
 use crate::dev::sim::{SimCamera, SimConfig};
 use crate::gallery::log::{encode, write_file_atomic, LOG_FILE};
-use crate::gallery::matching::Index;
 use crate::gallery::ops::{Op, TemplateData};
-use crate::gallery::state::State;
 use crate::gallery::{Gallery, GalleryConfig, NewTemplate, MOBILEFACENET};
 use crate::net::tls::TlsConfig;
 use crate::results::FaceResult;
@@ -101,7 +99,7 @@ pub async fn run(args: FacesBenchArgs) -> Result<(), BenchError> {
     if !args.no_stage {
         stage(&args, &dir).await?;
     }
-    search(&args);
+    search(&args, &dir)?;
     enroll(&args, &dir)?;
     memory(&args, &dir)?;
     let _ = std::fs::remove_dir_all(&dir);
@@ -118,7 +116,9 @@ fn tempfile_dir() -> Result<std::path::PathBuf, BenchError> {
     Ok(d)
 }
 
-fn search(args: &FacesBenchArgs) {
+/// 1:N search in a gallery loaded from its log, as the daemon loads it; reference: a plain
+/// loop over the same number of embeddings held one allocation each.
+fn search(args: &FacesBenchArgs, dir: &Path) -> Result<(), BenchError> {
     println!(
         "1:N search, {DIM}-d templates, one core, median of {} searches:",
         args.searches
@@ -127,18 +127,18 @@ fn search(args: &FacesBenchArgs) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     for &n in &args.sizes {
         let embeddings: Vec<Vec<f32>> = (0..n).map(|_| unit(&mut rng)).collect();
-        let mut state = State::default();
-        for (i, e) in embeddings.iter().enumerate() {
-            for op in person_ops(i, e.clone()) {
-                state.apply(op);
-            }
-        }
-        let index = Index::build(&state, MOBILEFACENET);
+        let cfg = GalleryConfig {
+            dir: dir.join(format!("search-{n}")),
+            ..GalleryConfig::default()
+        };
+        write_gallery(&cfg.dir, n)?;
+        let mut g = Gallery::open(&cfg, crate::clock::system()).map_err(other)?;
+        g.warm(MOBILEFACENET);
         let probes: Vec<Vec<f32>> = (0..args.searches).map(|_| unit(&mut rng)).collect();
         let (mut ours, mut plain) = (Vec::new(), Vec::new());
         let mut sink = 0f32;
         for p in &probes {
-            ours.push(timed_ms(|| sink += index.search(p, 0.05, 2)[0].score));
+            ours.push(timed_ms(|| sink += g.search(p, MOBILEFACENET, 2)[0].score));
             plain.push(timed_ms(|| {
                 let mut best: Vec<(f32, usize)> = embeddings
                     .iter()
@@ -160,7 +160,10 @@ fn search(args: &FacesBenchArgs) {
             o / r
         );
         std::hint::black_box(sink);
+        drop(g);
+        let _ = std::fs::remove_dir_all(&cfg.dir);
     }
+    Ok(())
 }
 
 fn enroll(args: &FacesBenchArgs, dir: &Path) -> Result<(), BenchError> {
