@@ -19,7 +19,7 @@
 use std::sync::Arc;
 
 use super::ops::Embedding;
-use super::state::State;
+use super::state::{Person, State};
 
 /// One person's scores against a probe.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -63,42 +63,41 @@ struct Rows {
 }
 
 impl Index {
-    pub fn build(state: &State, model: &str) -> Index {
+    pub fn build<'a>(state: &'a State, model: &str) -> Index {
         let dim = state
             .persons
             .values()
             .flat_map(|p| &p.templates)
             .find(|t| t.data.model == model)
             .map_or(0, |t| t.data.embedding.len());
-        let mut persons: Vec<(Vec<Embedding>, &super::state::Person)> = state
-            .persons
-            .values()
-            .map(|p| {
-                let rows: Vec<Embedding> = p
-                    .templates
-                    .iter()
-                    .filter(|t| t.data.model == model && t.data.embedding.len() == dim)
-                    .map(|t| t.data.embedding.clone())
-                    .collect();
-                (rows, p)
-            })
-            .filter(|(rows, _)| !rows.is_empty())
-            .collect();
+        let rows_of = |p: &'a Person| {
+            p.templates
+                .iter()
+                .filter(move |t| t.data.model == model && t.data.embedding.len() == dim)
+                .map(|t| &t.data.embedding)
+        };
         // Persons in the order their embeddings lie in memory (the order they were loaded),
         // not by pguid: a search then reads memory forwards, which the CPU prefetches.
-        persons.sort_by_key(|(rows, _)| rows[0].as_ptr() as usize);
+        let mut persons: Vec<(usize, &Person)> = state
+            .persons
+            .values()
+            .filter_map(|p| Some((rows_of(p).next()?.as_ptr() as usize, p)))
+            .collect();
+        persons.sort_unstable_by_key(|(at, _)| *at);
         let mut idx = Index {
             model: model.to_owned(),
             dim,
-            rows: Vec::with_capacity(persons.iter().map(|(r, _)| r.len()).sum()),
+            rows: Vec::new(),
             persons: Vec::with_capacity(persons.len()),
         };
-        for (rows, p) in persons {
+        for (_, p) in persons {
+            let first = idx.rows.len();
+            idx.rows.extend(rows_of(p).cloned());
             idx.persons.push(Rows {
                 pguid: p.pguid.clone(),
                 key: p.key.clone(),
-                first: idx.rows.len(),
-                n: rows.len(),
+                first,
+                n: idx.rows.len() - first,
                 negatives: p
                     .negatives
                     .iter()
@@ -106,7 +105,6 @@ impl Index {
                     .map(|(_, e)| e.clone())
                     .collect(),
             });
-            idx.rows.extend(rows);
         }
         idx
     }

@@ -223,6 +223,15 @@ fn is_one(n: &u64) -> bool {
 }
 
 impl Op {
+    /// Whether the operation changes who is enrolled or how they match (the search index is
+    /// rebuilt after these only: filing a stranger must not rebuild a 10k-person index).
+    pub fn touches_persons(&self) -> bool {
+        matches!(
+            self,
+            Op::Person { .. } | Op::Template { .. } | Op::Delete { .. } | Op::Reject { .. }
+        )
+    }
+
     /// Whether every embedding value is a finite number (JSON cannot hold the others, and one
     /// would poison every score it enters).
     pub fn is_finite(&self) -> bool {

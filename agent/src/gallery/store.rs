@@ -103,7 +103,7 @@ impl Gallery {
         if delta.reset {
             self.state = State::default();
         }
-        if delta.reset || !delta.ops.is_empty() {
+        if delta.reset || delta.ops.iter().any(Op::touches_persons) {
             self.index = None;
         }
         self.skipped_ops += delta.skipped;
