@@ -102,6 +102,46 @@ async fn full_refuses_without_dropping_and_recovers_after_commit() {
     outbox.shutdown().await.unwrap();
 }
 
+/// With a derived reserve (the daemon sets one when the vision stage runs), camera events are
+/// refused while records derived from stored ones (face results) still fit, up to `max_bytes`.
+#[tokio::test]
+async fn derived_records_have_room_that_camera_events_cannot_take() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = cfg(tmp.path(), 32 * 1024, 4 * 1024);
+    cfg.derived_reserve_bytes = cfg.derived_reserve();
+    assert_eq!(cfg.derived_reserve_bytes, 2 * 1024);
+    let outbox = Outbox::open(&cfg).await.unwrap();
+    let mut i = 0;
+    let events_full = loop {
+        match outbox.append(event(i)).await {
+            Ok(_) => i += 1,
+            Err(OutboxError::Full { max_bytes, .. }) => break max_bytes,
+            Err(e) => panic!("{e}"),
+        }
+        assert!(i < 10_000, "never full");
+    };
+    assert_eq!(events_full, 30 * 1024, "events stop at max_bytes - reserve");
+    let mut derived = 0;
+    let all_full = loop {
+        match outbox.append_derived(event(i)).await {
+            Ok(_) => (i, derived) = (i + 1, derived + 1),
+            Err(OutboxError::Full { max_bytes, .. }) => break max_bytes,
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(all_full, 32 * 1024);
+    // The reserve holds more than a handful of records (2 KiB of ~110-byte records).
+    assert!(derived >= 10, "{derived} derived records fitted");
+    assert!(outbox.stats().stored_bytes <= cfg.max_bytes);
+    // Still no room for a camera event.
+    assert!(matches!(
+        outbox.append(event(i)).await,
+        Err(OutboxError::Full { .. })
+    ));
+    let mut c = outbox.consumer("all").unwrap();
+    assert_eq!(read_n(&mut c, i as usize).await.len(), i as usize);
+}
+
 #[tokio::test]
 async fn two_consumers_have_independent_cursors_that_survive_restart() {
     let tmp = tempfile::tempdir().unwrap();

@@ -63,7 +63,13 @@ pub struct Daemon {
 impl Daemon {
     /// Opens the outbox (recovering it) and starts every camera and sink.
     pub async fn start(cfg: &Config) -> Result<Daemon, DaemonError> {
-        let outbox = Outbox::open(&cfg.outbox).await?;
+        let mut outbox_cfg = cfg.outbox.clone();
+        if cfg.vision.is_some() {
+            // Room the camera events cannot take, so the results of the events already stored
+            // are not lost to a backlog (the uplink down).
+            outbox_cfg.derived_reserve_bytes = outbox_cfg.derived_reserve();
+        }
+        let outbox = Outbox::open(&outbox_cfg).await?;
         let stored = Outbox::dump(&cfg.outbox.dir)?;
         let (intake, seeded) = open_intake(cfg, &outbox, &stored);
         let intake_stop = CancellationToken::new();

@@ -189,7 +189,7 @@ impl Log {
     /// Opens (creating the directory and an empty log if need be) and hands every operation to
     /// `each`, in order.
     pub fn open(dir: &Path, each: &mut dyn FnMut(Op)) -> Result<(Log, Delta), GalleryError> {
-        std::fs::create_dir_all(dir).map_err(GalleryError::io(dir))?;
+        create_dir_adopted(dir, dir.parent().unwrap_or(Path::new("/")))?;
         let path = Self::path(dir);
         if !path.exists() {
             let _lock = lock(dir)?;
@@ -369,10 +369,42 @@ pub fn lock(dir: &Path) -> Result<Flock<File>, GalleryError> {
         .write(true)
         .open(&path)
         .map_err(GalleryError::io(&path))?;
+    adopt(&f, dir).map_err(GalleryError::io(&path))?;
     Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| GalleryError::Io {
         path,
         source: std::io::Error::from(e),
     })
+}
+
+/// Gives `f`, just created in `dir`, the owner of `dir` when this process runs as root.
+///
+/// Why: the daemon runs as systemd's dynamic user and owns the gallery directory, while an
+/// operator runs `camgate gallery ...` as root beside it. A file root left behind as its own (a
+/// compacted log, the lock, a crop) would lock the daemon out of its own gallery.
+pub fn adopt(f: &File, dir: &Path) -> std::io::Result<()> {
+    if !is_root() {
+        return Ok(());
+    }
+    let (d, m) = (std::fs::metadata(dir)?, f.metadata()?);
+    if (m.uid(), m.gid()) != (d.uid(), d.gid()) {
+        std::os::unix::fs::fchown(f, Some(d.uid()), Some(d.gid()))?;
+    }
+    Ok(())
+}
+
+pub(crate) fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// `dir` (made if missing, with its parents) owned as [`adopt`] says: by the owner of `parent`.
+pub fn create_dir_adopted(dir: &Path, parent: &Path) -> Result<(), GalleryError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)
+        .and_then(|_| adopt(&File::open(dir)?, parent))
+        .map_err(GalleryError::io(dir))
 }
 
 /// Writes `bytes` to `path` durably: a temporary file, fsync, rename, fsync of the directory.
@@ -381,6 +413,7 @@ pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<(), GalleryError> 
     let dir = path.parent().unwrap_or(Path::new("."));
     (|| {
         let mut f = File::create(&tmp)?;
+        adopt(&f, dir)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
@@ -407,7 +440,9 @@ pub fn repair(dir: &Path, now_ms: u64) -> Result<Repaired, GalleryError> {
     let path = Log::path(dir);
     let bytes = std::fs::read(&path).map_err(GalleryError::io(&path))?;
     let copy = dir.join(format!("{LOG_FILE}.damaged-{now_ms}"));
-    std::fs::copy(&path, &copy).map_err(GalleryError::io(&copy))?;
+    std::fs::copy(&path, &copy)
+        .and_then(|_| adopt(&File::open(&copy)?, dir))
+        .map_err(GalleryError::io(&copy))?;
     let mut out = header_line().into_bytes();
     let (mut kept, mut dropped) = (0, Vec::new());
     for (i, line) in bytes.split(|&b| b == b'\n').enumerate().skip(1) {

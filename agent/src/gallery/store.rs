@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::log::{write_file_atomic, Delta, Log};
+use super::log::{create_dir_adopted, write_file_atomic, Delta, Log};
 use super::matching::{decide, Candidate, Decision, Index};
 use super::ops::{JsonText, Op, Place, TemplateData};
 use super::state::{Person, State, Unknown, MAX_EXEMPLARS};
@@ -155,7 +155,7 @@ impl Gallery {
         let rel = format!("crops/{id}.rgb");
         let path = self.cfg.dir.join(&rel);
         let dir = self.cfg.dir.join("crops");
-        std::fs::create_dir_all(&dir).map_err(GalleryError::io(&dir))?;
+        create_dir_adopted(&dir, &self.cfg.dir)?;
         write_file_atomic(&path, bytes)?;
         Ok(Some(rel))
     }

@@ -463,3 +463,51 @@ fn a_renamed_person_is_found_by_the_new_key_only() {
     assert_eq!(&*s.person_by_key("alice2").unwrap().pguid, "g1");
     assert_eq!(s.persons.len(), 1);
 }
+
+/// Every file and directory under `dir` with its owner.
+fn owners(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        out.push((p.clone(), m.uid(), m.gid()));
+        if m.is_dir() {
+            out.extend(owners(&p));
+        }
+    }
+    out
+}
+
+/// The daemon (systemd's dynamic user) owns its gallery; an operator runs the CLI as root beside
+/// it. What root writes there (log, lock, crops, a compacted log, a repair's copy) must stay the
+/// daemon's, or the daemon could no longer append to its own log. CI runs as root.
+#[test]
+fn files_written_as_root_belong_to_the_gallery_owner() {
+    if !super::log::is_root() {
+        eprintln!(
+            "files_written_as_root_belong_to_the_gallery_owner: needs root (CI runs as root)"
+        );
+        return;
+    }
+    let (d, cfg, clock) = setup();
+    let daemon = (61_234, 61_235);
+    std::os::unix::fs::chown(d.path(), Some(daemon.0), Some(daemon.1)).unwrap();
+    let mut g = open(&cfg, &clock);
+    g.enroll("alice", None, vec![tmpl(unit(1, 64))]).unwrap();
+    for i in 0..1200 {
+        let seen = Seen {
+            event_id: i,
+            ..Seen::default()
+        };
+        g.file_unknown(tmpl(near(&unit(5, 64), &unit(6, 64), 0.01)), seen)
+            .unwrap();
+    }
+    assert!(g.maybe_compact().unwrap());
+    super::log::repair(&cfg.dir, T0).unwrap();
+    let all = owners(d.path());
+    assert!(all.len() >= 6, "{all:?}");
+    for (path, uid, gid) in all {
+        assert_eq!((uid, gid), daemon, "{}", path.display());
+    }
+}

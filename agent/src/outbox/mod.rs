@@ -62,6 +62,12 @@ pub struct OutboxConfig {
     pub group_commit_window: Duration,
     /// Most records written by one group commit. Default 1024.
     pub max_batch: usize,
+    /// Bytes of `max_bytes` that [`Outbox::append`] leaves to [`Outbox::append_derived`]:
+    /// records made from stored ones (face results). Without it a backlog of camera events could
+    /// fill the outbox and leave no room for the results of the events already taken. Not a
+    /// config key: the daemon sets [`OutboxConfig::derived_reserve`] when the vision stage runs.
+    #[serde(skip)]
+    pub derived_reserve_bytes: u64,
 }
 
 impl Default for OutboxConfig {
@@ -72,6 +78,7 @@ impl Default for OutboxConfig {
             segment_bytes: 4 * 1024 * 1024,
             group_commit_window: Duration::from_millis(2),
             max_batch: 1024,
+            derived_reserve_bytes: 0,
         }
     }
 }
@@ -105,6 +112,12 @@ impl OutboxConfig {
         self.segment_bytes
             .min(self.max_bytes / 4)
             .max(HEADER_LEN as u64 + 1)
+    }
+
+    /// The reserve for derived records when a stage makes them: a sixteenth of `max_bytes`, at
+    /// most 1 MiB (the vision stage has at most 64 results in flight, a few KiB each).
+    pub fn derived_reserve(&self) -> u64 {
+        (self.max_bytes / 16).min(1 << 20)
     }
 
     /// Largest record `append` accepts with this configuration (see `effective_segment_bytes`).
@@ -377,6 +390,19 @@ impl Outbox {
     }
 
     pub async fn append(&self, data: Bytes) -> Result<Offset, OutboxError> {
+        let cfg = &self.inner.core.cfg;
+        let limit = cfg.max_bytes.saturating_sub(cfg.derived_reserve_bytes);
+        self.append_within(data, limit).await
+    }
+
+    /// [`Outbox::append`] for a record derived from stored ones (a face result): it may also use
+    /// the reserve that `append` leaves (`derived_reserve_bytes`).
+    pub async fn append_derived(&self, data: Bytes) -> Result<Offset, OutboxError> {
+        self.append_within(data, self.inner.core.cfg.max_bytes)
+            .await
+    }
+
+    async fn append_within(&self, data: Bytes, limit: u64) -> Result<Offset, OutboxError> {
         let core = &*self.inner.core;
         let max = core.cfg.max_record_len();
         // Reserved with a header of slack: each queued record may end up first in a new segment.
@@ -393,11 +419,11 @@ impl Outbox {
                 });
             }
             let used = st.stored_bytes + st.reserved_bytes;
-            if used + size > core.cfg.max_bytes {
+            if used + size > limit {
                 st.refused_full += 1;
                 return Err(OutboxError::Full {
                     stored_bytes: used,
-                    max_bytes: core.cfg.max_bytes,
+                    max_bytes: limit,
                 });
             }
             st.reserved_bytes += size;

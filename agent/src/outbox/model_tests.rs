@@ -373,6 +373,7 @@ proptest! {
             segment_bytes,
             max_batch,
             group_commit_window: Duration::from_millis(2),
+            derived_reserve_bytes: 0,
         };
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         rt.block_on(run(cfg, ops));

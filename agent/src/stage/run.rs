@@ -39,8 +39,10 @@ use crate::vision::{FaceEngine, ModelVariant, VisionConfig, VisionError, VisionP
 pub const CONSUMER: &str = "vision";
 const READ_BATCH: usize = 32;
 const COMMIT_EVERY: Duration = Duration::from_millis(200);
-/// How long a result waits for room in a full outbox before it is given up (logged and
-/// counted): the stage's own unfinished events may be what keeps the outbox full.
+/// How long a result waits for room in a full outbox (or a full disk) before it is given up,
+/// logged and counted. Results have a reserve the camera events cannot take
+/// (`OutboxConfig::derived_reserve`), so this is rare; it cannot be forever, because the
+/// stage's own unfinished events may be what keeps the outbox full (segments are released whole).
 const FULL_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
@@ -272,13 +274,15 @@ impl Stage {
         let data = Bytes::from(serde_json::to_vec(&result).expect("results serialise"));
         let since = tokio::time::Instant::now();
         loop {
-            match self.outbox.append(data.clone()).await {
+            match self.outbox.append_derived(data.clone()).await {
                 Ok(_) => {
                     counted.fetch_add(1, Ordering::Relaxed);
                     self.done.lock().expect("not poisoned").insert(job.key());
                     return;
                 }
-                Err(OutboxError::Full { .. }) if since.elapsed() < FULL_WAIT => {
+                Err(OutboxError::Full { .. } | OutboxError::Io { .. })
+                    if since.elapsed() < FULL_WAIT =>
+                {
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
                 Err(e) => {

@@ -1,8 +1,9 @@
 //! `camgate bench faces`: the live face path and the gallery, each next to a reference measured
 //! in the same run.
 //!
-//! 1. Stage: face events from a simulated camera through the daemon's vision stage (fetch over
-//!    TLS → vision pool → gallery → durable result), events/s on one worker, and p50/p99 from
+//! 1. Stage: face events from a simulated camera, each with a 1920x1080 JPEG (a fixture photo
+//!    framed as a door camera's picture), through the daemon's vision stage (fetch over TLS →
+//!    vision pool → gallery → durable result): events/s on one worker, and p50/p99 from
 //!    `received_at_ms` to the result being readable in the outbox at half that rate. Reference:
 //!    the same pictures through the face pipeline one by one, in this process.
 //! 2. Search: 1:N over synthetic 192-d templates (1k, 10k, 100k), the flat index against a plain
@@ -287,6 +288,8 @@ fn other(e: impl std::fmt::Display) -> BenchError {
     BenchError::Other(e.to_string())
 }
 
+/// The fixture photos as a door camera sends them: each scaled to fit a 1920x1080 frame (grey
+/// around it) and encoded as JPEG at quality 90.
 fn pictures() -> Result<Vec<(String, Bytes)>, BenchError> {
     super::fixture_images()?
         .into_iter()
@@ -295,9 +298,34 @@ fn pictures() -> Result<Vec<(String, Bytes)>, BenchError> {
             let name = p
                 .file_name()
                 .map_or(String::new(), |n| n.to_string_lossy().into_owned());
-            Ok((name, Bytes::from(std::fs::read(&p)?)))
+            let frame = frame_1080p(&std::fs::read(&p)?)?;
+            Ok((format!("{name} in 1920x1080"), Bytes::from(frame)))
         })
         .collect()
+}
+
+fn frame_1080p(photo: &[u8]) -> Result<Vec<u8>, BenchError> {
+    use image::imageops::{overlay, resize, FilterType};
+    let (w, h) = (1920u32, 1080u32);
+    let img = image::load_from_memory(photo).map_err(other)?.to_rgb8();
+    let s = (w as f32 / img.width() as f32).min(h as f32 / img.height() as f32);
+    let (sw, sh) = (
+        ((img.width() as f32 * s).round() as u32).clamp(1, w),
+        ((img.height() as f32 * s).round() as u32).clamp(1, h),
+    );
+    let scaled = resize(&img, sw, sh, FilterType::Triangle);
+    let mut frame = image::RgbImage::from_pixel(w, h, image::Rgb([128, 128, 128]));
+    overlay(
+        &mut frame,
+        &scaled,
+        ((w - sw) / 2).into(),
+        ((h - sh) / 2).into(),
+    );
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
+        .encode_image(&frame)
+        .map_err(other)?;
+    Ok(out)
 }
 
 async fn stage(args: &FacesBenchArgs, dir: &Path) -> Result<(), BenchError> {
