@@ -273,4 +273,15 @@ fn demo_runs_and_proves_nothing_acknowledged_was_lost() {
         .unwrap_or_else(|| panic!("no protocol-error count in {stdout}"));
     assert!(survived > 0, "{stdout}");
     assert!(dir.path().join("events.jsonl").exists());
+    // With ./models (the repository's), the face path runs too: each face event got its result.
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.trim_start().starts_with("face result")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("OK: every face event has a result"),
+        "{stdout}"
+    );
 }

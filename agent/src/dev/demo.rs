@@ -146,7 +146,7 @@ pub async fn run(opts: DemoOptions, stop: CancellationToken) -> Result<DemoSumma
         for s in &sims {
             s.set_paused(true);
         }
-        crate::dev::demo_faces::settle(&cfg.outbox.dir, Duration::from_secs(60)).await;
+        crate::dev::demo_faces::settle(&cfg.outbox.dir, Duration::from_secs(30)).await;
     }
     let protocol_errors: u64 = daemon
         .cameras

@@ -75,14 +75,19 @@ fn keys(records: &[Record]) -> (HashSet<String>, HashMap<String, usize>) {
     (events, results)
 }
 
-/// Waits (bounded) until every stored face event has its result.
-pub async fn settle(outbox_dir: &Path, limit: Duration) {
-    let t0 = tokio::time::Instant::now();
-    while t0.elapsed() < limit {
+/// Waits until every stored face event has its result, for as long as results keep coming:
+/// it gives up after `stalled` without a new one (a slow or busy machine still finishes; a stage
+/// that stopped making results does not hold the demo forever).
+pub async fn settle(outbox_dir: &Path, stalled: Duration) {
+    let (mut last_progress, mut seen) = (tokio::time::Instant::now(), 0);
+    while last_progress.elapsed() < stalled {
         if let Ok(records) = crate::outbox::Outbox::dump(outbox_dir) {
             let (events, results) = keys(&records);
             if events.iter().all(|k| results.contains_key(k)) {
                 return;
+            }
+            if results.len() > seen {
+                (seen, last_progress) = (results.len(), tokio::time::Instant::now());
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
