@@ -116,7 +116,11 @@ pub fn run(args: ProfileBenchArgs) -> Result<(), BenchError> {
 }
 
 fn report(images: &[PathBuf], s: &Path, r: &Path, rounds: &[(Split, Split)]) {
-    let med = |f: &dyn Fn(&(Split, Split)) -> f64| median(rounds.iter().map(f).collect());
+    // A round whose split came out degenerate (noise: the repeated run no slower than the single
+    // one, so no load is left to divide by) has no ratio; the median is over the others.
+    let med = |f: &dyn Fn(&(Split, Split)) -> f64| {
+        median(rounds.iter().map(f).filter(|v| v.is_finite()).collect())
+    };
     println!(
         "face detect over {} image(s), median of {} rounds: shipped {} {:.0} ms, reference {} {:.0} ms",
         images.len(),
