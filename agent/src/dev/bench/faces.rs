@@ -4,8 +4,10 @@
 //! 1. Stage: face events from a simulated camera, each with a 1920x1080 JPEG (a fixture photo
 //!    framed as a door camera's picture), through the daemon's vision stage (fetch over TLS →
 //!    vision pool → gallery → durable result): events/s on one worker, and p50/p99 from
-//!    `received_at_ms` to the result being readable in the outbox at half that rate. Reference:
-//!    the same pictures through the face pipeline one by one, in this process.
+//!    `received_at_ms` to the result being readable in the outbox at half that rate. The stage's
+//!    cost is its wall time per event over its own engine's inference time (two engines in one
+//!    process differ in speed); the reference is also shown: the same pictures through a separate
+//!    engine one by one, in this process, before and after the stage.
 //! 2. Search: 1:N over synthetic 192-d templates (1k, 10k, 100k), the flat index against a plain
 //!    loop over one `Vec` per template.
 //! 3. Enroll: persons per second into a gallery on disk (crop file + log append, each fsync'd),
