@@ -13,7 +13,9 @@
 //! - [`outbox`]: the durable on-disk log every sink reads from with its own committed cursor.
 //! - [`sinks`]: consumers of the outbox (JSON lines, Kafka, MQTT); they import only the outbox,
 //!   `net`, `event` and `clock`.
-//! - [`results`]: the face result records the vision stage stores and the sinks forward.
+//! - [`results`]: the face result records the vision stage stores and the sinks forward;
+//!   [`notice`]: the GBDS notification records the transaction processor stores and the
+//!   notifier POSTs.
 //! - [`vision`]: the face pipeline, a leaf; [`gallery`]: enrolled persons and unsolved entries
 //!   (embeddings in, identities out; no vision code); [`stage`]: the vision stage (outbox face
 //!   events → picture → vision → gallery → face result in the outbox); [`cli`]: command-line
@@ -35,6 +37,7 @@ pub mod hook;
 pub mod intake;
 pub mod logging;
 pub mod net;
+pub mod notice;
 pub mod ops;
 pub mod outbox;
 pub mod results;

@@ -10,6 +10,7 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 
 use crate::event::StoredEnvelope;
+use crate::notice::{NoticeRecord, GBDS_NOTICE};
 
 /// The `kind` of a face result record.
 pub const FACE_RESULT: &str = "face_result";
@@ -144,6 +145,8 @@ pub struct HeadIdentity<'a> {
 pub enum Stored<'a> {
     Event(StoredEnvelope<'a>),
     FaceResult(ResultHead<'a>),
+    /// A transaction's status change, for the notifier (the other sinks pass over it).
+    Notice(NoticeRecord),
 }
 
 #[derive(Deserialize)]
@@ -163,6 +166,9 @@ impl<'a> Stored<'a> {
             Some(FACE_RESULT) => serde_json::from_slice(data)
                 .map(Stored::FaceResult)
                 .map_err(|e| format!("not a face result: {e}")),
+            Some(GBDS_NOTICE) => serde_json::from_slice(data)
+                .map(Stored::Notice)
+                .map_err(|e| format!("not a notification: {e}")),
             Some(other) => Err(format!("unknown record kind {other:?}")),
         }
     }

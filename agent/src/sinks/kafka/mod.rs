@@ -70,7 +70,8 @@ struct Prepared {
 }
 
 impl Prepared {
-    fn parse(r: &Record) -> Result<Prepared, String> {
+    /// `None`: a record that is not for Kafka (a transaction's notification, for the notifier).
+    fn parse(r: &Record) -> Result<Option<Prepared>, String> {
         let (key, camera, event_type, received_at_ms, face_result) = match Stored::parse(&r.data)? {
             Stored::Event(e) => (
                 format!("{}/{}", e.sn, e.event_id),
@@ -86,8 +87,9 @@ impl Prepared {
                 h.received_at_ms,
                 true,
             ),
+            Stored::Notice(_) => return Ok(None),
         };
-        Ok(Prepared {
+        Ok(Some(Prepared {
             offset: r.offset,
             key,
             data: r.data.clone(),
@@ -95,7 +97,7 @@ impl Prepared {
             event_type,
             received_at_ms,
             face_result,
-        })
+        }))
     }
 }
 
@@ -249,7 +251,12 @@ impl State {
     async fn produce_batch(&mut self, batch: Vec<Record>) -> Result<(), KafkaSinkError> {
         for r in batch {
             let p = match Prepared::parse(&r) {
-                Ok(p) => Arc::new(p),
+                Ok(Some(p)) => Arc::new(p),
+                Ok(None) => {
+                    self.window.push(r.offset, r.data.len(), 0)?;
+                    self.settle(r.offset)?;
+                    continue;
+                }
                 Err(reason) => {
                     // Not ours to fix: set aside so the stream goes on.
                     self.window.push(r.offset, r.data.len(), 0)?;

@@ -295,6 +295,7 @@ const MAX_PARTS: usize = 1 + MAX_MATCH_TOPICS;
 
 /// A record on its way to the broker: the topics it goes to (all with the record as payload)
 /// and how many of those publishes are not acknowledged yet.
+#[derive(Default)]
 struct Out {
     topics: Vec<String>,
     payload: Bytes,
@@ -608,6 +609,14 @@ impl Forwarder {
                 break;
             };
             let (topics, received_at_ms) = self.topics_of(&r);
+            if topics.is_empty() {
+                // Not for MQTT (a transaction's notification): passed over, in order.
+                if self.window.push(r.offset, r.data.len(), Out::default()).is_ok() {
+                    self.window.settle(r.offset);
+                    self.advance();
+                }
+                continue;
+            }
             let too_large = topics
                 .iter()
                 .any(|t| t.len() + r.data.len() + PUBLISH_OVERHEAD > self.cfg.max_packet_bytes);
@@ -660,6 +669,7 @@ impl Forwarder {
                 );
                 (topics, h.received_at_ms)
             }
+            Ok(Stored::Notice(_)) => (Vec::new(), 0),
             Err(err) => {
                 // Not dropped: whatever is stored is forwarded, under a topic that says so.
                 warn!(offset = r.offset, error = %err, "outbox record is neither an event nor a face result; publishing under _unknown");
