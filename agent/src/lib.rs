@@ -33,6 +33,7 @@ pub mod daemon;
 pub mod dev;
 pub mod event;
 pub mod gallery;
+pub mod gbds;
 pub mod hook;
 pub mod intake;
 pub mod logging;
