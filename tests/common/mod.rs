@@ -100,7 +100,7 @@ pub fn stored_events(outbox_dir: &Path) -> Vec<(String, i64)> {
         .filter_map(|r| {
             match camgate::results::Stored::parse(&r.data).expect("stored record is JSON") {
                 camgate::results::Stored::Event(e) => Some((e.sn.into_owned(), e.event_id.0)),
-                camgate::results::Stored::FaceResult(_) => None,
+                camgate::results::Stored::FaceResult(_) | camgate::results::Stored::Notice(_) => None,
             }
         })
         .collect()

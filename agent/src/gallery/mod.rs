@@ -12,6 +12,7 @@
 //! stage and the CLI hand it embeddings), so it has no dependency on `vision`.
 
 pub mod calibrate;
+mod links;
 pub mod log;
 pub mod matching;
 pub mod ops;

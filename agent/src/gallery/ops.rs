@@ -9,7 +9,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Operation names this version knows; a line with another `op` is skipped, not an error.
 pub const KNOWN: &[&str] = &[
-    "person", "template", "delete", "reject", "unknown", "sighting", "forget",
+    "person", "template", "delete", "reject", "unknown", "sighting", "forget", "history",
 ];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -60,6 +60,16 @@ pub enum Op {
     },
     /// An unsolved entry removed (expired, evicted, promoted to a person).
     Forget { uguid: String, at_ms: u64 },
+    /// A sighting that became a person's history: an unsolved entry linked to the person by a
+    /// reverse latent match (added in this version; older readers skip it).
+    History {
+        pguid: String,
+        at_ms: u64,
+        #[serde(flatten)]
+        place: Place,
+        #[serde(default = "one", skip_serializing_if = "is_one")]
+        times: u64,
+    },
 }
 
 /// What a template (of a person or of an unsolved entry) keeps.

@@ -31,6 +31,10 @@ pub struct Person {
     /// Negative examples ("not this person"): model and embedding.
     pub negatives: Vec<(String, Embedding)>,
     pub created_ms: u64,
+    /// Times cameras saw this person before they were enrolled (unsolved entries linked to
+    /// them), and the latest of those sightings, oldest first.
+    pub seen_before: u64,
+    pub history: VecDeque<(u64, Place)>,
 }
 
 impl Person {
@@ -117,6 +121,20 @@ impl State {
                 place,
                 times,
             } => self.see(uguid, at_ms, place, None, times.max(1)),
+            Op::History {
+                pguid,
+                at_ms,
+                place,
+                times,
+            } => {
+                if let Some(p) = self.persons.get_mut(pguid.as_str()) {
+                    p.seen_before += times;
+                    if p.history.len() == MAX_SIGHTINGS {
+                        p.history.pop_front();
+                    }
+                    p.history.push_back((at_ms, place));
+                }
+            }
             Op::Forget { uguid, .. } => {
                 self.unknowns.remove(&uguid);
             }
@@ -163,6 +181,8 @@ impl State {
             templates: Vec::new(),
             negatives: Vec::new(),
             created_ms: at_ms,
+            seen_before: 0,
+            history: VecDeque::new(),
         });
         p.key = key;
         p.attrs = attrs.into_iter().collect();
@@ -225,6 +245,7 @@ impl State {
                     template: t.data.clone(),
                 });
             }
+            ops.extend(history_ops(p));
             for (model, e) in &p.negatives {
                 ops.push(Op::Reject {
                     pguid: p.pguid.to_string(),
@@ -239,6 +260,18 @@ impl State {
         }
         ops
     }
+}
+
+/// A person's history as operations: the remembered sightings, the first carrying the count
+/// of the forgotten ones.
+pub fn history_ops(p: &Person) -> impl Iterator<Item = Op> + '_ {
+    let extra = p.seen_before.saturating_sub(p.history.len() as u64);
+    p.history.iter().enumerate().map(move |(i, (at_ms, place))| Op::History {
+        pguid: p.pguid.to_string(),
+        at_ms: *at_ms,
+        place: place.clone(),
+        times: if i == 0 { 1 + extra } else { 1 },
+    })
 }
 
 /// One unsolved entry as operations that rebuild it: its exemplars, count, first and last

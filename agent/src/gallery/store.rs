@@ -121,7 +121,7 @@ impl Gallery {
     }
 
     /// Appends `ops` durably and applies them (after whatever others appended first).
-    fn commit(&mut self, ops: Vec<Op>) -> Result<(), GalleryError> {
+    pub(super) fn commit(&mut self, ops: Vec<Op>) -> Result<(), GalleryError> {
         if !ops.iter().all(Op::is_finite) {
             return Err(GalleryError::Invalid(
                 "an embedding value is not a finite number".into(),
@@ -136,7 +136,7 @@ impl Gallery {
         Ok(())
     }
 
-    fn now(&self) -> u64 {
+    pub(super) fn now(&self) -> u64 {
         self.clock.now_ms()
     }
 
@@ -166,7 +166,7 @@ impl Gallery {
         std::fs::read(&path).map_err(GalleryError::io(&path))
     }
 
-    fn template_data(&self, id: &str, t: NewTemplate) -> Result<TemplateData, GalleryError> {
+    pub(super) fn template_data(&self, id: &str, t: NewTemplate) -> Result<TemplateData, GalleryError> {
         Ok(TemplateData {
             crop: self.save_crop(id, &t.crop)?,
             model: t.model,
@@ -377,7 +377,7 @@ impl Gallery {
 
     /// Deletes crop files no operation names any more (after the operation that dropped them
     /// is durable: a crash in between leaves a stray file, never a missing one).
-    fn remove_crops<S: AsRef<str>>(&self, rels: &[S]) {
+    pub(super) fn remove_crops<S: AsRef<str>>(&self, rels: &[S]) {
         for rel in rels {
             let _ = std::fs::remove_file(self.cfg.dir.join(rel.as_ref()));
         }

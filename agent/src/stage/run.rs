@@ -174,6 +174,16 @@ impl Stage {
         })
     }
 
+    /// The face pipeline's pool (the transaction processor shares it: one copy of the models).
+    pub fn pool(&self) -> VisionPool {
+        self.pool.clone()
+    }
+
+    /// The gallery the stage files into and identifies against.
+    pub fn gallery(&self) -> Arc<Mutex<Gallery>> {
+        self.gallery.clone()
+    }
+
     /// Runs until `stop` (or the outbox closes); returns the events committed. Events in
     /// flight at `stop` are not committed: they are handled again at the next start.
     pub async fn run(

@@ -1,0 +1,271 @@
+//! GBDS-style transactions through the real processor: the shipped models on the repo's photos,
+//! a real gallery and outbox on disk; every notification checked field by field and in order.
+
+#![cfg(feature = "vision")]
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use camgate::gallery::{Gallery, GalleryConfig};
+use camgate::gbds::run::{notice_keys, Gbds};
+use camgate::gbds::service::{ServiceError, Submission, Transactions};
+use camgate::gbds::GbdsConfig;
+use camgate::notice::Notification;
+use camgate::outbox::{Outbox, OutboxConfig};
+use camgate::results::Stored;
+use camgate::vision::{FaceEngine, VisionConfig, VisionPool};
+use tokio_util::sync::CancellationToken;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn photo(name: &str) -> Vec<u8> {
+    std::fs::read(root().join("tests/fixtures/faces").join(name)).unwrap()
+}
+
+struct Rig {
+    gbds: Arc<Gbds>,
+    outbox: Outbox,
+    outbox_dir: PathBuf,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn pool() -> VisionPool {
+    let cfg = VisionConfig {
+        models_dir: Some(root().join("models")),
+        ..VisionConfig::default()
+    };
+    VisionPool::new(Arc::new(FaceEngine::new(cfg).unwrap()))
+}
+
+async fn rig(dir: &Path, pool: VisionPool, gcfg: GbdsConfig) -> Rig {
+    let ocfg = OutboxConfig {
+        dir: dir.join("outbox"),
+        ..OutboxConfig::default()
+    };
+    let outbox = Outbox::open(&ocfg).await.unwrap();
+    let stored = notice_keys(&Outbox::dump(&ocfg.dir).unwrap());
+    let gallery = GalleryConfig {
+        dir: dir.join("gallery"),
+        ..GalleryConfig::default()
+    };
+    let gallery = Gallery::open(&gallery, camgate::clock::system()).unwrap();
+    let gbds = Arc::new(
+        Gbds::open(
+            &gcfg,
+            Arc::new(Mutex::new(gallery)),
+            outbox.clone(),
+            pool,
+            camgate::clock::system(),
+            stored,
+        )
+        .unwrap(),
+    );
+    let stop = CancellationToken::new();
+    let (g, s) = (gbds.clone(), stop.clone());
+    let task = tokio::spawn(async move {
+        g.run(s).await.unwrap();
+    });
+    Rig {
+        gbds,
+        outbox,
+        outbox_dir: ocfg.dir,
+        stop,
+        task,
+    }
+}
+
+fn gbds_config(dir: &Path) -> GbdsConfig {
+    GbdsConfig {
+        dir: dir.join("gbds"),
+        ..GbdsConfig::default()
+    }
+}
+
+/// Waits until `tguid` is in one of `want`; returns its state.
+async fn settled(g: &Gbds, tguid: &str, want: &[&str]) -> serde_json::Value {
+    for _ in 0..600 {
+        let v = g.transaction(tguid).unwrap();
+        if want.contains(&v["status"].as_str().unwrap()) && v.get("work").is_none() {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{tguid} never reached {want:?}: {}", g.transaction(tguid).unwrap());
+}
+
+fn notices(outbox: &Path) -> Vec<Notification> {
+    Outbox::dump(outbox)
+        .unwrap()
+        .iter()
+        .filter_map(|r| match Stored::parse(&r.data) {
+            Ok(Stored::Notice(n)) => Some(n.notification),
+            _ => None,
+        })
+        .collect()
+}
+
+fn n(op: &str, tguid: &str, status: &str) -> Notification {
+    Notification {
+        operation: op.into(),
+        tguid: tguid.into(),
+        status: status.into(),
+        treatment: None,
+        uguid: None,
+    }
+}
+
+fn treated(tguid: &str, t: &str) -> Notification {
+    Notification {
+        treatment: Some(t.into()),
+        ..n("TREAT_EXCEPTION", tguid, "OK")
+    }
+}
+
+fn enroll(key: &str, img: &str) -> Submission {
+    Submission::Enroll {
+        key: key.into(),
+        images: vec![photo(img)],
+        attributes: [("dept".to_string(), key.to_string())].into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_status_and_treatment_path_notifies_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = rig(dir.path(), pool(), gbds_config(dir.path())).await;
+    let g = &r.gbds;
+
+    let a = g.submit(enroll("obama", "obama.jpg")).unwrap().tguid;
+    settled(g, &a, &["ENROLLED"]).await;
+    // The same face under another key: a biometric exception, merged on treatment.
+    let b = g.submit(enroll("barack", "obama2.jpg")).unwrap().tguid;
+    let v = settled(g, &b, &["EXCEPTION"]).await;
+    assert_eq!(v["exception"]["matched"]["key"], "obama");
+    assert_eq!(
+        g.treat(&b, "INCORRECT_ENROLL").unwrap_err().code(),
+        "conflict",
+        "INCORRECT_ENROLL has no meaning for an enroll exception"
+    );
+    g.treat(&b, "MERGE_TRANSACTIONS").unwrap();
+    assert!(matches!(g.treat(&b, "RECOLLECT"), Err(ServiceError::Conflict(_))));
+    settled(g, &b, &["ENROLLED"]).await;
+    let p = g.person("obama").unwrap();
+    assert_eq!(p["templates"], 2, "{p}");
+    assert!(matches!(g.person("barack"), Err(ServiceError::NotFound(_))));
+
+    // An update with someone else's face: an exception that says ENROLL; treated as different.
+    let c = g
+        .submit(Submission::Update {
+            key: "obama".into(),
+            images: vec![photo("biden.jpg")],
+        })
+        .unwrap()
+        .tguid;
+    let v = settled(g, &c, &["EXCEPTION"]).await;
+    assert_eq!(v["exception"]["kind"], "UPDATE");
+    g.treat(&c, "DIFFERENT_FINGERS").unwrap();
+    settled(g, &c, &["FAILED"]).await;
+
+    // Searches: 1:1 match, 1:N no match, 1:1 of a key nobody has, and a picture with no face.
+    let s1 = g
+        .submit(Submission::Search {
+            key: Some("obama".into()),
+            images: vec![photo("obama2.jpg")],
+        })
+        .unwrap()
+        .tguid;
+    let sn = g
+        .submit(Submission::Search {
+            key: None,
+            images: vec![photo("biden.jpg")],
+        })
+        .unwrap()
+        .tguid;
+    let s0 = g
+        .submit(Submission::Search {
+            key: Some("nobody".into()),
+            images: vec![photo("biden.jpg")],
+        })
+        .unwrap()
+        .tguid;
+    let bad = g
+        .submit(Submission::Search {
+            key: None,
+            images: vec![b"\xff\xd8 not a jpeg".to_vec()],
+        })
+        .unwrap()
+        .tguid;
+    let v = settled(g, &s1, &["MATCH"]).await;
+    assert_eq!(v["candidates"][0]["key"], "obama");
+    settled(g, &sn, &["NOT_MATCH"]).await;
+    settled(g, &s0, &["PERSON_NOT_FOUND"]).await;
+    let v = settled(g, &bad, &["FAILED"]).await;
+    assert!(v["reason"].as_str().unwrap().contains("no usable face"), "{v}");
+
+    assert_eq!(
+        notices(&r.outbox_dir),
+        vec![
+            n("ENROLL", &a, "ENROLLED"),
+            n("ENROLL", &b, "EXCEPTION"),
+            treated(&b, "MERGE_TRANSACTIONS"),
+            n("ENROLL", &b, "ENROLLED"),
+            n("ENROLL", &c, "EXCEPTION"),
+            treated(&c, "DIFFERENT_FINGERS"),
+            n("ENROLL", &c, "FAILED"),
+            n("SEARCH", &s1, "MATCH"),
+            n("SEARCH", &sn, "NOT_MATCH"),
+            n("SEARCH", &s0, "PERSON_NOT_FOUND"),
+            n("SEARCH", &bad, "FAILED"),
+        ]
+    );
+    r.stop.cancel();
+    r.task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_face_below_the_bar_waits_for_review_and_work_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let strict = GbdsConfig {
+        quality_min_face_px: 4000.0,
+        ..gbds_config(dir.path())
+    };
+    let pool = pool();
+    let r = rig(dir.path(), pool.clone(), strict.clone()).await;
+    let a = r.gbds.submit(enroll("obama", "obama.jpg")).unwrap().tguid;
+    let v = settled(&r.gbds, &a, &["PENDING"]).await;
+    assert!(v["reason"].as_str().unwrap().contains("below the bars"), "{v}");
+    assert!(matches!(
+        r.gbds.treat(&a, "SAME_FINGERS"),
+        Err(ServiceError::Conflict(_))
+    ));
+    let b = r.gbds.submit(enroll("biden", "biden.jpg")).unwrap().tguid;
+    settled(&r.gbds, &b, &["PENDING"]).await;
+    r.gbds.review(&a, true).unwrap();
+    r.gbds.review(&b, false).unwrap();
+    // Stopped before the reviews are done: they are on disk and are done after a restart.
+    r.stop.cancel();
+    r.task.await.unwrap();
+    r.outbox.shutdown().await.unwrap();
+    let r = rig(dir.path(), pool, strict).await;
+    settled(&r.gbds, &a, &["ENROLLED"]).await;
+    settled(&r.gbds, &b, &["FAILED"]).await;
+    assert_eq!(
+        notices(&r.outbox_dir),
+        vec![
+            n("ENROLL", &a, "PENDING"),
+            n("ENROLL", &b, "PENDING"),
+            n("ENROLL", &a, "ENROLLED"),
+            n("ENROLL", &b, "FAILED"),
+        ]
+    );
+    assert!(matches!(
+        r.gbds.review(&a, true),
+        Err(ServiceError::Conflict(_))
+    ));
+    r.stop.cancel();
+    r.task.await.unwrap();
+}
