@@ -510,11 +510,17 @@ fn spawn_sinks(
     }
     // One task, cursor and status per endpoint: a dead endpoint delays no other.
     for ep in cfg.notifier.iter().flat_map(|n| &n.endpoints) {
-        let matches = cfg.notifier.as_ref().is_some_and(|n| n.notify_camera_matches);
+        let matches = cfg
+            .notifier
+            .as_ref()
+            .is_some_and(|n| n.notify_camera_matches);
         let (ob, ep2, clock, stop) = (outbox.clone(), ep.clone(), clock.clone(), stop.clone());
-        spawn_sink(&mut tasks, &mut statuses, sinks::notifier::status_name(ep), move |st| {
-            sinks::notifier::run(ob, ep2, matches, clock, st, stop)
-        });
+        spawn_sink(
+            &mut tasks,
+            &mut statuses,
+            sinks::notifier::status_name(ep),
+            move |st| sinks::notifier::run(ob, ep2, matches, clock, st, stop),
+        );
     }
     (tasks, statuses)
 }

@@ -103,7 +103,9 @@ pub fn parse_url(url: &str) -> Result<Target, String> {
     };
     let host = uri.host().filter(|h| !h.is_empty()).ok_or_else(bad)?;
     if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
-        return Err(format!("{url:?}: user info in the URL is not supported (use token_file)"));
+        return Err(format!(
+            "{url:?}: user info in the URL is not supported (use token_file)"
+        ));
     }
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     Ok(Target {
@@ -197,9 +199,7 @@ impl EndpointConfig {
         match (target.https, &self.tls) {
             (false, None) => Ok(None),
             (false, Some(_)) => Err("tls is given for an http:// URL".into()),
-            (true, None) => {
-                Err("an https:// URL needs tls (ca_file or fingerprint_sha256)".into())
-            }
+            (true, None) => Err("an https:// URL needs tls (ca_file or fingerprint_sha256)".into()),
             (true, Some(t)) => tls::client_config(t, &target.host)
                 .map(Some)
                 .map_err(|e| e.to_string()),

@@ -149,7 +149,8 @@ struct SearchedQuality {
 /// faces that pass the quality bars do), else `None`.
 fn search_status(data: &[u8]) -> Option<&'static str> {
     let r: SearchedResult = serde_json::from_slice(data).ok()?;
-    let searched = |f: &SearchedFace| f.identity.is_some() || f.quality.as_ref().is_some_and(|q| q.ok);
+    let searched =
+        |f: &SearchedFace| f.identity.is_some() || f.quality.as_ref().is_some_and(|q| q.ok);
     if !r.faces.iter().any(searched) {
         return None;
     }
@@ -376,7 +377,9 @@ impl Sender {
     async fn finish(&mut self) {
         match self.commit().await {
             Ok(()) => {}
-            Err(e) => warn!(endpoint = %self.ep.name, error = %e, delivered = self.unsaved, "notifier cursor not committed at stop; these notifications are POSTed again at the next start"),
+            Err(e) => {
+                warn!(endpoint = %self.ep.name, error = %e, delivered = self.unsaved, "notifier cursor not committed at stop; these notifications are POSTed again at the next start")
+            }
         }
         info!(endpoint = %self.ep.name, delivered = self.delivered, "notifier stopped");
     }
@@ -393,9 +396,7 @@ async fn sleep_until_some(at: Option<Instant>) {
 mod tests {
     use super::*;
     use crate::notice::NoticeRecord;
-    use crate::results::{
-        FaceResult, Identity, ResultFace, ResultQuality, Timings, FACE_RESULT,
-    };
+    use crate::results::{FaceResult, Identity, ResultFace, ResultQuality, Timings, FACE_RESULT};
 
     fn face(ok: bool, who: Option<&str>) -> ResultFace {
         ResultFace {
@@ -441,16 +442,30 @@ mod tests {
         let tguid = search_tguid("SN1/7");
         assert_eq!(tguid, search_tguid("SN1/7"), "deterministic");
         assert_ne!(tguid, search_tguid("SN1/8"));
-        let body = |s: &str| format!(r#"{{"operation":"SEARCH","tguid":"{tguid}","status":"{s}"}}"#);
-        let m = outgoing(&result(vec![face(false, None), face(true, Some("alice"))]), false, true)
-            .unwrap();
+        let body =
+            |s: &str| format!(r#"{{"operation":"SEARCH","tguid":"{tguid}","status":"{s}"}}"#);
+        let m = outgoing(
+            &result(vec![face(false, None), face(true, Some("alice"))]),
+            false,
+            true,
+        )
+        .unwrap();
         assert_eq!(String::from_utf8_lossy(&m.body), body("MATCH"));
-        assert_eq!((m.key, m.offset, m.since_ms), (format!("{tguid}/0"), 3, 1_000));
+        assert_eq!(
+            (m.key, m.offset, m.since_ms),
+            (format!("{tguid}/0"), 3, 1_000)
+        );
         let nm = outgoing(&result(vec![face(true, None)]), false, true).unwrap();
         assert_eq!(String::from_utf8_lossy(&nm.body), body("NOT_MATCH"));
-        assert!(outgoing(&result(vec![face(false, None)]), false, true).is_none(), "not searched");
+        assert!(
+            outgoing(&result(vec![face(false, None)]), false, true).is_none(),
+            "not searched"
+        );
         assert!(outgoing(&result(vec![]), false, true).is_none(), "no face");
-        assert!(outgoing(&result(vec![face(true, Some("a"))]), false, false).is_none(), "off");
+        assert!(
+            outgoing(&result(vec![face(true, Some("a"))]), false, false).is_none(),
+            "off"
+        );
     }
 
     #[test]

@@ -7,8 +7,7 @@ use sha2::Sha256;
 
 /// `sha256=` + lowercase hex HMAC-SHA256(`secret`, `"<timestamp_ms>.<body>"`).
 pub fn signature(secret: &[u8], timestamp_ms: u64, body: &[u8]) -> String {
-    let mut mac =
-        Hmac::<Sha256>::new_from_slice(secret).expect("HMAC accepts a key of any length");
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC accepts a key of any length");
     mac.update(timestamp_ms.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
