@@ -82,7 +82,8 @@ impl Daemon {
             None
         };
         #[cfg_attr(not(feature = "vision"), allow(unused_mut))]
-        let (mut sink_tasks, mut sink_status) = spawn_sinks(cfg, &outbox, &sink_stop);
+        let (mut sink_tasks, mut sink_status) =
+            spawn_sinks(cfg, &outbox, intake.clock(), &sink_stop);
         #[cfg_attr(not(feature = "vision"), allow(unused_mut))]
         let mut stage_counters = None;
         #[cfg(feature = "vision")]
@@ -473,7 +474,12 @@ fn spawn_reconcilers(cfg: &Config) -> (CancellationToken, JoinSet<()>) {
 type SinkList = Vec<(String, Arc<sinks::SinkStatus>)>;
 
 /// Every configured sink, each a task reading the outbox with its own cursor.
-fn spawn_sinks(cfg: &Config, outbox: &Outbox, stop: &CancellationToken) -> (JoinSet<()>, SinkList) {
+fn spawn_sinks(
+    cfg: &Config,
+    outbox: &Outbox,
+    clock: &crate::clock::SharedClock,
+    stop: &CancellationToken,
+) -> (JoinSet<()>, SinkList) {
     let mut tasks = JoinSet::new();
     #[cfg_attr(not(any(feature = "kafka", feature = "mqtt")), allow(unused_mut))]
     let mut statuses = Vec::new();
@@ -502,30 +508,44 @@ fn spawn_sinks(cfg: &Config, outbox: &Outbox, stop: &CancellationToken) -> (Join
             sinks::mqtt::run(ob, mc, gw, st, stop)
         });
     }
+    // One task, cursor and status per endpoint: a dead endpoint delays no other.
+    for ep in cfg.notifier.iter().flat_map(|n| &n.endpoints) {
+        let matches = cfg
+            .notifier
+            .as_ref()
+            .is_some_and(|n| n.notify_camera_matches);
+        let (ob, ep2, clock, stop) = (outbox.clone(), ep.clone(), clock.clone(), stop.clone());
+        spawn_sink(
+            &mut tasks,
+            &mut statuses,
+            sinks::notifier::status_name(ep),
+            move |st| sinks::notifier::run(ob, ep2, matches, clock, st, stop),
+        );
+    }
     (tasks, statuses)
 }
 
 /// Starts one forwarding sink with a status of its own; its end (or error) is logged and kept
 /// in the status for `camgate status`.
-#[cfg(any(feature = "kafka", feature = "mqtt", feature = "vision"))]
 fn spawn_sink<F, E>(
     tasks: &mut JoinSet<()>,
     statuses: &mut SinkList,
-    name: &'static str,
+    name: impl Into<String>,
     run: impl FnOnce(Arc<sinks::SinkStatus>) -> F,
 ) where
     F: std::future::Future<Output = Result<u64, E>> + Send + 'static,
     E: std::fmt::Display,
 {
+    let name: String = name.into();
     let status = Arc::new(sinks::SinkStatus::default());
-    statuses.push((name.to_string(), status.clone()));
+    statuses.push((name.clone(), status.clone()));
     let fut = run(status.clone());
     tasks.spawn(async move {
         match fut.await {
-            Ok(n) => info!(sink = name, delivered = n, "sink finished"),
+            Ok(n) => info!(sink = %name, delivered = n, "sink finished"),
             Err(e) => {
                 status.set_error(&e);
-                warn!(sink = name, error = %e, "sink stopped");
+                warn!(sink = %name, error = %e, "sink stopped");
             }
         }
     });

@@ -1,7 +1,7 @@
 //! GBDS-style notification records: one per status change of a transaction. The transaction
 //! processor (`gbds`) appends them to the outbox; the notifier sink POSTs each to every endpoint.
 //!
-//! Plain data, like [`crate::results`]: the sinks read these without linking the processor. The
+//! Plain data, like [`super::results`]: the sinks read these without linking the processor. The
 //! wire body is exactly [`Notification`] (DECISIONS §6); anything more a site may want (the
 //! person's key, the candidates of a search) travels in [`NoticeRecord::extra`] and is sent only
 //! to an endpoint with `extra_fields = true`.

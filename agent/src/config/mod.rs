@@ -15,7 +15,7 @@ pub use crate::hook::HookConfig;
 pub use crate::intake::IntakeConfig;
 pub use crate::ops::HealthConfig;
 pub use crate::outbox::OutboxConfig;
-pub use crate::sinks::{JsonlSinkConfig, KafkaConfig, MqttConfig, SinksConfig};
+pub use crate::sinks::{JsonlSinkConfig, KafkaConfig, MqttConfig, NotifierConfig, SinksConfig};
 pub use crate::stage::StageConfig;
 
 /// The whole configuration file.
@@ -43,6 +43,9 @@ pub struct Config {
     /// `[mqtt]`: the MQTT forwarding sink; absent disables it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mqtt: Option<MqttConfig>,
+    /// `[notifier]`: POST the GBDS notifications to site systems; absent disables it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notifier: Option<NotifierConfig>,
     /// `[vision]`: faces on the live path (the vision stage). Absent: no face work, events are
     /// forwarded as they are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -155,6 +158,9 @@ impl Config {
         }
         if let Some(m) = &self.mqtt {
             m.validate(&mut errs);
+        }
+        if let Some(n) = &self.notifier {
+            n.validate(&mut errs);
         }
         if let Some(v) = &self.vision {
             v.validate(&mut errs);

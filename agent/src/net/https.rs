@@ -3,8 +3,9 @@
 //! ([`super::tls`]), with a time limit for the whole exchange and a cap on the answer's size
 //! (read through [`Limited`], so an endless answer costs at most `max_answer` bytes of memory).
 //!
-//! Users: the hook API client (`hook/add|delete|query`), the simulator's callback poster, and
-//! the picture fetch of `pic_url` (which first checks the URL with [`camera_url`]).
+//! Users: the hook API client (`hook/add|delete|query`), the simulator's callback poster, the
+//! picture fetch of `pic_url` (which first checks the URL with [`camera_url`]) and the notifier
+//! sink's POSTs to site systems.
 //!
 //! One connection per request is deliberate: a camera's API is called every few minutes and a
 //! picture once per face event; a pool would keep sockets open to hundreds of cameras for nothing.
@@ -13,7 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::header::{HeaderValue, CONTENT_TYPE, HOST, USER_AGENT};
+use hyper::header::{HeaderMap, HeaderValue, CONTENT_TYPE, HOST, USER_AGENT};
 use hyper::{Method, Request, Uri};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -93,11 +94,26 @@ impl HttpsClient {
         body: Bytes,
         max_answer: usize,
     ) -> Result<Answer, HttpsError> {
-        let req = self
+        self.post_with_headers(path, content_type, &HeaderMap::new(), body, max_answer)
+            .await
+    }
+
+    /// [`Self::post`] with `headers` added (a site system's authorization and signature).
+    pub async fn post_with_headers(
+        &self,
+        path: &str,
+        content_type: &str,
+        headers: &HeaderMap,
+        body: Bytes,
+        max_answer: usize,
+    ) -> Result<Answer, HttpsError> {
+        let mut req = self
             .request(Method::POST, path)
-            .header(CONTENT_TYPE, content_type)
-            .body(Full::new(body))?;
-        self.send(req, max_answer).await
+            .header(CONTENT_TYPE, content_type);
+        for (name, value) in headers {
+            req = req.header(name, value);
+        }
+        self.send(req.body(Full::new(body))?, max_answer).await
     }
 
     /// `GET path_and_query`.

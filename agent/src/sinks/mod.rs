@@ -8,6 +8,7 @@ pub mod kafka;
 pub mod mqtt;
 #[cfg(not(all(feature = "kafka", feature = "mqtt")))]
 pub mod not_built;
+pub mod notifier;
 pub mod reader;
 pub mod status;
 #[cfg(any(feature = "kafka", feature = "mqtt"))]
@@ -23,6 +24,7 @@ pub use not_built::KafkaConfig;
 pub use not_built::MqttConfig;
 
 pub use jsonl::JsonlSinkConfig;
+pub use notifier::NotifierConfig;
 pub use status::{SinkSnapshot, SinkStatus};
 
 use serde::{Deserialize, Serialize};
