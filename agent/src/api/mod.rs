@@ -4,7 +4,7 @@
 //! pending transactions, read transactions and people. Every request carries a bearer token.
 //! The routes are described by `openapi.yaml` beside this file ([`OPENAPI_YAML`]).
 //!
-//! - [`config`]: `[api]`.
+//! - [`config`]: the `[api]` section.
 //! - [`routes`]: the route table and router.
 //! - [`body`]: request bodies → submissions (pure).
 //! - [`server`]: the hyper server: auth, bounds, timeouts, answers.
