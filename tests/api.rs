@@ -36,10 +36,14 @@ enum Call {
 struct Fake {
     calls: Mutex<Vec<Call>>,
     fail: Mutex<Option<ServiceError>>,
+    /// How long each call takes (a slow disk).
+    delay: Mutex<Duration>,
 }
 
 impl Fake {
     fn record<T>(&self, c: Call, ok: T) -> Result<T, ServiceError> {
+        let delay = *self.delay.lock().unwrap();
+        std::thread::sleep(delay);
         self.calls.lock().unwrap().push(c);
         match self.fail.lock().unwrap().clone() {
             Some(e) => Err(e),
@@ -604,6 +608,60 @@ async fn a_missing_or_short_token_file_stops_the_server_before_serving() {
     cfg.token_file = dir.path().join("short");
     let r = api::ApiServer::start(&cfg, fake, CancellationToken::new()).await;
     assert!(matches!(r, Err(api::ApiError::Token(_))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_and_a_slow_service_are_bounded() {
+    let api = Api::start(|c| {
+        c.max_concurrency = 1;
+        c.body_timeout_secs = 1;
+        c.header_timeout_secs = 1;
+    })
+    .await;
+    // A body that stops half-way: 408 once the body timeout passes.
+    let mut slow = TcpStream::connect(api.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/searches HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"image\""
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    read_answer(&mut slow).await.refused(408, "timeout");
+    // Headers that never end: the connection is closed after the header timeout.
+    let mut s = TcpStream::connect(api.addr).await.unwrap();
+    s.write_all(b"GET /v1/people HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    assert!(
+        closed.is_ok(),
+        "connection still open after the header timeout"
+    );
+    // The only slot is held by a slow service call (it keeps it even though its client left):
+    // another request waits at most the body timeout, then 503.
+    *api.fake.delay.lock().unwrap() = Duration::from_millis(3000);
+    let addr = api.addr;
+    let first = tokio::spawn(async move {
+        let raw = format!("GET /v1/people HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {TOKEN}\r\n\r\n");
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(raw.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        drop(s);
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    api.req("GET", "/v1/transactions/t", None, b"")
+        .await
+        .refused(503, "busy");
+    first.await.unwrap();
+    *api.fake.delay.lock().unwrap() = Duration::ZERO;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    api.req("GET", "/v1/transactions/t", None, b"")
+        .await
+        .is(200, json!({"tguid": "t", "status": "ENROLLED"}));
+    assert_eq!(
+        api.fake.calls(),
+        vec![Call::People, Call::Transaction("t".into())]
+    );
+    api.stop().await;
 }
 
 // ---- the OpenAPI document ----

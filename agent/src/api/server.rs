@@ -214,9 +214,11 @@ async fn handle(
             if r.status == 401 {
                 h.insert("www-authenticate", HeaderValue::from_static("Bearer"));
             }
-            if let Err(Unrouted::Method(allowed)) = routes::resolve(method.as_str(), &path) {
-                if let Ok(v) = HeaderValue::from_str(&allowed.join(", ")) {
-                    h.insert(ALLOW, v);
+            if r.status == 405 {
+                if let Err(Unrouted::Method(allowed)) = routes::resolve(method.as_str(), &path) {
+                    if let Ok(v) = HeaderValue::from_str(&allowed.join(", ")) {
+                        h.insert(ALLOW, v);
+                    }
                 }
             }
             resp
