@@ -240,30 +240,43 @@ type Answer = (u16, String);
 async fn process(shared: &Shared, req: Request<Incoming>) -> Result<Answer, Refusal> {
     authorize(&shared.token, req.headers())?;
     let route = routes::resolve(req.method().as_str(), req.uri().path()).map_err(unrouted)?;
+    // What is wrong with the head is answered before waiting for a slot.
+    let boundary = match body_rule(&route) {
+        Some(multipart_ok) => check_head(shared, req.headers(), multipart_ok)?,
+        None => None,
+    };
     let deadline = Instant::now() + shared.body_timeout;
     let permit =
         match tokio::time::timeout_at(deadline, shared.permits.clone().acquire_owned()).await {
             Ok(Ok(p)) => p,
             _ => return Err(Refusal::new(503, "busy", "no request slot in time")),
         };
+    let read = |req| read_body(shared, req, boundary, deadline);
     match route {
-        Route::Enroll => submit(shared, req, Kind::Enroll, deadline, permit).await,
-        Route::Update(key) => submit(shared, req, Kind::Update(key), deadline, permit).await,
-        Route::Search => submit(shared, req, Kind::Search, deadline, permit).await,
+        Route::Enroll => submit(shared, read(req).await?, Kind::Enroll, permit).await,
+        Route::Update(key) => submit(shared, read(req).await?, Kind::Update(key), permit).await,
+        Route::Search => submit(shared, read(req).await?, Kind::Search, permit).await,
         Route::Treat(tguid) => {
-            let b = read_body(shared, req, false, deadline).await?;
-            let t = body::treatment(&b.bytes)?;
+            let t = body::treatment(&read(req).await?.bytes)?;
             accepted(call(permit, shared, move |s| s.treat(&tguid, &t)).await)
         }
         Route::Review(tguid) => {
-            let b = read_body(shared, req, false, deadline).await?;
-            let approve = body::approval(&b.bytes)?;
+            let approve = body::approval(&read(req).await?.bytes)?;
             accepted(call(permit, shared, move |s| s.review(&tguid, approve)).await)
         }
         Route::Transaction(t) => json(call(permit, shared, move |s| s.transaction(&t)).await),
         Route::People => json(call(permit, shared, |s| s.people()).await),
         Route::Person(k) => json(call(permit, shared, move |s| s.person(&k)).await),
         Route::DeletePerson(k) => json(call(permit, shared, move |s| s.delete_person(&k)).await),
+    }
+}
+
+/// Whether a route takes a body, and then whether multipart as well as JSON.
+fn body_rule(route: &Route) -> Option<bool> {
+    match route {
+        Route::Enroll | Route::Update(_) | Route::Search => Some(true),
+        Route::Treat(_) | Route::Review(_) => Some(false),
+        _ => None,
     }
 }
 
@@ -301,12 +314,10 @@ fn authorize(token: &str, headers: &HeaderMap) -> Result<(), Refusal> {
 
 async fn submit(
     shared: &Shared,
-    req: Request<Incoming>,
+    b: Body,
     kind: Kind,
-    deadline: Instant,
     permit: OwnedSemaphorePermit,
 ) -> Result<Answer, Refusal> {
-    let b = read_body(shared, req, true, deadline).await?;
     let s = match &b.boundary {
         Some(boundary) => body::submission_multipart(kind, &b.bytes, boundary, shared.limits)?,
         None => body::submission_json(kind, &b.bytes, shared.limits)?,
@@ -355,17 +366,14 @@ struct Body {
     boundary: Option<String>,
 }
 
-/// Content type (JSON, or multipart when `multipart_ok`), declared size, then the whole body,
-/// at most `max_body_bytes`, before `deadline`.
-async fn read_body(
+/// Content type (its multipart boundary; `None` for JSON) and declared size.
+fn check_head(
     shared: &Shared,
-    req: Request<Incoming>,
+    headers: &HeaderMap,
     multipart_ok: bool,
-    deadline: Instant,
-) -> Result<Body, Refusal> {
-    let boundary = body_format(req.headers(), multipart_ok)?;
-    let declared = req
-        .headers()
+) -> Result<Option<String>, Refusal> {
+    let boundary = body_format(headers, multipart_ok)?;
+    let declared = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
@@ -373,6 +381,17 @@ async fn read_body(
     if let Some(n) = declared.filter(|&n| n > limit as u64) {
         return Err(Refusal::too_large(format!("{n} bytes; at most {limit}")));
     }
+    Ok(boundary)
+}
+
+/// The whole body, at most `max_body_bytes`, before `deadline`.
+async fn read_body(
+    shared: &Shared,
+    req: Request<Incoming>,
+    boundary: Option<String>,
+    deadline: Instant,
+) -> Result<Body, Refusal> {
+    let limit = shared.max_body_bytes;
     let limited = Limited::new(req.into_body(), limit);
     let bytes = match tokio::time::timeout_at(deadline, limited.collect()).await {
         Err(_) => return Err(Refusal::new(408, "timeout", "body not received in time")),
