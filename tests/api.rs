@@ -688,6 +688,26 @@ fn documented() -> BTreeMap<(String, String), BTreeSet<u16>> {
     out
 }
 
+/// `(METHOD, path template) -> media types of its request body` (`$ref`s followed).
+fn body_media_types() -> BTreeMap<(String, String), Vec<String>> {
+    let doc: Value = serde_norway::from_str(api::OPENAPI_YAML).unwrap();
+    let mut out = BTreeMap::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let mut body = &op["requestBody"];
+            if let Some(r) = body["$ref"].as_str() {
+                let name = r.strip_prefix("#/components/requestBodies/").unwrap();
+                body = &doc["components"]["requestBodies"][name];
+            }
+            if let Some(content) = body["content"].as_object() {
+                let types = content.keys().cloned().collect();
+                out.insert((method.to_uppercase(), path.clone()), types);
+            }
+        }
+    }
+    out
+}
+
 /// A path of `template` with its parameter filled in.
 fn concrete(template: &str) -> String {
     template.replace("{key}", "alice").replace("{tguid}", "t-1")
@@ -701,6 +721,32 @@ async fn the_openapi_document_and_the_router_agree() {
         .map(|(m, p)| (m.to_string(), p.to_string()))
         .collect();
     assert_eq!(doc.keys().cloned().collect::<BTreeSet<_>>(), routed);
+    assert_eq!(body_media_types(), {
+        let both = vec![
+            "application/json".to_string(),
+            "multipart/form-data".to_string(),
+        ];
+        let json = vec!["application/json".to_string()];
+        BTreeMap::from([
+            (("POST".to_string(), "/v1/people".to_string()), both.clone()),
+            (
+                ("PUT".to_string(), "/v1/people/{key}".to_string()),
+                both.clone(),
+            ),
+            (("POST".to_string(), "/v1/searches".to_string()), both),
+            (
+                (
+                    "POST".to_string(),
+                    "/v1/exceptions/{tguid}/treatment".to_string(),
+                ),
+                json.clone(),
+            ),
+            (
+                ("POST".to_string(), "/v1/reviews/{tguid}".to_string()),
+                json,
+            ),
+        ])
+    });
     // The server itself: every documented operation is answered, and on a documented path
     // every other method is 405.
     let api = Api::start(|_| {}).await;

@@ -195,4 +195,19 @@ mod tests {
         assert!(errs.is_empty(), "{errs:?}");
         assert_eq!(c.token().unwrap(), "0123456789abcdef0123");
     }
+
+    #[test]
+    fn the_section_is_validated_with_the_rest_of_the_file() {
+        use crate::config::Config;
+        let c = Config::from_toml("[api]\nlisten = \"nowhere\"\ntoken_file = \"/nonexistent\"\n")
+            .unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("api.listen"), "{err}");
+        assert!(err.contains("api.token_file: cannot read"), "{err}");
+        assert!(
+            Config::from_toml("[api]\nmax_images = 2\n").is_err(),
+            "listen is required"
+        );
+        assert_eq!(Config::from_toml("").unwrap().api, None);
+    }
 }
