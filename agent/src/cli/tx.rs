@@ -124,7 +124,12 @@ pub struct TxRequest {
 }
 
 fn prepare(args: &TxArgs) -> Result<(HttpsClient, String, TxRequest), TxCliError> {
-    let api = api_config(args.config.as_deref())?;
+    // The configuration is read only for what the flags leave open.
+    let api = if args.api.is_some() && args.token_file.is_some() {
+        None
+    } else {
+        api_config(args.config.as_deref())?
+    };
     let base = match &args.api {
         Some(u) => u.clone(),
         None => format!(
