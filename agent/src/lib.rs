@@ -20,9 +20,12 @@
 //!   (embeddings in, identities out; no vision code); [`stage`]: the vision stage (outbox face
 //!   events → picture → vision → gallery → face result in the outbox); [`cli`]: command-line
 //!   layers over them.
+//! - [`api`]: the local transactions API (HTTP + JSON with a bearer token) over the processor's
+//!   narrow interface in [`gbds::service`]; it imports only `gbds`, `net` and `clock`.
 //! - [`config`] (assembles every component's own config), [`daemon`], [`logging`], [`ops`].
 //! - `dev` (feature `dev-tools`): simulator, demo, benches; nothing else depends on it.
 
+pub mod api;
 pub mod camera;
 pub mod channel;
 pub mod cli;

@@ -62,6 +62,8 @@ enum Cmd {
         #[command(subcommand)]
         cmd: camgate::cli::gallery::GalleryCommand,
     },
+    /// GBDS transactions through the running daemon's local API (JSON output).
+    Tx(camgate::cli::tx::TxArgs),
     /// Benchmarks; each prints its figures next to a reference measured in the same run.
     #[cfg(feature = "dev-tools")]
     Bench {
@@ -244,6 +246,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             camgate::cli::gallery::run(cmd)?;
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Tx(a) => Ok(ExitCode::from(camgate::cli::tx::run(a))),
         #[cfg(feature = "dev-tools")]
         Cmd::Demo(a) => demo(a),
         #[cfg(feature = "dev-tools")]

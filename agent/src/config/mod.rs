@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::api::ApiConfig;
 pub use crate::camera::{CameraConfig, CameraMode};
 pub use crate::gallery::GalleryConfig;
 pub use crate::hook::HookConfig;
@@ -54,6 +55,9 @@ pub struct Config {
     /// `camgate gallery` commands).
     #[serde(default)]
     pub gallery: GalleryConfig,
+    /// `[api]`: the local transactions API. Absent: no API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<ApiConfig>,
     #[serde(default)]
     pub cameras: Vec<CameraConfig>,
 }
@@ -166,6 +170,9 @@ impl Config {
             v.validate(&mut errs);
         }
         self.gallery.validate(&mut errs);
+        if let Some(a) = &self.api {
+            a.validate(&mut errs);
+        }
         let mut names = HashSet::new();
         for (i, c) in self.cameras.iter().enumerate() {
             if !c.name.is_empty() && !names.insert(c.name.as_str()) {

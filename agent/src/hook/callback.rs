@@ -1,5 +1,6 @@
 //! Pure parsing of a camera callback (DECISIONS §4): `multipart/form-data` with the fields
-//! `app_id, random, timestamp, sign, payload` → a typed [`Callback`]. No I/O, so it is unit
+//! `app_id, random, timestamp, sign, payload` → a typed [`Callback`]; the multipart syntax itself
+//! is [`crate::net::multipart`]'s (shared with the local API). No I/O, so it is unit
 //! tested and fuzzed (`agent/fuzz/fuzz_targets/hook_multipart.rs`) without a server.
 //!
 //! The body is already bounded by the receiver (`hook.max_body_bytes`), so it is parsed whole.
@@ -9,6 +10,8 @@
 use bytes::Bytes;
 
 use crate::event::{EventError, EventView};
+pub use crate::net::multipart::encode_multipart;
+use crate::net::multipart::{self, MultipartError};
 
 /// Parts beyond this many are refused: five are expected, a few extra are tolerated.
 pub const MAX_PARTS: usize = 32;
@@ -69,6 +72,18 @@ pub enum ParseError {
     MissingField(&'static str),
 }
 
+impl From<MultipartError> for ParseError {
+    fn from(e: MultipartError) -> Self {
+        match e {
+            MultipartError::ContentType(ct) => ParseError::ContentType(ct),
+            MultipartError::Boundary => ParseError::Boundary,
+            MultipartError::Truncated => ParseError::Truncated,
+            MultipartError::Malformed(m) => ParseError::Malformed(m),
+            MultipartError::TooManyParts(_) => ParseError::TooManyParts,
+        }
+    }
+}
+
 impl ParseError {
     /// Stable label for counters and logs.
     pub fn reason(&self) -> &'static str {
@@ -87,150 +102,21 @@ impl ParseError {
 
 /// The boundary of a `Content-Type: multipart/form-data; boundary=...` header value.
 pub fn boundary_from_content_type(ct: &str) -> Result<String, ParseError> {
-    let mut parts = ct.split(';');
-    let mime = parts.next().unwrap_or("").trim();
-    if !mime.eq_ignore_ascii_case("multipart/form-data") {
-        return Err(ParseError::ContentType(ct.chars().take(100).collect()));
-    }
-    for p in parts {
-        let Some((k, v)) = p.split_once('=') else {
-            continue;
-        };
-        if k.trim().eq_ignore_ascii_case("boundary") {
-            let v = v.trim();
-            let v = v
-                .strip_prefix('"')
-                .and_then(|v| v.strip_suffix('"'))
-                .unwrap_or(v);
-            // RFC 2046: 1..=70 characters; control characters would break the line structure.
-            if v.is_empty() || v.len() > 70 || v.bytes().any(|b| b.is_ascii_control()) {
-                return Err(ParseError::Boundary);
-            }
-            return Ok(v.to_owned());
-        }
-    }
-    Err(ParseError::Boundary)
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    if needle.is_empty() || hay.len() < needle.len() {
-        return None;
-    }
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-/// The `name` parameter of a `Content-Disposition: form-data; name="..."` value.
-fn disposition_name(value: &str) -> Option<String> {
-    let mut rest = value.split_once(';')?.1;
-    loop {
-        let (param, tail) = split_param(rest);
-        if let Some((k, v)) = param.split_once('=') {
-            if k.trim().eq_ignore_ascii_case("name") {
-                let v = v.trim();
-                let v = v
-                    .strip_prefix('"')
-                    .and_then(|v| v.strip_suffix('"'))
-                    .unwrap_or(v);
-                return Some(v.to_owned());
-            }
-        }
-        rest = tail?;
-    }
-}
-
-/// Splits off one `;`-separated parameter, honouring double quotes (a quoted `filename` may
-/// hold `;`).
-fn split_param(s: &str) -> (&str, Option<&str>) {
-    let mut quoted = false;
-    for (i, c) in s.char_indices() {
-        match c {
-            '"' => quoted = !quoted,
-            ';' if !quoted => return (&s[..i], Some(&s[i + 1..])),
-            _ => {}
-        }
-    }
-    (s, None)
+    Ok(multipart::boundary_from_content_type(ct)?)
 }
 
 /// Parses a whole multipart body with `boundary` into a [`Callback`].
 pub fn parse_callback(body: &[u8], boundary: &str) -> Result<Callback, ParseError> {
-    if boundary.is_empty() {
-        return Err(ParseError::Boundary);
-    }
-    let delim = format!("--{boundary}");
-    let delim = delim.as_bytes();
-    let mut crlf_delim = Vec::with_capacity(delim.len() + 2);
-    crlf_delim.extend_from_slice(b"\r\n");
-    crlf_delim.extend_from_slice(delim);
-
-    // The first delimiter opens the body, or follows a preamble and a CRLF.
-    let mut pos = if body.starts_with(delim) {
-        delim.len()
-    } else {
-        find(body, &crlf_delim).ok_or(ParseError::Truncated)? + crlf_delim.len()
-    };
-    let mut fields: [Option<&[u8]>; 5] = [None; 5];
     const NAMES: [&str; 5] = ["app_id", "random", "timestamp", "sign", "payload"];
-    let mut parts = 0usize;
-    loop {
-        let rest = &body[pos..];
-        if rest.starts_with(b"--") {
-            break; // close delimiter; the epilogue is ignored
-        }
-        // Transport padding (RFC 2046) then the CRLF ending the delimiter line.
-        let pad = rest
-            .iter()
-            .take_while(|b| **b == b' ' || **b == b'\t')
-            .count();
-        let rest = &rest[pad..];
-        if rest.len() < 2 {
-            return Err(ParseError::Truncated);
-        }
-        if !rest.starts_with(b"\r\n") {
-            return Err(ParseError::Malformed("delimiter line not ended by CRLF"));
-        }
-        let part_start = pos + pad + 2;
-        let part = &body[part_start..];
-        parts += 1;
-        if parts > MAX_PARTS {
-            return Err(ParseError::TooManyParts);
-        }
-        // Headers end at the first empty line (a part with no headers starts with CRLF).
-        let (headers, content_start) = if part.starts_with(b"\r\n") {
-            (&part[..0], 2)
-        } else {
-            let end = find(part, b"\r\n\r\n").ok_or(ParseError::Truncated)?;
-            (&part[..end], end + 4)
-        };
-        let content_end = find(&part[content_start..], &crlf_delim).ok_or(ParseError::Truncated)?;
-        let content = &part[content_start..content_start + content_end];
-        pos = part_start + content_start + content_end + crlf_delim.len();
-
-        let headers = std::str::from_utf8(headers)
-            .map_err(|_| ParseError::Malformed("part headers are not UTF-8"))?;
-        let mut name = None;
-        for line in headers.split("\r\n") {
-            let Some((k, v)) = line.split_once(':') else {
-                return Err(ParseError::Malformed("part header without ':'"));
-            };
-            if k.trim().eq_ignore_ascii_case("content-disposition") {
-                let v = v.trim();
-                let kind = v.split(';').next().unwrap_or("").trim();
-                if !kind.eq_ignore_ascii_case("form-data") {
-                    return Err(ParseError::Malformed("part is not form-data"));
-                }
-                name =
-                    Some(disposition_name(v).ok_or(ParseError::Malformed("part without a name"))?);
-            }
-        }
-        let name = name.ok_or(ParseError::Malformed("part without Content-Disposition"))?;
-        if let Some(i) = NAMES.iter().position(|n| *n == name) {
+    let mut fields: [Option<&[u8]>; 5] = [None; 5];
+    for part in multipart::parse_parts(body, boundary, MAX_PARTS)? {
+        // Unknown fields are ignored: firmware may add some, and they are not signed.
+        if let Some(i) = NAMES.iter().position(|n| *n == part.name) {
             if fields[i].is_some() {
                 return Err(ParseError::DuplicateField(NAMES[i]));
             }
-            fields[i] = Some(content);
+            fields[i] = Some(part.content);
         }
-        // Unknown fields are ignored: firmware may add some, and they are not signed.
     }
     let text = |i: usize| -> Result<Option<String>, ParseError> {
         fields[i]
@@ -251,21 +137,6 @@ pub fn parse_callback(body: &[u8], boundary: &str) -> Result<Callback, ParseErro
         payload: required(4)?,
         sign: text(3)?.filter(|s| !s.is_empty()),
     })
-}
-
-/// Encodes `fields` as a multipart/form-data body (the simulator and tests post with it).
-pub fn encode_multipart(fields: &[(&str, &str)], boundary: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (k, v) in fields {
-        out.extend_from_slice(
-            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n")
-                .as_bytes(),
-        );
-        out.extend_from_slice(v.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
-    out
 }
 
 #[cfg(test)]

@@ -4,8 +4,8 @@
 //! (read through [`Limited`], so an endless answer costs at most `max_answer` bytes of memory).
 //!
 //! Users: the hook API client (`hook/add|delete|query`), the simulator's callback poster, the
-//! picture fetch of `pic_url` (which first checks the URL with [`camera_url`]) and the notifier
-//! sink's POSTs to site systems.
+//! picture fetch of `pic_url` (which first checks the URL with [`camera_url`]), the notifier
+//! sink's POSTs to site systems, and `camgate tx` (the local API's client).
 //!
 //! One connection per request is deliberate: a camera's API is called every few minutes and a
 //! picture once per face event; a pool would keep sockets open to hundreds of cameras for nothing.
@@ -121,6 +121,27 @@ impl HttpsClient {
         let req = self
             .request(Method::GET, path_and_query)
             .body(Full::new(Bytes::new()))?;
+        self.send(req, max_answer).await
+    }
+
+    /// `method path_and_query` with extra `headers` (e.g. `authorization`) and, when given, a
+    /// body of its content type.
+    pub async fn request_with(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+        body: Option<(&str, Bytes)>,
+        max_answer: usize,
+    ) -> Result<Answer, HttpsError> {
+        let mut b = self.request(method, path_and_query);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let req = match body {
+            Some((ct, bytes)) => b.header(CONTENT_TYPE, ct).body(Full::new(bytes))?,
+            None => b.body(Full::new(Bytes::new()))?,
+        };
         self.send(req, max_answer).await
     }
 
