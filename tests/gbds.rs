@@ -94,7 +94,10 @@ async fn settled(g: &Gbds, tguid: &str, want: &[&str]) -> serde_json::Value {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("{tguid} never reached {want:?}: {}", g.transaction(tguid).unwrap());
+    panic!(
+        "{tguid} never reached {want:?}: {}",
+        g.transaction(tguid).unwrap()
+    );
 }
 
 fn notices(outbox: &Path) -> Vec<Notification> {
@@ -151,7 +154,10 @@ async fn every_status_and_treatment_path_notifies_in_order() {
         "INCORRECT_ENROLL has no meaning for an enroll exception"
     );
     g.treat(&b, "MERGE_TRANSACTIONS").unwrap();
-    assert!(matches!(g.treat(&b, "RECOLLECT"), Err(ServiceError::Conflict(_))));
+    assert!(matches!(
+        g.treat(&b, "RECOLLECT"),
+        Err(ServiceError::Conflict(_))
+    ));
     settled(g, &b, &["ENROLLED"]).await;
     let p = g.person("obama").unwrap();
     assert_eq!(p["templates"], 2, "{p}");
@@ -204,7 +210,10 @@ async fn every_status_and_treatment_path_notifies_in_order() {
     settled(g, &sn, &["NOT_MATCH"]).await;
     settled(g, &s0, &["PERSON_NOT_FOUND"]).await;
     let v = settled(g, &bad, &["FAILED"]).await;
-    assert!(v["reason"].as_str().unwrap().contains("no usable face"), "{v}");
+    assert!(
+        v["reason"].as_str().unwrap().contains("no usable face"),
+        "{v}"
+    );
 
     assert_eq!(
         notices(&r.outbox_dir),
@@ -237,7 +246,10 @@ async fn a_face_below_the_bar_waits_for_review_and_work_survives_a_restart() {
     let r = rig(dir.path(), pool.clone(), strict.clone()).await;
     let a = r.gbds.submit(enroll("obama", "obama.jpg")).unwrap().tguid;
     let v = settled(&r.gbds, &a, &["PENDING"]).await;
-    assert!(v["reason"].as_str().unwrap().contains("below the bars"), "{v}");
+    assert!(
+        v["reason"].as_str().unwrap().contains("below the bars"),
+        "{v}"
+    );
     assert!(matches!(
         r.gbds.treat(&a, "SAME_FINGERS"),
         Err(ServiceError::Conflict(_))

@@ -3,163 +3,33 @@
 //! the only-200 rule, retries of the same notification, hanging and oversize endpoints beside a
 //! healthy one, bearer token and signature headers, and a restart of the sink.
 
-use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+mod common;
+
 use camgate::clock::{ManualClock, SharedClock};
 use camgate::notice::{NoticeRecord, Notification};
 use camgate::outbox::{Outbox, OutboxConfig};
 use camgate::results::{FaceResult, Identity, ResultFace, ResultQuality, Timings, FACE_RESULT};
 use camgate::sinks::notifier::{self, EndpointConfig};
 use camgate::sinks::{SinkSnapshot, SinkStatus};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use common::endpoint::{Endpoint, Reply};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 const NOW_MS: u64 = 1_796_280_000_123;
 
-/// How the endpoint answers one request.
-#[derive(Debug, Clone, Copy)]
-enum Reply {
-    Status(u16),
-    /// Reads the request, never answers.
-    Hang,
-    /// 200 with a body of this many bytes.
-    Oversize(usize),
-}
-
-#[derive(Debug, Clone)]
-struct Request {
-    method: String,
-    path: String,
-    headers: BTreeMap<String, String>,
-    body: String,
-}
-
-impl Request {
-    fn key(&self) -> &str {
-        &self.headers["x-camgate-notification"]
+fn config(ep: &Endpoint, name: &str) -> EndpointConfig {
+    EndpointConfig {
+        name: Some(name.into()),
+        timeout_ms: 300,
+        retry_min_ms: 20,
+        retry_max_ms: 60,
+        ..EndpointConfig::new(&ep.url)
     }
-}
-
-/// A local HTTP endpoint: answers with the scripted replies in turn, then with `then`.
-#[derive(Clone)]
-struct Endpoint {
-    url: String,
-    script: Arc<Mutex<VecDeque<Reply>>>,
-    then: Arc<Mutex<Reply>>,
-    seen: Arc<Mutex<Vec<Request>>>,
-}
-
-impl Endpoint {
-    async fn start(script: &[Reply], then: Reply) -> Endpoint {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let ep = Endpoint {
-            url: format!("http://{}/gbds/notify", listener.local_addr().unwrap()),
-            script: Arc::new(Mutex::new(script.iter().copied().collect())),
-            then: Arc::new(Mutex::new(then)),
-            seen: Arc::new(Mutex::new(Vec::new())),
-        };
-        let server = ep.clone();
-        tokio::spawn(async move {
-            while let Ok((sock, _)) = listener.accept().await {
-                tokio::spawn(server.clone().serve(sock));
-            }
-        });
-        ep
-    }
-
-    async fn serve(self, mut sock: TcpStream) {
-        let Some(req) = read_request(&mut sock).await else {
-            return;
-        };
-        let reply = {
-            // The request is recorded together with taking its reply: the order seen is the
-            // order answered.
-            let mut seen = self.seen.lock().unwrap();
-            seen.push(req);
-            let next = self.script.lock().unwrap().pop_front();
-            next.unwrap_or(*self.then.lock().unwrap())
-        };
-        let head = |code: u16, len: usize| {
-            format!("HTTP/1.1 {code} X\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n")
-        };
-        match reply {
-            Reply::Status(code) => {
-                let _ = sock.write_all(head(code, 2).as_bytes()).await;
-                let _ = sock.write_all(b"ok").await;
-            }
-            Reply::Hang => {
-                tokio::time::sleep(Duration::from_secs(3600)).await;
-            }
-            Reply::Oversize(n) => {
-                let _ = sock.write_all(head(200, n).as_bytes()).await;
-                let _ = sock.write_all(&vec![b'x'; n]).await;
-            }
-        }
-        let _ = sock.shutdown().await;
-    }
-
-    fn seen(&self) -> Vec<Request> {
-        self.seen.lock().unwrap().clone()
-    }
-
-    fn keys(&self) -> Vec<String> {
-        self.seen().iter().map(|r| r.key().to_owned()).collect()
-    }
-
-    fn config(&self, name: &str) -> EndpointConfig {
-        EndpointConfig {
-            name: Some(name.into()),
-            timeout_ms: 300,
-            retry_min_ms: 20,
-            retry_max_ms: 60,
-            ..EndpointConfig::new(&self.url)
-        }
-    }
-}
-
-async fn read_request(sock: &mut TcpStream) -> Option<Request> {
-    let mut buf = Vec::new();
-    let end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let mut chunk = [0u8; 4096];
-        let n = sock.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8(buf[..end].to_vec()).ok()?;
-    let mut lines = head.split("\r\n");
-    let mut first = lines.next()?.split(' ');
-    let (method, path) = (first.next()?.to_owned(), first.next()?.to_owned());
-    let headers: BTreeMap<String, String> = lines
-        .filter_map(|l| l.split_once(": "))
-        .map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))
-        .collect();
-    let len: usize = headers.get("content-length")?.parse().ok()?;
-    let mut body = buf[end..].to_vec();
-    while body.len() < len {
-        let mut chunk = [0u8; 4096];
-        let n = sock.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        body.extend_from_slice(&chunk[..n]);
-    }
-    Some(Request {
-        method,
-        path,
-        headers,
-        body: String::from_utf8(body).ok()?,
-    })
 }
 
 fn notice(tguid: &str, seq: u32, status: &str) -> NoticeRecord {
@@ -307,14 +177,14 @@ async fn exact_bodies_in_order_with_token_and_signature() {
     let signed = EndpointConfig {
         token_file: Some(dir.path().join("token")),
         hmac_secret_file: Some(dir.path().join("hmac")),
-        ..plain.config("plain")
+        ..config(&plain, "plain")
     };
     let a = start(&outbox, signed, false);
     let b = start(
         &outbox,
         EndpointConfig {
             extra_fields: true,
-            ..rich.config("rich")
+            ..config(&rich, "rich")
         },
         true,
     );
@@ -384,7 +254,7 @@ async fn only_200_delivers_and_the_same_notification_is_retried_until_then() {
     let ep = Endpoint::start(&failing, Reply::Status(200)).await;
     append(&outbox, &notice("t-1", 0, "PENDING")).await;
     append(&outbox, &notice("t-1", 1, "ENROLLED")).await;
-    let run = start(&outbox, ep.config("retry"), false);
+    let run = start(&outbox, config(&ep, "retry"), false);
 
     assert!(eventually(WAIT, || run.snap(&outbox).delivered == 2).await);
     assert_eq!(
@@ -415,12 +285,12 @@ async fn hanging_and_oversize_endpoints_do_not_delay_a_healthy_one() {
     let healthy = Endpoint::start(&[], Reply::Status(200)).await;
     let small = EndpointConfig {
         max_answer_bytes: 1024,
-        ..oversize.config("oversize")
+        ..config(&oversize, "oversize")
     };
     let runs = [
-        start(&outbox, hanging.config("hanging"), false),
+        start(&outbox, config(&hanging, "hanging"), false),
         start(&outbox, small, false),
-        start(&outbox, healthy.config("healthy"), false),
+        start(&outbox, config(&healthy, "healthy"), false),
     ];
     let t0 = Instant::now();
     for i in 0..5 {
@@ -475,7 +345,7 @@ async fn a_restarted_sink_delivers_the_rest_without_losing_any() {
     for seq in 0..3 {
         append(&outbox, &notice("t-1", seq, "PENDING")).await;
     }
-    let run = start(&outbox, ep.config("restart"), false);
+    let run = start(&outbox, config(&ep, "restart"), false);
     assert!(eventually(WAIT, || run.snap(&outbox).retries >= 1).await);
     assert_eq!(run.stop().await, 2);
     outbox.shutdown().await.unwrap();
@@ -487,7 +357,7 @@ async fn a_restarted_sink_delivers_the_rest_without_losing_any() {
     for seq in 3..5 {
         append(&outbox, &notice("t-1", seq, "PENDING")).await;
     }
-    let run = start(&outbox, ep.config("restart"), false);
+    let run = start(&outbox, config(&ep, "restart"), false);
     assert!(eventually(WAIT, || run.snap(&outbox).delivered == 3).await);
     let mut keys = ep.keys();
     keys.dedup();

@@ -11,6 +11,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::api::ApiServer;
 use crate::camera::CameraMode;
 use crate::channel::driver::CameraTask;
 use crate::config::Config;
@@ -39,6 +40,10 @@ pub enum DaemonError {
     Stage(#[from] crate::stage::run::StageError),
     #[error("gallery: {0}")]
     Gallery(#[from] crate::gallery::GalleryError),
+    #[error("transactions: {0}")]
+    Gbds(#[from] crate::gbds::GbdsError),
+    #[error("transactions API: {0}")]
+    Api(#[from] crate::api::ApiError),
 }
 
 pub struct Daemon {
@@ -50,6 +55,8 @@ pub struct Daemon {
     sink_stop: CancellationToken,
     camera_tasks: JoinSet<()>,
     hook: Option<Receiver>,
+    /// The local transactions API, when `[api]` is set.
+    api: Option<ApiServer>,
     /// The hook cameras' subscription tasks, stopped first at shutdown (before unsubscribing).
     reconcilers: (CancellationToken, JoinSet<()>),
     sink_tasks: JoinSet<()>,
@@ -86,10 +93,22 @@ impl Daemon {
             spawn_sinks(cfg, &outbox, intake.clock(), &sink_stop);
         #[cfg_attr(not(feature = "vision"), allow(unused_mut))]
         let mut stage_counters = None;
+        #[cfg_attr(not(feature = "vision"), allow(unused_mut))]
+        let mut api = None;
         #[cfg(feature = "vision")]
         if let Some(v) = &cfg.vision {
+            let notices = crate::gbds::run::notice_keys(&stored);
             let stage = start_stage(cfg, v, &outbox, &intake, stored).await?;
             stage_counters = Some(stage.counters.clone());
+            if let Some(a) = &cfg.api {
+                let gbds = start_gbds(cfg, &stage, &outbox, &intake, notices)?;
+                let stop = sink_stop.clone();
+                let g = gbds.clone();
+                spawn_sink(&mut sink_tasks, &mut sink_status, "gbds", move |_| {
+                    g.run(stop)
+                });
+                api = Some(ApiServer::start(a, gbds, intake_stop.clone()).await?);
+            }
             let stop = sink_stop.clone();
             spawn_sink(&mut sink_tasks, &mut sink_status, "vision", move |st| {
                 stage.run(st, stop)
@@ -106,6 +125,7 @@ impl Daemon {
             sink_stop,
             camera_tasks,
             hook,
+            api,
             reconcilers,
             sink_tasks,
             sink_status,
@@ -233,6 +253,13 @@ impl Daemon {
             let abort = h.abort_handle();
             if tokio::time::timeout_at(deadline, h.join()).await.is_err() {
                 warn!("hook receiver did not stop in time; aborting it");
+                abort.abort();
+            }
+        }
+        if let Some(a) = self.api.take() {
+            let abort = a.abort_handle();
+            if tokio::time::timeout_at(deadline, a.join()).await.is_err() {
+                warn!("transactions API did not stop in time; aborting it");
                 abort.abort();
             }
         }
@@ -419,6 +446,27 @@ async fn start_stage(
     Ok(Arc::new(stage))
 }
 
+/// The transaction processor over the stage's gallery and face pipeline (one copy of each).
+#[cfg(feature = "vision")]
+fn start_gbds(
+    cfg: &Config,
+    stage: &crate::stage::run::Stage,
+    outbox: &Outbox,
+    intake: &Arc<Intake>,
+    notices: std::collections::HashSet<String>,
+) -> Result<Arc<crate::gbds::run::Gbds>, DaemonError> {
+    let g = crate::gbds::run::Gbds::open(
+        &cfg.gbds,
+        stage.gallery(),
+        outbox.clone(),
+        stage.pool(),
+        intake.clock().clone(),
+        notices,
+    )?;
+    info!(dir = %cfg.gbds.dir.display(), queued = g.queued(), "transactions ready");
+    Ok(Arc::new(g))
+}
+
 /// Hands the memory freed while loading (parse buffers of the gallery and the models) back to
 /// the system: glibc returns only the free top of a heap by itself, and loading leaves its free
 /// space in holes between what stays (measured: 5 MB of a 10k-person gallery's 25 MB).
@@ -509,11 +557,8 @@ fn spawn_sinks(
         });
     }
     // One task, cursor and status per endpoint: a dead endpoint delays no other.
+    let matches = cfg.gbds.notify_camera_matches;
     for ep in cfg.notifier.iter().flat_map(|n| &n.endpoints) {
-        let matches = cfg
-            .notifier
-            .as_ref()
-            .is_some_and(|n| n.notify_camera_matches);
         let (ob, ep2, clock, stop) = (outbox.clone(), ep.clone(), clock.clone(), stop.clone());
         spawn_sink(
             &mut tasks,

@@ -69,7 +69,11 @@ impl NoticeRecord {
             return body;
         }
         let own = ["operation", "tguid", "status", "treatment", "uguid"];
-        for (k, v) in self.extra.iter().filter(|(k, _)| !own.contains(&k.as_str())) {
+        for (k, v) in self
+            .extra
+            .iter()
+            .filter(|(k, _)| !own.contains(&k.as_str()))
+        {
             body.pop(); // the closing brace
             body.push(b',');
             body.extend(serde_json::to_vec(k).expect("a string serializes"));
@@ -111,7 +115,10 @@ mod tests {
         );
         let with: serde_json::Value = serde_json::from_slice(&r.body(true)).unwrap();
         assert_eq!(with["key"], "alice");
-        assert_eq!(with["status"], "OK", "extra never replaces a field of the notification");
+        assert_eq!(
+            with["status"], "OK",
+            "extra never replaces a field of the notification"
+        );
     }
 
     #[test]

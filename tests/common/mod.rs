@@ -1,6 +1,7 @@
 //! Shared pieces of the integration tests: a simulated camera wired to a camgate camera config.
 #![allow(dead_code)]
 
+pub mod endpoint;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod mosquitto;
@@ -100,7 +101,9 @@ pub fn stored_events(outbox_dir: &Path) -> Vec<(String, i64)> {
         .filter_map(|r| {
             match camgate::results::Stored::parse(&r.data).expect("stored record is JSON") {
                 camgate::results::Stored::Event(e) => Some((e.sn.into_owned(), e.event_id.0)),
-                camgate::results::Stored::FaceResult(_) | camgate::results::Stored::Notice(_) => None,
+                camgate::results::Stored::FaceResult(_) | camgate::results::Stored::Notice(_) => {
+                    None
+                }
             }
         })
         .collect()

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::api::ApiConfig;
 pub use crate::camera::{CameraConfig, CameraMode};
 pub use crate::gallery::GalleryConfig;
+pub use crate::gbds::GbdsConfig;
 pub use crate::hook::HookConfig;
 pub use crate::intake::IntakeConfig;
 pub use crate::ops::HealthConfig;
@@ -55,6 +56,10 @@ pub struct Config {
     /// `camgate gallery` commands).
     #[serde(default)]
     pub gallery: GalleryConfig,
+    /// `[gbds]`: the transactions' quality bars, search and queue settings (used when `[api]`
+    /// is set) and `notify_camera_matches` (used by the notifier).
+    #[serde(default)]
+    pub gbds: GbdsConfig,
     /// `[api]`: the local transactions API. Absent: no API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api: Option<ApiConfig>,
@@ -170,8 +175,17 @@ impl Config {
             v.validate(&mut errs);
         }
         self.gallery.validate(&mut errs);
+        self.gbds.validate(&mut errs);
         if let Some(a) = &self.api {
             a.validate(&mut errs);
+            if self.vision.is_none() {
+                errs.push(
+                    "api: transactions need the face pipeline: add a [vision] section".into(),
+                );
+            }
+            if !cfg!(feature = "vision") {
+                errs.push("api: this build has no face pipeline (cargo feature `vision`)".into());
+            }
         }
         let mut names = HashSet::new();
         for (i, c) in self.cameras.iter().enumerate() {

@@ -10,7 +10,11 @@ use super::GalleryError;
 impl Gallery {
     /// The unsolved entry whose best exemplar of `model` is closest to `probe`, if at
     /// `cluster_threshold` or above: the stranger this face is.
-    pub fn best_unknown(&mut self, probe: &[f32], model: &str) -> Result<Option<(String, f32)>, GalleryError> {
+    pub fn best_unknown(
+        &mut self,
+        probe: &[f32],
+        model: &str,
+    ) -> Result<Option<(String, f32)>, GalleryError> {
         self.refresh()?;
         let bar = self.config().cluster_threshold;
         let best = self
@@ -64,7 +68,11 @@ impl Gallery {
 
     /// Replaces every template of the person `key` by `templates` (an update exception treated
     /// as "incorrect enroll"): the person keeps its `pguid`, attributes and history.
-    pub fn replace_templates(&mut self, key: &str, templates: Vec<NewTemplate>) -> Result<(), GalleryError> {
+    pub fn replace_templates(
+        &mut self,
+        key: &str,
+        templates: Vec<NewTemplate>,
+    ) -> Result<(), GalleryError> {
         self.refresh()?;
         let p = self
             .person(key)
@@ -72,17 +80,33 @@ impl Gallery {
             .ok_or_else(|| GalleryError::NoPerson(key.to_owned()))?;
         let pguid = p.pguid.to_string();
         let mut ops = vec![
-            Op::Delete { pguid: pguid.clone(), at_ms: self.now() },
-            Op::Person { pguid: pguid.clone(), key: key.to_owned(), attrs: p.attrs(), at_ms: p.created_ms },
+            Op::Delete {
+                pguid: pguid.clone(),
+                at_ms: self.now(),
+            },
+            Op::Person {
+                pguid: pguid.clone(),
+                key: key.to_owned(),
+                attrs: p.attrs(),
+                at_ms: p.created_ms,
+            },
         ];
         ops.extend(history_ops(&p));
         for t in templates {
             let tid = uuid::Uuid::new_v4().to_string();
             let template = self.template_data(&tid, t)?;
-            ops.push(Op::Template { pguid: pguid.clone(), tid, template });
+            ops.push(Op::Template {
+                pguid: pguid.clone(),
+                tid,
+                template,
+            });
         }
         self.commit(ops)?;
-        let crops: Vec<String> = p.templates.iter().filter_map(|t| t.data.crop.clone()).collect();
+        let crops: Vec<String> = p
+            .templates
+            .iter()
+            .filter_map(|t| t.data.crop.clone())
+            .collect();
         self.remove_crops(&crops);
         Ok(())
     }

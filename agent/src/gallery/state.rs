@@ -266,12 +266,15 @@ impl State {
 /// of the forgotten ones.
 pub fn history_ops(p: &Person) -> impl Iterator<Item = Op> + '_ {
     let extra = p.seen_before.saturating_sub(p.history.len() as u64);
-    p.history.iter().enumerate().map(move |(i, (at_ms, place))| Op::History {
-        pguid: p.pguid.to_string(),
-        at_ms: *at_ms,
-        place: place.clone(),
-        times: if i == 0 { 1 + extra } else { 1 },
-    })
+    p.history
+        .iter()
+        .enumerate()
+        .map(move |(i, (at_ms, place))| Op::History {
+            pguid: p.pguid.to_string(),
+            at_ms: *at_ms,
+            place: place.clone(),
+            times: if i == 0 { 1 + extra } else { 1 },
+        })
 }
 
 /// One unsolved entry as operations that rebuild it: its exemplars, count, first and last

@@ -166,7 +166,11 @@ impl Gallery {
         std::fs::read(&path).map_err(GalleryError::io(&path))
     }
 
-    pub(super) fn template_data(&self, id: &str, t: NewTemplate) -> Result<TemplateData, GalleryError> {
+    pub(super) fn template_data(
+        &self,
+        id: &str,
+        t: NewTemplate,
+    ) -> Result<TemplateData, GalleryError> {
         Ok(TemplateData {
             crop: self.save_crop(id, &t.crop)?,
             model: t.model,

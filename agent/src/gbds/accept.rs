@@ -67,9 +67,17 @@ impl Gbds {
 impl Transactions for Gbds {
     fn submit(&self, s: Submission) -> Result<Accepted, ServiceError> {
         let (op, key, images, attrs) = match s {
-            Submission::Enroll { key, images, attributes } => (Operation::Enroll, Some(key), images, attributes),
-            Submission::Update { key, images } => (Operation::Update, Some(key), images, Default::default()),
-            Submission::Search { key, images } => (Operation::Search, key, images, Default::default()),
+            Submission::Enroll {
+                key,
+                images,
+                attributes,
+            } => (Operation::Enroll, Some(key), images, attributes),
+            Submission::Update { key, images } => {
+                (Operation::Update, Some(key), images, Default::default())
+            }
+            Submission::Search { key, images } => {
+                (Operation::Search, key, images, Default::default())
+            }
         };
         if images.is_empty() {
             return Err(ServiceError::Invalid("at least one image is needed".into()));
@@ -82,7 +90,14 @@ impl Transactions for Gbds {
             return Err(ServiceError::Busy("the transaction queue is full".into()));
         }
         let tguid = uuid::Uuid::new_v4().to_string();
-        let tx = Tx::new(tguid.clone(), op, book.next_seq, key, attrs, self.clock.now_ms());
+        let tx = Tx::new(
+            tguid.clone(),
+            op,
+            book.next_seq,
+            key,
+            attrs,
+            self.clock.now_ms(),
+        );
         // Under the lock: arrival order is the order on disk, and the bound is exact.
         self.files.save_images(&tguid, &images).map_err(internal)?;
         if let Err(e) = self.files.save(&tx) {
@@ -104,7 +119,9 @@ impl Transactions for Gbds {
             ))
         })?;
         self.queue_work(tguid, Work::Treat(t), |tx| {
-            check_treatment(tx, t).map(|_| ()).map_err(ServiceError::Conflict)
+            check_treatment(tx, t)
+                .map(|_| ())
+                .map_err(ServiceError::Conflict)
         })
     }
 
@@ -131,14 +148,16 @@ impl Transactions for Gbds {
 
     fn people(&self) -> Result<serde_json::Value, ServiceError> {
         let mut g = self.gallery();
-        g.refresh().map_err(|e| ServiceError::Internal(e.to_string()))?;
+        g.refresh()
+            .map_err(|e| ServiceError::Internal(e.to_string()))?;
         let people: Vec<_> = g.persons().map(|p| self.person_json(p)).collect();
         Ok(serde_json::json!({ "people": people }))
     }
 
     fn person(&self, key: &str) -> Result<serde_json::Value, ServiceError> {
         let mut g = self.gallery();
-        g.refresh().map_err(|e| ServiceError::Internal(e.to_string()))?;
+        g.refresh()
+            .map_err(|e| ServiceError::Internal(e.to_string()))?;
         g.person(key)
             .map(|p| self.person_json(p))
             .ok_or_else(|| ServiceError::NotFound(format!("no person with key {key:?}")))

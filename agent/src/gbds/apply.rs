@@ -54,10 +54,16 @@ impl Gbds {
     /// Appends a notification unless it is already stored; waits for room rather than lose it.
     async fn store_notice(&self, rec: &NoticeRecord) -> Result<(), GbdsError> {
         let key = rec.key();
-        if self.stored.lock().unwrap_or_else(|p| p.into_inner()).contains(&key) {
+        if self
+            .stored
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&key)
+        {
             return Ok(());
         }
-        let data = Bytes::from(serde_json::to_vec(rec).map_err(|e| GbdsError::Internal(e.to_string()))?);
+        let data =
+            Bytes::from(serde_json::to_vec(rec).map_err(|e| GbdsError::Internal(e.to_string()))?);
         let mut warned = false;
         loop {
             match self.outbox.append(data.clone()).await {
@@ -72,7 +78,10 @@ impl Gbds {
                 Err(e) => return Err(e.into()),
             }
         }
-        self.stored.lock().unwrap_or_else(|p| p.into_inner()).insert(key);
+        self.stored
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key);
         Ok(())
     }
 }

@@ -53,7 +53,7 @@ impl GbdsConfig {
         if self.dir.as_os_str().is_empty() {
             errs.push("gbds.dir: must not be empty".into());
         }
-        if !(self.quality_min_face_px >= 12.0) {
+        if self.quality_min_face_px.is_nan() || self.quality_min_face_px < 12.0 {
             errs.push(format!(
                 "gbds.quality_min_face_px: {} is below 12 (the smallest face MTCNN finds)",
                 self.quality_min_face_px

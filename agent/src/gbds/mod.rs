@@ -7,7 +7,7 @@
 //! - [`run`]: the processor (queue in order of arrival, decisions, crash-safe carrying out);
 //!   `accept` implements [`service::Transactions`] on it.
 //! - [`service`]: the narrow interface the local API and the CLI use.
-//! - [`config`]: `[gbds]`.
+//! - [`config`]: the `gbds` section.
 
 #[cfg(feature = "vision")]
 mod accept;

@@ -19,8 +19,8 @@ use tracing::{error, info};
 use super::config::GbdsConfig;
 use super::store::TxFiles;
 use super::tx::{
-    treatment_outcome, Candidate, Effect, ExceptionInfo, ExceptionKind,
-    Face, Operation, Plan, Status, Treatment, Tx, Work,
+    treatment_outcome, Candidate, Effect, ExceptionInfo, ExceptionKind, Face, Operation, Plan,
+    Status, Treatment, Tx, Work,
 };
 use super::GbdsError;
 use crate::clock::SharedClock;
@@ -119,7 +119,11 @@ impl Gbds {
         let mut done = 0u64;
         let mut delay = Duration::from_millis(200);
         loop {
-            let next = self.book().queue.first_key_value().map(|(s, t)| (*s, t.clone()));
+            let next = self
+                .book()
+                .queue
+                .first_key_value()
+                .map(|(s, t)| (*s, t.clone()));
             let Some((seq, tguid)) = next else {
                 tokio::select! {
                     _ = stop.cancelled() => return Ok(done),
@@ -150,12 +154,10 @@ impl Gbds {
     }
 
     async fn step(&self, tguid: &str) -> Result<(), GbdsError> {
-        let mut tx = self
-            .book()
-            .txs
-            .get(tguid)
-            .cloned()
-            .ok_or_else(|| GbdsError::Internal(format!("queued transaction {tguid} is gone")))?;
+        let mut tx =
+            self.book().txs.get(tguid).cloned().ok_or_else(|| {
+                GbdsError::Internal(format!("queued transaction {tguid} is gone"))
+            })?;
         if tx.plan.is_none() {
             let plan = match tx.work.unwrap_or(Work::Process) {
                 Work::Process => self.process(&mut tx).await,
@@ -176,7 +178,12 @@ impl Gbds {
 }
 
 /// A plan of one status change.
-fn plan(tx: &Tx, status: Status, effect: Effect, mut notices: Vec<crate::notice::Notification>) -> Plan {
+fn plan(
+    tx: &Tx,
+    status: Status,
+    effect: Effect,
+    mut notices: Vec<crate::notice::Notification>,
+) -> Plan {
     notices.push(tx.notice(status));
     Plan {
         status,
@@ -364,7 +371,11 @@ impl Gbds {
 }
 
 /// The best-scoring person among those `keep` accepts, over every face of the transaction.
-fn best_of(g: &mut Gallery, faces: &[Face], keep: impl Fn(&Candidate) -> bool) -> Option<Candidate> {
+fn best_of(
+    g: &mut Gallery,
+    faces: &[Face],
+    keep: impl Fn(&Candidate) -> bool,
+) -> Option<Candidate> {
     faces
         .iter()
         .flat_map(|f| g.search(&f.embedding, &f.model, usize::MAX))

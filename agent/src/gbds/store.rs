@@ -92,9 +92,7 @@ pub fn decode_images(bytes: &[u8]) -> Result<Vec<Vec<u8>>, String> {
         .ok_or("not a camgate images file")?;
     let mut out = Vec::new();
     while !rest.is_empty() {
-        let (len, tail) = rest
-            .split_first_chunk::<4>()
-            .ok_or("truncated length")?;
+        let (len, tail) = rest.split_first_chunk::<4>().ok_or("truncated length")?;
         let len = u32::from_le_bytes(*len) as usize;
         if tail.len() < len {
             return Err(format!("image {} truncated", out.len()));
@@ -114,7 +112,10 @@ mod tests {
         let imgs = vec![b"\xff\xd8abc".to_vec(), Vec::new(), vec![7; 300]];
         let enc = encode_images(&imgs);
         assert_eq!(decode_images(&enc).unwrap(), imgs);
-        assert_eq!(decode_images(&enc[..enc.len() - 1]).unwrap_err(), "image 2 truncated");
+        assert_eq!(
+            decode_images(&enc[..enc.len() - 1]).unwrap_err(),
+            "image 2 truncated"
+        );
         assert!(decode_images(b"junk").is_err());
         assert_eq!(decode_images(&enc[..10]).unwrap_err(), "truncated length");
     }

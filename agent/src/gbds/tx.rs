@@ -318,7 +318,11 @@ impl Tx {
 
 /// Checks a treatment request against the transaction's state: the exception kind it applies to.
 pub fn check_treatment(tx: &Tx, t: Treatment) -> Result<ExceptionKind, String> {
-    let Some(e) = tx.exception.as_ref().filter(|_| tx.status == Status::Exception) else {
+    let Some(e) = tx
+        .exception
+        .as_ref()
+        .filter(|_| tx.status == Status::Exception)
+    else {
         return Err(format!(
             "transaction {} is {}, not EXCEPTION",
             tx.tguid,
@@ -375,7 +379,14 @@ mod tests {
 
     #[test]
     fn an_update_says_enroll_when_pending_excepted_or_treated() {
-        let mut tx = Tx::new("t".into(), Operation::Update, 1, Some("k".into()), BTreeMap::new(), 0);
+        let mut tx = Tx::new(
+            "t".into(),
+            Operation::Update,
+            1,
+            Some("k".into()),
+            BTreeMap::new(),
+            0,
+        );
         assert_eq!(tx.notice(Status::Enrolled).operation, "UPDATE");
         assert_eq!(tx.notice(Status::Exception).operation, "ENROLL");
         assert_eq!(tx.notice(Status::Pending).operation, "ENROLL");
@@ -394,7 +405,14 @@ mod tests {
 
     #[test]
     fn a_treatment_needs_an_untreated_exception_of_its_kind() {
-        let mut tx = Tx::new("t".into(), Operation::Enroll, 1, Some("k".into()), BTreeMap::new(), 0);
+        let mut tx = Tx::new(
+            "t".into(),
+            Operation::Enroll,
+            1,
+            Some("k".into()),
+            BTreeMap::new(),
+            0,
+        );
         assert!(check_treatment(&tx, Treatment::SameFingers).is_err());
         tx.status = Status::Exception;
         tx.work = None;
@@ -406,7 +424,10 @@ mod tests {
                 score: 0.8,
             },
         });
-        assert_eq!(check_treatment(&tx, Treatment::SameFingers), Ok(ExceptionKind::Enroll));
+        assert_eq!(
+            check_treatment(&tx, Treatment::SameFingers),
+            Ok(ExceptionKind::Enroll)
+        );
         assert!(check_treatment(&tx, Treatment::IncorrectEnroll).is_err());
         tx.work = Some(Work::Treat(Treatment::SameFingers));
         assert!(check_treatment(&tx, Treatment::SameFingers).is_err());

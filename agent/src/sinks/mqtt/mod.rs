@@ -611,7 +611,11 @@ impl Forwarder {
             let (topics, received_at_ms) = self.topics_of(&r);
             if topics.is_empty() {
                 // Not for MQTT (a transaction's notification): passed over, in order.
-                if self.window.push(r.offset, r.data.len(), Out::default()).is_ok() {
+                if self
+                    .window
+                    .push(r.offset, r.data.len(), Out::default())
+                    .is_ok()
+                {
                     self.window.settle(r.offset);
                     self.advance();
                 }

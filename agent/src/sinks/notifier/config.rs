@@ -21,10 +21,6 @@ pub const MAX_NAME_LEN: usize = 55;
 pub struct NotifierConfig {
     /// Where every notification is POSTed; each endpoint is served by its own task and cursor.
     pub endpoints: Vec<EndpointConfig>,
-    /// Also notify `SEARCH` → `MATCH`/`NOT_MATCH` for each face result of a camera whose faces
-    /// were searched. Not a key of this section: the config assembly copies it from `[gbds]`.
-    #[serde(skip)]
-    pub notify_camera_matches: bool,
 }
 
 /// One `[[notifier.endpoints]]`.
@@ -301,7 +297,6 @@ extra_fields = false
             .replace("CA", &ca_pem(dir.path()).display().to_string());
         assert_eq!(errors(&text), "");
         let n = Config::from_toml(&text).unwrap().notifier.unwrap();
-        assert!(!n.notify_camera_matches);
         let e = &n.endpoints[0];
         assert_eq!(e.effective_name(), "hr.example");
         assert_eq!((e.timeout_ms, e.max_answer_bytes), (10_000, 65_536));
@@ -318,7 +313,10 @@ extra_fields = false
             Config::from_toml("[[notifier.endpoints]]\nurl = \"http://a/\"\nbogus = 1\n").is_err(),
             "unknown keys are refused"
         );
-        assert!(Config::from_toml("[notifier]\nnotify_camera_matches = true\n").is_err());
+        assert!(
+            Config::from_toml("[notifier]\nnotify_camera_matches = true\n").is_err(),
+            "notify_camera_matches is a key of [gbds]"
+        );
     }
 
     #[test]
