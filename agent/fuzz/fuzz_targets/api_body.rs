@@ -41,5 +41,5 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(imgs) = decode_images(data) {
         assert_eq!(encode_images(&imgs), data);
     }
-    let _ = serde_json::from_slice::<camgate::gbds::tx::Tx>(data);
+    let _ = camgate::gbds::tx::Tx::parse(data);
 });

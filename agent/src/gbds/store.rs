@@ -31,7 +31,7 @@ impl TxFiles {
                 continue;
             }
             let bytes = std::fs::read(&path).map_err(GbdsError::io(&path))?;
-            match serde_json::from_slice::<Tx>(&bytes) {
+            match Tx::parse(&bytes) {
                 Ok(tx) => txs.push(tx),
                 Err(e) => {
                     warn!(file = %path.display(), error = %e, "damaged transaction file set aside");

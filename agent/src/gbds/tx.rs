@@ -267,6 +267,11 @@ impl Tx {
         }
     }
 
+    /// A stored transaction, read back.
+    pub fn parse(bytes: &[u8]) -> Result<Tx, String> {
+        serde_json::from_slice(bytes).map_err(|e| e.to_string())
+    }
+
     /// The notification of a status change of this transaction. PENDING and EXCEPTION, and
     /// every outcome of a treated exception, say `ENROLL` even for an update (the text).
     pub fn notice(&self, status: Status) -> Notification {
