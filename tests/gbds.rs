@@ -281,3 +281,151 @@ async fn a_face_below_the_bar_waits_for_review_and_work_survives_a_restart() {
     r.stop.cancel();
     r.task.await.unwrap();
 }
+
+fn update(key: &str, img: &str) -> Submission {
+    Submission::Update {
+        key: key.into(),
+        images: vec![photo(img)],
+    }
+}
+
+/// Submits `s`, waits for EXCEPTION, treats it with `t`, waits for `outcome`; returns the tguid.
+async fn treated_as(g: &Gbds, s: Submission, t: &str, outcome: &str) -> String {
+    let tguid = g.submit(s).unwrap().tguid;
+    settled(g, &tguid, &["EXCEPTION"]).await;
+    g.treat(&tguid, t).unwrap();
+    let v = settled(g, &tguid, &[outcome]).await;
+    assert_eq!(v["treatment"], t, "{v}");
+    tguid
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_treatment_of_both_exception_kinds() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = rig(dir.path(), pool(), gbds_config(dir.path())).await;
+    let g = &r.gbds;
+    let a = g.submit(enroll("obama", "obama.jpg")).unwrap().tguid;
+    settled(g, &a, &["ENROLLED"]).await;
+    // A plain update: the person's own face.
+    let u = g.submit(update("obama", "obama2.jpg")).unwrap().tguid;
+    settled(g, &u, &["ENROLLED"]).await;
+    assert_eq!(g.person("obama").unwrap()["templates"], 2);
+
+    // Enroll exceptions (obama's face under other keys).
+    let e1 = treated_as(g, enroll("k1", "obama2.jpg"), "SAME_FINGERS", "FAILED").await;
+    let e2 = treated_as(g, enroll("k2", "obama2.jpg"), "RECOLLECT", "FAILED").await;
+    let e3 = treated_as(
+        g,
+        enroll("k3", "obama2.jpg"),
+        "DIFFERENT_FINGERS",
+        "ENROLLED",
+    )
+    .await;
+    assert_eq!(g.person("k3").unwrap()["attributes"]["dept"], "k3");
+    assert!(matches!(g.person("k1"), Err(ServiceError::NotFound(_))));
+    assert!(matches!(g.person("k2"), Err(ServiceError::NotFound(_))));
+    g.delete_person("k3").unwrap();
+
+    // Update exceptions (biden's face for obama).
+    let u1 = treated_as(
+        g,
+        update("obama", "biden.jpg"),
+        "DIFFERENT_FINGERS",
+        "FAILED",
+    )
+    .await;
+    let u2 = treated_as(g, update("obama", "biden.jpg"), "RECOLLECT", "FAILED").await;
+    assert_eq!(g.person("obama").unwrap()["templates"], 2);
+    let u3 = treated_as(
+        g,
+        update("obama", "biden.jpg"),
+        "INCORRECT_ENROLL",
+        "ENROLLED",
+    )
+    .await;
+    let p = g.person("obama").unwrap();
+    assert_eq!(p["templates"], 1, "the reference was replaced: {p}");
+    assert_eq!(p["attributes"]["dept"], "obama", "attributes are kept: {p}");
+    // Obama's own face now fails against the (wrong) reference; a human says it is the same.
+    let u4 = treated_as(g, update("obama", "obama.jpg"), "SAME_FINGERS", "ENROLLED").await;
+    assert_eq!(g.person("obama").unwrap()["templates"], 2);
+
+    let mut want = vec![n("ENROLL", &a, "ENROLLED"), n("UPDATE", &u, "ENROLLED")];
+    for (t, name, outcome) in [
+        (&e1, "SAME_FINGERS", "FAILED"),
+        (&e2, "RECOLLECT", "FAILED"),
+        (&e3, "DIFFERENT_FINGERS", "ENROLLED"),
+        (&u1, "DIFFERENT_FINGERS", "FAILED"),
+        (&u2, "RECOLLECT", "FAILED"),
+        (&u3, "INCORRECT_ENROLL", "ENROLLED"),
+        (&u4, "SAME_FINGERS", "ENROLLED"),
+    ] {
+        want.push(n("ENROLL", t, "EXCEPTION"));
+        want.push(treated(t, name));
+        want.push(n("ENROLL", t, outcome));
+    }
+    assert_eq!(notices(&r.outbox_dir), want);
+    r.stop.cancel();
+    r.task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_the_cameras_saw_is_a_reverse_latent_match_and_becomes_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = pool();
+    // A camera saw obama (another photo) twice before anyone enrolled him.
+    let (faces, _) = pool.process(photo("obama2.jpg"), true).await.unwrap();
+    let face = faces.into_iter().next().unwrap();
+    let gcfg = GalleryConfig {
+        dir: dir.path().join("gallery"),
+        ..GalleryConfig::default()
+    };
+    let mut gallery = Gallery::open(&gcfg, camgate::clock::system()).unwrap();
+    let mut uguid = String::new();
+    for event_id in [7, 8] {
+        let t = camgate::gallery::NewTemplate {
+            model: camgate::gallery::MOBILEFACENET.into(),
+            embedding: face.embedding.clone().unwrap(),
+            quality: None,
+            crop: None,
+        };
+        let seen = camgate::gallery::Seen {
+            camera: "door-1".into(),
+            sn: "SN1".into(),
+            event_id,
+        };
+        uguid = gallery.file_unknown(t, seen).unwrap();
+    }
+    drop(gallery);
+
+    let r = rig(dir.path(), pool, gbds_config(dir.path())).await;
+    let a = r.gbds.submit(enroll("obama", "obama.jpg")).unwrap().tguid;
+    let v = settled(&r.gbds, &a, &["ENROLLED"]).await;
+    assert_eq!(v["uguids"][0], uguid.as_str(), "{v}");
+    let latent = Notification {
+        uguid: Some(uguid.clone()),
+        ..n("ENROLL", &a, "REVERSE_LATENT_MATCH")
+    };
+    assert_eq!(
+        notices(&r.outbox_dir),
+        vec![latent, n("ENROLL", &a, "ENROLLED")],
+        "the reverse latent match comes before the final status"
+    );
+    let p = r.gbds.person("obama").unwrap();
+    assert_eq!(
+        p["seen_before"], 2,
+        "the entry's sightings are the person's history: {p}"
+    );
+    let g = Gallery::open(&gcfg, camgate::clock::system()).unwrap();
+    assert!(
+        g.unknown(&uguid).is_none(),
+        "the unsolved entry is linked, not kept"
+    );
+    let hist = &g.person("obama").unwrap().history;
+    assert_eq!(
+        hist.iter().map(|(_, p)| p.event_id).collect::<Vec<_>>(),
+        [7, 8]
+    );
+    r.stop.cancel();
+    r.task.await.unwrap();
+}

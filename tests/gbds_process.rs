@@ -247,6 +247,19 @@ async fn transactions_over_http_are_notified_in_order_through_failures_and_kill_
         again >= 3,
         "the 500, the 204 and the hang each cost a re-POST: {again}"
     );
+    // The health file (and so `camgate status`) shows the processor's queue, drained.
+    let t0 = Instant::now();
+    loop {
+        let h: serde_json::Value = std::fs::read(dir.path().join("health.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        if h["transactions"]["queued"] == 0 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "health: {h}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
     assert!(!log.contains("panicked"), "{log}");
 }

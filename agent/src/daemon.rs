@@ -57,6 +57,10 @@ pub struct Daemon {
     hook: Option<Receiver>,
     /// The local transactions API, when `[api]` is set.
     api: Option<ApiServer>,
+    #[cfg(feature = "vision")]
+    processor: Option<Arc<crate::gbds::run::Gbds>>,
+    #[cfg(not(feature = "vision"))]
+    processor: Option<()>,
     /// The hook cameras' subscription tasks, stopped first at shutdown (before unsubscribing).
     reconcilers: (CancellationToken, JoinSet<()>),
     sink_tasks: JoinSet<()>,
@@ -95,6 +99,8 @@ impl Daemon {
         let mut stage_counters = None;
         #[cfg_attr(not(feature = "vision"), allow(unused_mut))]
         let mut api = None;
+        #[cfg_attr(not(feature = "vision"), allow(unused_mut))]
+        let mut processor = None;
         #[cfg(feature = "vision")]
         if let Some(v) = &cfg.vision {
             let notices = crate::gbds::run::notice_keys(&stored);
@@ -102,11 +108,15 @@ impl Daemon {
             stage_counters = Some(stage.counters.clone());
             if let Some(a) = &cfg.api {
                 let gbds = start_gbds(cfg, &stage, &outbox, &intake, notices)?;
-                let stop = sink_stop.clone();
-                let g = gbds.clone();
-                spawn_sink(&mut sink_tasks, &mut sink_status, "gbds", move |_| {
-                    g.run(stop)
+                let (g, stop) = (gbds.clone(), sink_stop.clone());
+                // Not a sink: it reads no outbox cursor, so it has no lag to show.
+                sink_tasks.spawn(async move {
+                    match g.run(stop).await {
+                        Ok(n) => info!(done = n, "transactions processor finished"),
+                        Err(e) => warn!(error = %e, "transactions processor stopped"),
+                    }
                 });
+                processor = Some(gbds.clone());
                 api = Some(ApiServer::start(a, gbds, intake_stop.clone()).await?);
             }
             let stop = sink_stop.clone();
@@ -126,6 +136,7 @@ impl Daemon {
             camera_tasks,
             hook,
             api,
+            processor,
             reconcilers,
             sink_tasks,
             sink_status,
@@ -186,6 +197,7 @@ impl Daemon {
         );
         r.hook = self.hook_health().map(|h| h.value());
         r.vision = vision_health(&self.stage_counters);
+        r.transactions = transactions_health(&self.processor);
         r
     }
 
@@ -206,6 +218,7 @@ impl Daemon {
         let sink_status = self.sink_status.clone();
         let hook = self.hook_health();
         let stage = self.stage_counters.clone();
+        let processor = self.processor.clone();
         let interval_secs = self.cfg.health.interval_secs;
         let stop = self.intake_stop.clone();
         tokio::spawn(async move {
@@ -220,6 +233,7 @@ impl Daemon {
                     health_report("running", interval_secs, &cameras, &outbox, &sink_status);
                 report.hook = hook.as_ref().map(HookHealth::value);
                 report.vision = vision_health(&stage);
+                report.transactions = transactions_health(&processor);
                 if let Err(e) = ops::write_health(&path, &report) {
                     if !warned {
                         warn!(path = %path.display(), error = %e, "cannot write health file");
@@ -360,6 +374,17 @@ impl HookHealth {
     }
 }
 
+#[cfg(feature = "vision")]
+fn transactions_health(p: &Option<Arc<crate::gbds::run::Gbds>>) -> Option<serde_json::Value> {
+    p.as_ref()
+        .map(|g| serde_json::json!({ "queued": g.queued() }))
+}
+
+#[cfg(not(feature = "vision"))]
+fn transactions_health(_: &Option<()>) -> Option<serde_json::Value> {
+    None
+}
+
 fn vision_health(c: &Option<Arc<crate::stage::StageCounters>>) -> Option<serde_json::Value> {
     c.as_ref().and_then(|c| serde_json::to_value(&**c).ok())
 }
@@ -384,6 +409,7 @@ fn health_report(
             .map(|(n, s)| NamedCamera::new(n, &s.snapshot()))
             .collect(),
         hook: None,
+        transactions: None,
         sinks: sink_status
             .iter()
             .map(|(n, s)| {

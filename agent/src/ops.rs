@@ -77,6 +77,9 @@ pub struct HealthReport {
     /// identified / unknown), when `[vision]` is on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vision: Option<serde_json::Value>,
+    /// The transactions processor (`queued`: accepted work not yet done), when `[api]` is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transactions: Option<serde_json::Value>,
     /// Forwarding sinks by name (`kafka`, `mqtt`): delivery counters and lag.
     #[serde(default)]
     pub sinks: std::collections::BTreeMap<String, serde_json::Value>,
