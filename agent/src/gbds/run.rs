@@ -213,6 +213,11 @@ fn treat_plan(tx: &mut Tx, t: Treatment) -> Plan {
 impl Gbds {
     /// Pictures → the best face of each → the decision of the transaction's operation.
     async fn process(&self, tx: &mut Tx) -> Plan {
+        // Persons enrolled or deleted by another process (`camgate gallery`) since the last
+        // change count: every decision below reads the gallery without refreshing it.
+        if let Err(e) = self.gallery().refresh() {
+            return failed(tx, format!("the gallery could not be read: {e}"));
+        }
         let key_missing = tx
             .key
             .as_deref()
@@ -281,6 +286,9 @@ impl Gbds {
     }
 
     fn review_plan(&self, tx: &mut Tx, approve: bool) -> Plan {
+        if let Err(e) = self.gallery().refresh() {
+            return failed(tx, format!("the gallery could not be read: {e}"));
+        }
         if approve {
             tx.reason = None;
             self.after_gate(tx)
