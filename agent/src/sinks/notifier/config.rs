@@ -265,9 +265,9 @@ mod tests {
     const CONTRACT: &str = r#"
 [[notifier.endpoints]]
 url = "https://hr.example/gbds/notify"
-token_file = "TOKEN"
-hmac_secret_file = "SECRET"
-tls = { ca_file = "CA" }
+token_file = "@TOKEN@"
+hmac_secret_file = "@SECRET@"
+tls = { ca_file = "@CA@" }
 extra_fields = false
 "#;
 
@@ -292,9 +292,9 @@ extra_fields = false
         std::fs::write(dir.path().join("t"), "tok-1\n").unwrap();
         std::fs::write(dir.path().join("s"), "  key \n").unwrap();
         let text = CONTRACT
-            .replace("TOKEN", &dir.path().join("t").display().to_string())
-            .replace("SECRET", &dir.path().join("s").display().to_string())
-            .replace("CA", &ca_pem(dir.path()).display().to_string());
+            .replace("@TOKEN@", &dir.path().join("t").display().to_string())
+            .replace("@SECRET@", &dir.path().join("s").display().to_string())
+            .replace("@CA@", &ca_pem(dir.path()).display().to_string());
         assert_eq!(errors(&text), "");
         let n = Config::from_toml(&text).unwrap().notifier.unwrap();
         let e = &n.endpoints[0];
