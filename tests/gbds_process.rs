@@ -263,3 +263,73 @@ async fn transactions_over_http_are_notified_in_order_through_failures_and_kill_
     let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
     assert!(!log.contains("panicked"), "{log}");
 }
+
+/// kill -9 while a notification's POST is on its way (the endpoint holds it without answering):
+/// after the restart that one is POSTed again and counted (`reposted` in the health file, so in
+/// `camgate status`); the one delivered before is not sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_cut_by_kill_9_is_sent_again_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let ep = Endpoint::start(&[Reply::Status(200)], Reply::Hang).await;
+    let port = common::mosquitto::free_port();
+    let cfg = config(dir.path(), port, &ep.url);
+    let mut daemon = spawn(&cfg, dir.path());
+    api_up(port).await;
+    let a = submit(
+        port,
+        "/v1/people",
+        serde_json::json!({"key": "obama", "image": image("obama.jpg")}),
+    )
+    .await;
+    let b = submit(
+        port,
+        "/v1/people",
+        serde_json::json!({"key": "biden", "image": image("biden.jpg")}),
+    )
+    .await;
+    let t0 = Instant::now();
+    while !ep.keys().iter().any(|k| k.starts_with(&b)) {
+        assert!(t0.elapsed() < Duration::from_secs(120), "{:?}", ep.keys());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    daemon.0.kill().unwrap();
+    daemon.0.wait().unwrap();
+    drop(daemon);
+    let cut = ep.keys().iter().filter(|k| k.starts_with(&b)).count();
+    *ep.then.lock().unwrap() = Reply::Status(200);
+
+    let _daemon = spawn(&cfg, dir.path());
+    let t0 = Instant::now();
+    let health = loop {
+        let h: serde_json::Value = std::fs::read(dir.path().join("health.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let site = &h["sinks"]["notifier:site"];
+        if site["delivered"] == 1 {
+            break site.clone();
+        }
+        assert!(t0.elapsed() < Duration::from_secs(120), "health: {h}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(health["reposted"], 1, "{health}");
+    let keys = ep.keys();
+    assert_eq!(
+        keys.iter().filter(|k| k.starts_with(&a)).count(),
+        1,
+        "delivered before the kill, not sent again: {keys:?}"
+    );
+    assert_eq!(
+        keys.iter().filter(|k| k.starts_with(&b)).count(),
+        cut + 1,
+        "sent once more after the restart: {keys:?}"
+    );
+    let (firsts, _) = received(&ep);
+    let bodies: Vec<_> = firsts.into_iter().map(|(_, b)| b).collect();
+    assert_eq!(bodies.len(), 2, "{bodies:?}");
+    assert_eq!(bodies[0], body("ENROLL", &a, "ENROLLED"));
+    assert_eq!(
+        (&bodies[1]["operation"], &bodies[1]["tguid"]),
+        (&"ENROLL".into(), &b.clone().into())
+    );
+}

@@ -1,7 +1,8 @@
 //! The notifier sink against real local HTTP endpoints (a tokio listener answering raw HTTP/1.1
 //! as each test scripts it) and a real outbox in a temporary directory: exact bodies and order,
 //! the only-200 rule, retries of the same notification, hanging and oversize endpoints beside a
-//! healthy one, bearer token and signature headers, and a restart of the sink.
+//! healthy one, bearer token and signature headers, HTTPS trusted by a CA file or a pin, and a
+//! restart of the sink.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -372,4 +373,73 @@ async fn a_restarted_sink_delivers_the_rest_without_losing_any() {
     );
     assert_eq!(run.snap(&outbox).lag_events, 0);
     assert_eq!(run.stop().await, 3);
+}
+
+/// HTTPS endpoints: trusted by a CA file or by a pinned fingerprint, both delivered; one whose
+/// certificate is not the trusted one is never sent a body, and says why in its status.
+#[cfg(feature = "dev-tools")]
+#[tokio::test]
+async fn https_endpoints_with_a_ca_file_or_a_pin_and_one_not_trusted() {
+    use camgate::dev::sim::SimCert;
+    use camgate::net::tls::TlsConfig;
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = open_outbox(&dir.path().join("outbox")).await;
+    let cert = SimCert::generate().unwrap();
+    let other = SimCert::generate().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), &cert.cert_pem).unwrap();
+    let ep = Endpoint::start_tls(&[], Reply::Status(200), cert.server_config(None).unwrap()).await;
+    assert!(ep.url.starts_with("https://127.0.0.1:"), "{}", ep.url);
+    append(&outbox, &notice("t-1", 0, "ENROLLED")).await;
+    append(&outbox, &notice("t-2", 0, "MATCH")).await;
+
+    let by_ca = start(
+        &outbox,
+        EndpointConfig {
+            tls: Some(TlsConfig {
+                ca_file: Some(dir.path().join("ca.pem")),
+                ..TlsConfig::default()
+            }),
+            ..config(&ep, "by-ca")
+        },
+        false,
+    );
+    let by_pin = start(
+        &outbox,
+        EndpointConfig {
+            tls: Some(TlsConfig {
+                fingerprint_sha256: Some(cert.fingerprint()),
+                ..TlsConfig::default()
+            }),
+            ..config(&ep, "by-pin")
+        },
+        false,
+    );
+    let wrong = start(
+        &outbox,
+        EndpointConfig {
+            tls: Some(TlsConfig {
+                fingerprint_sha256: Some(other.fingerprint()),
+                ..TlsConfig::default()
+            }),
+            ..config(&ep, "wrong-pin")
+        },
+        false,
+    );
+    assert!(eventually(WAIT, || by_ca.snap(&outbox).delivered == 2).await);
+    assert!(eventually(WAIT, || by_pin.snap(&outbox).delivered == 2).await);
+    assert!(eventually(WAIT, || wrong.snap(&outbox).retries >= 2).await);
+    let mut keys = ep.keys();
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["t-1/0", "t-1/0", "t-2/0", "t-2/0"],
+        "each trusted endpoint POSTed both, the untrusted one none"
+    );
+    let w = wrong.snap(&outbox);
+    assert_eq!((w.delivered, w.connected), (0, false));
+    let err = w.last_error.unwrap_or_default();
+    assert!(err.contains("t-1/0") && err.contains("TLS"), "{err}");
+    by_ca.stop().await;
+    by_pin.stop().await;
+    wrong.stop().await;
 }

@@ -200,6 +200,74 @@ async fn two_consumers_have_independent_cursors_that_survive_restart() {
 }
 
 #[tokio::test]
+async fn progress_marks_survive_a_process_crash_and_err_on_the_side_of_resending() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = cfg(tmp.path(), 1024 * 1024, 1024);
+    let outbox = Outbox::open(&cfg).await.unwrap();
+    let mut c = outbox.consumer("notifier-hr").unwrap();
+    for i in 0..30 {
+        outbox.append(event(i)).await.unwrap();
+    }
+    read_n(&mut c, 30).await;
+    c.commit(9).await.unwrap();
+    // Delivered through 19 and 20 on its way, never committed: the process dies here (the
+    // file is written in place, so what a crash leaves is what was written).
+    c.mark(Some(19), Some(20)).unwrap();
+    drop(c);
+    outbox.shutdown().await.unwrap();
+    let progress = tmp.path().join("notifier-hr.progress");
+    let text = std::fs::read_to_string(&progress).unwrap();
+    assert_eq!(
+        text, "progress 00000000000000000020 00000000000000000021\n",
+        "golden line"
+    );
+
+    let outbox = Outbox::open(&cfg).await.unwrap();
+    let mut c = outbox.consumer("notifier-hr").unwrap();
+    assert_eq!((c.committed(), c.sent_before()), (Some(19), Some(20)));
+    assert_eq!(read_n(&mut c, 1).await[0].offset, 20);
+    // Taken once: a second consumer of the same name in this process is not told again.
+    drop(c);
+    assert_eq!(outbox.consumer("notifier-hr").unwrap().sent_before(), None);
+    outbox.shutdown().await.unwrap();
+
+    // A torn line, or one beyond the log's end (a log restored from an older copy), is ignored.
+    for bad in [
+        "progress 0000000000000",
+        "progress 00000000000000000500 00000000000000000000\n",
+    ] {
+        std::fs::write(&progress, bad).unwrap();
+        let outbox = Outbox::open(&cfg).await.unwrap();
+        let c = outbox.consumer("notifier-hr").unwrap();
+        assert_eq!((c.committed(), c.sent_before()), (Some(19), None), "{bad}");
+        drop(c);
+        outbox.shutdown().await.unwrap();
+    }
+    // A lease beyond the log's end is cut at the last record.
+    std::fs::write(
+        &progress,
+        "progress 00000000000000000000 00000000000000000500\n",
+    )
+    .unwrap();
+    let outbox = Outbox::open(&cfg).await.unwrap();
+    let c = outbox.consumer("notifier-hr").unwrap();
+    assert_eq!((c.committed(), c.sent_before()), (Some(19), Some(29)));
+    drop(c);
+    outbox.shutdown().await.unwrap();
+    // A mark behind the durable cursor changes nothing.
+    std::fs::write(
+        &progress,
+        "progress 00000000000000000003 00000000000000000004\n",
+    )
+    .unwrap();
+    let outbox = Outbox::open(&cfg).await.unwrap();
+    let c = outbox.consumer("notifier-hr").unwrap();
+    assert_eq!((c.committed(), c.sent_before()), (Some(19), None));
+    drop(c);
+    outbox.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn retention_holds_for_the_slowest_consumer() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = cfg(tmp.path(), 1024 * 1024, 1024);

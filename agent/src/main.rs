@@ -183,6 +183,10 @@ enum BenchCmd {
     /// templates next to a plain loop; enroll rate next to bare fsyncs; gallery memory.
     #[cfg(feature = "vision")]
     Faces(camgate::dev::bench::faces::FacesBenchArgs),
+    /// GBDS transactions (enroll, 1:N search) through the local API of a `camgate run` child
+    /// next to the bare face pipeline; notifications/s next to a bare hyper client.
+    #[cfg(feature = "vision")]
+    Gbds(camgate::dev::bench::gbds::GbdsBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -392,6 +396,11 @@ fn bench(cmd: BenchCmd) -> Result<ExitCode> {
         BenchCmd::Faces(args) => {
             logging::init("error", true);
             runtime()?.block_on(bench::faces::run(args))?;
+        }
+        #[cfg(feature = "vision")]
+        BenchCmd::Gbds(args) => {
+            logging::init("error", true);
+            runtime()?.block_on(bench::gbds::run(args))?;
         }
         #[cfg(feature = "mqtt")]
         BenchCmd::Mqtt(args) => {

@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 
 /// How the endpoint answers one request.
 #[derive(Debug, Clone, Copy)]
@@ -43,9 +43,28 @@ pub struct Endpoint {
 
 impl Endpoint {
     pub async fn start(script: &[Reply], then: Reply) -> Endpoint {
+        Self::start_with(script, then, None).await
+    }
+
+    /// The same over TLS with `tls`'s certificate (an `https://` URL).
+    #[cfg(feature = "dev-tools")]
+    pub async fn start_tls(
+        script: &[Reply],
+        then: Reply,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> Endpoint {
+        Self::start_with(script, then, Some(tokio_rustls::TlsAcceptor::from(tls))).await
+    }
+
+    async fn start_with(
+        script: &[Reply],
+        then: Reply,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Endpoint {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let ep = Endpoint {
-            url: format!("http://{}/gbds/notify", listener.local_addr().unwrap()),
+            url: format!("{scheme}://{}/gbds/notify", listener.local_addr().unwrap()),
             script: Arc::new(Mutex::new(script.iter().copied().collect())),
             then: Arc::new(Mutex::new(then)),
             seen: Arc::new(Mutex::new(Vec::new())),
@@ -53,13 +72,22 @@ impl Endpoint {
         let server = ep.clone();
         tokio::spawn(async move {
             while let Ok((sock, _)) = listener.accept().await {
-                tokio::spawn(server.clone().serve(sock));
+                let server = server.clone();
+                match tls.clone() {
+                    None => drop(tokio::spawn(server.serve(sock))),
+                    Some(acceptor) => drop(tokio::spawn(async move {
+                        // A client that does not trust the certificate ends here.
+                        if let Ok(s) = acceptor.accept(sock).await {
+                            server.serve(s).await;
+                        }
+                    })),
+                }
             }
         });
         ep
     }
 
-    async fn serve(self, mut sock: TcpStream) {
+    async fn serve<S: AsyncRead + AsyncWrite + Unpin>(self, mut sock: S) {
         let Some(req) = read_request(&mut sock).await else {
             return;
         };
@@ -99,7 +127,7 @@ impl Endpoint {
     }
 }
 
-async fn read_request(sock: &mut TcpStream) -> Option<Request> {
+async fn read_request<S: AsyncRead + Unpin>(sock: &mut S) -> Option<Request> {
     let mut buf = Vec::new();
     let end = loop {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {

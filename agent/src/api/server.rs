@@ -13,11 +13,9 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderValue, ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -27,6 +25,7 @@ use super::routes::{self, Route, Unrouted};
 use super::{ApiConfig, ApiError, Refusal};
 use crate::gbds::service::{ServiceError, Transactions};
 use crate::net::multipart;
+use crate::net::serve;
 
 struct Shared {
     token: String,
@@ -128,68 +127,22 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Cancellat
     if let Ok(a) = listener.local_addr() {
         info!(addr = %a, "local API listening");
     }
-    let mut conns = JoinSet::new();
-    // Idle keep-alive connections are bounded too, so slow clients cannot exhaust descriptors.
-    let conn_limit = Arc::new(Semaphore::new(shared.max_concurrency * 4));
-    loop {
-        let permit = tokio::select! {
-            _ = stop.cancelled() => break,
-            p = conn_limit.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        let (stream, peer) = tokio::select! {
-            _ = stop.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    warn!(error = %e, "API accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        while conns.try_join_next().is_some() {}
-        let (shared, stop) = (shared.clone(), stop.clone());
-        conns.spawn(async move {
-            let _permit = permit;
-            serve_connection(stream, peer, shared, stop).await
-        });
-    }
-    drop(listener);
-    while conns.join_next().await.is_some() {}
+    let max_conns = shared.max_concurrency * 4;
+    serve::accept_loop(
+        listener,
+        max_conns,
+        "local API",
+        stop.clone(),
+        |stream, peer| {
+            let (shared, stop) = (shared.clone(), stop.clone());
+            let timeout = shared.header_timeout;
+            serve::serve_http1(stream, peer, timeout, stop, move |req| {
+                handle(shared.clone(), peer, req)
+            })
+        },
+    )
+    .await;
     info!("local API stopped");
-}
-
-async fn serve_connection(
-    stream: tokio::net::TcpStream,
-    peer: SocketAddr,
-    shared: Arc<Shared>,
-    stop: CancellationToken,
-) {
-    let svc_shared = shared.clone();
-    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let s = svc_shared.clone();
-        async move { Ok::<_, std::convert::Infallible>(handle(s, peer, req).await) }
-    });
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(shared.header_timeout)
-        .serve_connection(TokioIo::new(stream), svc);
-    tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                debug!(peer = %peer, error = %e, "API connection ended with an error");
-            }
-        }
-        _ = stop.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
-    }
 }
 
 async fn handle(

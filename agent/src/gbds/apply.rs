@@ -192,16 +192,17 @@ impl Gbds {
     pub(super) fn prune(&self) {
         let keep = self.cfg.keep_finished;
         let mut book = self.book();
+        let done = |t: &&Tx| t.status.is_final() && t.work.is_none();
+        // Pruning in batches keeps the sort (and the copies) off the path of every transaction.
+        if book.txs.values().filter(done).count() <= keep + keep / 10 {
+            return;
+        }
         let mut finished: Vec<(u64, String)> = book
             .txs
             .values()
-            .filter(|t| t.status.is_final() && t.work.is_none())
+            .filter(done)
             .map(|t| (t.updated_at_ms, t.tguid.clone()))
             .collect();
-        // Pruning in batches keeps this off the path of every transaction.
-        if finished.len() <= keep + keep / 10 {
-            return;
-        }
         finished.sort();
         let excess = finished.len() - keep;
         for (_, tguid) in finished.into_iter().take(excess) {

@@ -20,11 +20,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -33,6 +31,7 @@ use super::config::HookConfig;
 use crate::clock::{self, SharedClock};
 use crate::event::Source;
 use crate::intake::{Accepted, Intake, IntakeError};
+use crate::net::serve;
 use crate::outbox::OutboxError;
 use crate::sign::{SignError, Verifier};
 
@@ -250,37 +249,11 @@ impl Receiver {
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
-    let mut conns = JoinSet::new();
-    // Connections are bounded too (idle keep-alive ones included), at a multiple of the
-    // request bound so that slow clients cannot starve the accept loop of file descriptors.
-    let conn_limit = Arc::new(Semaphore::new(shared.cfg.max_concurrency.max(1) * 4));
+    let max_conns = shared.cfg.max_concurrency.max(1) * 4;
     let acceptor = shared.cfg.tls.clone().map(tokio_rustls::TlsAcceptor::from);
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            p = conn_limit.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    warn!(error = %e, "hook receiver accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        while conns.try_join_next().is_some() {}
-        let shared = shared.clone();
-        let stop = shutdown.clone();
-        let acceptor = acceptor.clone();
-        conns.spawn(async move {
-            let _permit = permit;
+    serve::accept_loop(listener, max_conns, "hook receiver", shutdown.clone(), |stream, peer| {
+        let (shared, stop, acceptor) = (shared.clone(), shutdown.clone(), acceptor.clone());
+        async move {
             let Some(acceptor) = acceptor else {
                 return serve_connection(stream, peer, shared, stop).await;
             };
@@ -300,10 +273,9 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: Cance
                     warn!(peer = %peer, reason = "tls_handshake", "hook connection rejected: TLS handshake timed out");
                 }
             }
-        });
-    }
-    drop(listener);
-    while conns.join_next().await.is_some() {}
+        }
+    })
+    .await;
     info!("hook callback receiver stopped");
 }
 
@@ -315,28 +287,11 @@ async fn serve_connection<IO>(
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let svc_shared = shared.clone();
-    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let s = svc_shared.clone();
-        async move { Ok::<_, std::convert::Infallible>(handle(s, peer, req).await) }
-    });
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(shared.cfg.request_timeout)
-        .serve_connection(TokioIo::new(io), svc);
-    tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                debug!(peer = %peer, error = %e, "hook connection ended with an error");
-            }
-        }
-        _ = stop.cancelled() => {
-            // Finish the request in flight (its event may be mid-append), then close.
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
-    }
+    let timeout = shared.cfg.request_timeout;
+    serve::serve_http1(io, peer, timeout, stop, move |req| {
+        handle(shared.clone(), peer, req)
+    })
+    .await
 }
 
 /// Why a request was refused.

@@ -9,11 +9,14 @@
 //!
 //! One connection per request is deliberate: a camera's API is called every few minutes and a
 //! picture once per face event; a pool would keep sockets open to hundreds of cameras for nothing.
+//! The notifier is the exception: it POSTs to one site system, possibly many times a second, so
+//! it keeps its connection ([`KeptConnection`]).
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
+use hyper::client::conn::http1::SendRequest;
 use hyper::header::{HeaderMap, HeaderValue, CONTENT_TYPE, HOST, USER_AGENT};
 use hyper::{Method, Request, Uri};
 use hyper_util::rt::TokioIo;
@@ -107,13 +110,24 @@ impl HttpsClient {
         body: Bytes,
         max_answer: usize,
     ) -> Result<Answer, HttpsError> {
+        let req = self.post_request(path, content_type, headers, body)?;
+        self.send(req, max_answer).await
+    }
+
+    fn post_request(
+        &self,
+        path: &str,
+        content_type: &str,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Result<Request<Full<Bytes>>, HttpsError> {
         let mut req = self
             .request(Method::POST, path)
             .header(CONTENT_TYPE, content_type);
         for (name, value) in headers {
             req = req.header(name, value);
         }
-        self.send(req.body(Full::new(body))?, max_answer).await
+        Ok(req.body(Full::new(body))?)
     }
 
     /// `GET path_and_query`.
@@ -168,6 +182,12 @@ impl HttpsClient {
         req: Request<Full<Bytes>>,
         max_answer: usize,
     ) -> Result<Answer, HttpsError> {
+        let mut conn = self.open().await?;
+        roundtrip(&mut conn.tx, req, max_answer).await
+    }
+
+    /// A new connection, its driver running.
+    async fn open(&self) -> Result<Conn, HttpsError> {
         let addr = self.authority.clone();
         let tcp = TcpStream::connect(&addr)
             .await
@@ -175,58 +195,127 @@ impl HttpsClient {
                 addr: addr.clone(),
                 source,
             })?;
+        let _ = tcp.set_nodelay(true);
         match &self.tls {
-            None => exchange_on(tcp, req, max_answer).await,
+            None => Conn::handshake(tcp).await,
             Some(t) => {
                 let stream = TlsConnector::from(t.config.clone())
                     .connect(t.server_name.clone(), tcp)
                     .await
                     .map_err(|source| HttpsError::Tls { addr, source })?;
-                exchange_on(stream, req, max_answer).await
+                Conn::handshake(stream).await
             }
         }
     }
 }
 
-async fn exchange_on<S>(
-    stream: S,
+/// An HTTP/1.1 connection; dropping it closes the socket at once.
+struct Conn {
+    tx: SendRequest<Full<Bytes>>,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl Conn {
+    async fn handshake<S>(stream: S) -> Result<Conn, HttpsError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let driver = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Conn { tx, driver })
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+async fn roundtrip(
+    tx: &mut SendRequest<Full<Bytes>>,
     req: Request<Full<Bytes>>,
     max_answer: usize,
-) -> Result<Answer, HttpsError>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    // The connection task ends with the exchange; aborting it closes the socket at once.
-    let driver = tokio::spawn(conn);
-    let result = async {
-        let resp = tx.send_request(req).await?;
-        let status = resp.status().as_u16();
-        let content_type = resp
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let body = Limited::new(resp.into_body(), max_answer)
-            .collect()
-            .await
-            .map_err(|e| {
-                if e.is::<http_body_util::LengthLimitError>() {
-                    HttpsError::TooLarge { limit: max_answer }
-                } else {
-                    HttpsError::Body(e.to_string())
-                }
-            })?
-            .to_bytes();
-        Ok(Answer {
-            status,
-            content_type,
-            body,
-        })
+) -> Result<Answer, HttpsError> {
+    let resp = tx.send_request(req).await?;
+    let status = resp.status().as_u16();
+    let content_type = resp
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = Limited::new(resp.into_body(), max_answer)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                HttpsError::TooLarge { limit: max_answer }
+            } else {
+                HttpsError::Body(e.to_string())
+            }
+        })?
+        .to_bytes();
+    Ok(Answer {
+        status,
+        content_type,
+        body,
+    })
+}
+
+/// POSTs over one kept-alive connection: opened at the first request, reused while the server
+/// keeps it open, closed after any failed exchange (a timeout, an answer over the cap, a broken
+/// socket) so that the next request starts clean.
+pub struct KeptConnection {
+    client: HttpsClient,
+    conn: Option<Conn>,
+}
+
+impl KeptConnection {
+    pub fn new(client: HttpsClient) -> Self {
+        KeptConnection { client, conn: None }
     }
-    .await;
-    driver.abort();
-    result
+
+    /// [`HttpsClient::post_with_headers`] on the kept connection, under the same time limit
+    /// (connecting included).
+    pub async fn post_with_headers(
+        &mut self,
+        path: &str,
+        content_type: &str,
+        headers: &HeaderMap,
+        body: Bytes,
+        max_answer: usize,
+    ) -> Result<Answer, HttpsError> {
+        let req = self
+            .client
+            .post_request(path, content_type, headers, body)?;
+        let limit = self.client.timeout;
+        let result = tokio::time::timeout(limit, self.exchange(req, max_answer))
+            .await
+            .unwrap_or(Err(HttpsError::Timeout(limit)));
+        if result.is_err() {
+            self.conn = None;
+        }
+        result
+    }
+
+    async fn exchange(
+        &mut self,
+        req: Request<Full<Bytes>>,
+        max_answer: usize,
+    ) -> Result<Answer, HttpsError> {
+        // A connection the server closed while idle is not ready: open a new one instead.
+        let reusable = match &mut self.conn {
+            Some(c) => c.tx.ready().await.is_ok(),
+            None => false,
+        };
+        if !reusable {
+            self.conn = Some(self.client.open().await?);
+        }
+        let conn = self.conn.as_mut().expect("opened above");
+        roundtrip(&mut conn.tx, req, max_answer).await
+    }
 }
 
 /// Why a URL the camera gave is not fetched.

@@ -250,6 +250,9 @@ pub(crate) struct SegMeta {
 pub(crate) struct Slot {
     pub committed: Option<Offset>,
     pub live: bool,
+    /// The last record the previous process may have handed out when it stopped (from the
+    /// progress file).
+    pub sending: Option<Offset>,
 }
 
 #[derive(Debug, Default)]
@@ -458,11 +461,11 @@ impl Outbox {
         if st.closed {
             return Err(OutboxError::Closed);
         }
-        let committed = match st.consumers.get_mut(name) {
+        let (committed, sent_before) = match st.consumers.get_mut(name) {
             Some(slot) if slot.live => return Err(OutboxError::ConsumerBusy(name.to_owned())),
             Some(slot) => {
                 slot.live = true;
-                slot.committed
+                (slot.committed, slot.sending.take())
             }
             None => {
                 // Registered before anyone reads: from now on this consumer holds retention,
@@ -473,9 +476,10 @@ impl Outbox {
                     Slot {
                         committed: None,
                         live: true,
+                        sending: None,
                     },
                 );
-                None
+                (None, None)
             }
         };
         let first = st.segments.front().map_or(0, |s| s.base);
@@ -487,6 +491,8 @@ impl Outbox {
             next,
             pos: None,
             file: None,
+            progress: None,
+            sent_before,
         })
     }
 
@@ -553,6 +559,10 @@ pub struct Consumer {
     pos: Option<u64>,
     /// Open segment file being read, by base offset.
     file: Option<(Offset, std::fs::File)>,
+    /// The progress file, once `mark` was called.
+    progress: Option<std::fs::File>,
+    /// See `sent_before`.
+    sent_before: Option<Offset>,
 }
 
 /// Most bytes one `next_batch` returns (at least one record), to keep readers' memory bounded.
@@ -722,6 +732,31 @@ impl Consumer {
 
     pub fn committed(&self) -> Option<Offset> {
         self.committed
+    }
+
+    /// Records, without waiting for the disk, that everything through `done` is handled and
+    /// that records after it, through `sending`, may be on their way to a peer whose answer has
+    /// not come. This survives a crash of the process (the page cache keeps it; the next open
+    /// takes `done` as committed and offers `sending` as `sent_before`), not a power loss:
+    /// `commit` makes it durable. It costs one `pwrite`, where a commit costs two fsyncs.
+    pub fn mark(
+        &mut self,
+        done: Option<Offset>,
+        sending: Option<Offset>,
+    ) -> Result<(), OutboxError> {
+        let dir = &self.outbox.inner.core.cfg.dir;
+        if self.progress.is_none() {
+            self.progress = Some(store::open_progress(dir, &self.name)?);
+        }
+        let file = self.progress.as_ref().expect("opened above");
+        store::write_progress(dir, &self.name, file, done, sending)
+    }
+
+    /// The last record the previous process had marked as possibly on its way when it stopped
+    /// (never beyond the log's end): records after `committed()` through it may reach the peer
+    /// a second time.
+    pub fn sent_before(&self) -> Option<Offset> {
+        self.sent_before
     }
 }
 

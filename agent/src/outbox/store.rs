@@ -56,6 +56,79 @@ pub(crate) fn write_cursor(
     sync_dir(dir).map_err(io_err(dir))
 }
 
+const PROGRESS_SUFFIX: &str = ".progress";
+
+fn progress_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}{PROGRESS_SUFFIX}"))
+}
+
+/// `progress <done + 1> <sending + 1>\n`, fixed width (0 = none), so that one `pwrite` at offset 0
+/// replaces the whole line.
+fn progress_line(done: Option<Offset>, sending: Option<Offset>) -> String {
+    let n = |o: Option<Offset>| o.map_or(0, |o| o + 1);
+    format!("progress {:020} {:020}\n", n(done), n(sending))
+}
+
+fn parse_progress(text: &str) -> Option<(Option<Offset>, Option<Offset>)> {
+    let rest = text.strip_prefix("progress ")?.strip_suffix('\n')?;
+    let (d, s) = rest.split_once(' ')?;
+    let o = |v: &str| -> Option<Option<Offset>> {
+        let n: u64 = v.parse().ok()?;
+        Some(n.checked_sub(1))
+    };
+    Some((o(d)?, o(s)?))
+}
+
+pub(crate) fn open_progress(dir: &Path, name: &str) -> Result<File, OutboxError> {
+    let path = progress_path(dir, name);
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_err(&path))
+}
+
+pub(crate) fn write_progress(
+    dir: &Path,
+    name: &str,
+    file: &File,
+    done: Option<Offset>,
+    sending: Option<Offset>,
+) -> Result<(), OutboxError> {
+    file.write_all_at(progress_line(done, sending).as_bytes(), 0)
+        .map_err(io_err(&progress_path(dir, name)))
+}
+
+/// Takes each consumer's progress file into account: its `done` becomes the durable cursor when
+/// it is further on, and its `sending` (cut at the log's end) is kept for
+/// `Consumer::sent_before`. The file only ever said what was true when written, so a stale, lost
+/// or torn one (power loss) only means records are handed out again; a `done` beyond the log's
+/// end (a log restored from an older copy) is ignored for the same reason.
+fn apply_progress(dir: &Path, state: &mut State) -> Result<(), OutboxError> {
+    let end = state.next_offset;
+    for (name, slot) in state.consumers.iter_mut() {
+        let path = progress_path(dir, name);
+        let Ok(text) = fs::read_to_string(&path) else {
+            continue;
+        };
+        let Some((done, sending)) = parse_progress(&text) else {
+            tracing::warn!(path = %path.display(), "unreadable consumer progress file; using the committed cursor");
+            continue;
+        };
+        let ahead = |o: Offset, c: Option<Offset>| o < end && c.is_none_or(|c| o > c);
+        if let Some(d) = done.filter(|&d| ahead(d, slot.committed)) {
+            write_cursor(dir, name, Some(d))?;
+            slot.committed = Some(d);
+        }
+        slot.sending = sending
+            .zip(end.checked_sub(1))
+            .map(|(s, last)| s.min(last))
+            .filter(|&s| ahead(s, slot.committed));
+    }
+    Ok(())
+}
+
 fn parse_cursor(text: &str) -> Option<Option<Offset>> {
     let v = text.strip_prefix("committed ")?.strip_suffix('\n')?;
     if v == "none" {
@@ -128,6 +201,7 @@ pub(crate) fn recover(cfg: &OutboxConfig) -> Result<Recovered, OutboxError> {
             Slot {
                 committed,
                 live: false,
+                sending: None,
             },
         );
     }
@@ -235,6 +309,7 @@ pub(crate) fn recover(cfg: &OutboxConfig) -> Result<Recovered, OutboxError> {
         }
     };
     state.next_offset = writer.base + writer.records;
+    apply_progress(dir, &mut state)?;
 
     let released = state.take_released();
     state.stored_bytes -= delete_segments(dir, &released);

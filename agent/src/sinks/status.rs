@@ -21,6 +21,9 @@ pub struct SinkStatus {
     /// Sends the client library's own queue refused for now (Kafka: librdkafka's QueueFull);
     /// retried shortly, and not a broker failure.
     pub queue_full: AtomicU64,
+    /// Records sent again because the previous process died before their answer came (the
+    /// notifier: a POST on its way at a crash).
+    pub reposted: AtomicU64,
     /// Offset + 1 of the last committed record; 0 before the first commit.
     committed_next: AtomicU64,
     /// `received_at_ms` of the oldest event read but not yet committed; 0 when none.
@@ -35,6 +38,7 @@ pub struct SinkSnapshot {
     pub dead_lettered: u64,
     pub retries: u64,
     pub queue_full: u64,
+    pub reposted: u64,
     /// Events stored in the outbox that this sink has not committed yet.
     pub lag_events: u64,
     /// Bytes those events take in the outbox (estimated inside the oldest segment involved, see
@@ -77,6 +81,7 @@ impl SinkStatus {
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
             queue_full: self.queue_full.load(Ordering::Relaxed),
+            reposted: self.reposted.load(Ordering::Relaxed),
             lag_events: outbox.next_offset.saturating_sub(from),
             lag_bytes: outbox.bytes_from(from),
             oldest_pending_age_ms: if oldest == 0 {

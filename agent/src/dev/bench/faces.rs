@@ -211,7 +211,7 @@ fn enroll(args: &FacesBenchArgs, dir: &Path) -> Result<(), BenchError> {
 }
 
 /// Writes a gallery of `persons` synthetic persons (one template each) straight as a log.
-fn write_gallery(dir: &Path, persons: usize) -> Result<(), BenchError> {
+pub(super) fn write_gallery(dir: &Path, persons: usize) -> Result<(), BenchError> {
     std::fs::create_dir_all(dir)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
     let mut bytes = b"{\"format\":\"camgate-gallery\",\"version\":1}\n".to_vec();
@@ -275,7 +275,7 @@ fn memory(args: &FacesBenchArgs, dir: &Path) -> Result<(), BenchError> {
     Ok(())
 }
 
-fn engine() -> Option<FaceEngine> {
+pub(super) fn engine() -> Option<FaceEngine> {
     FaceEngine::new(vision_config(&bench_stage_config())).ok()
 }
 

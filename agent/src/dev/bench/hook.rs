@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -180,8 +181,11 @@ pub async fn load(
     })
 }
 
-/// The reference: reads each request's body and answers 200 at once.
-async fn bare_server(stop: CancellationToken) -> Result<SocketAddr, HookBenchError> {
+/// The reference: reads each request's body and answers 200 at once; `count` counts the requests.
+pub(super) async fn bare_server(
+    stop: CancellationToken,
+    count: Arc<AtomicU64>,
+) -> Result<SocketAddr, std::io::Error> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
@@ -191,12 +195,17 @@ async fn bare_server(stop: CancellationToken) -> Result<SocketAddr, HookBenchErr
                 _ = stop.cancelled() => break,
             };
             let _ = tcp.set_nodelay(true);
+            let count = count.clone();
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async {
-                    let _ = req.into_body().collect().await;
-                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(
-                        br#"{"code":0}"#,
-                    ))))
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let count = count.clone();
+                    async move {
+                        let _ = req.into_body().collect().await;
+                        count.fetch_add(1, Ordering::Relaxed);
+                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(
+                            Bytes::from_static(br#"{"code":0}"#),
+                        )))
+                    }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(tcp), svc)
@@ -228,7 +237,7 @@ pub async fn run(args: HookBenchArgs) -> Result<(), HookBenchError> {
     );
 
     let stop = CancellationToken::new();
-    let reference_addr = bare_server(stop.clone()).await?;
+    let reference_addr = bare_server(stop.clone(), Arc::default()).await?;
     let reference = load(reference_addr, args.posters, args.seconds, &secret, "REF").await?;
     stop.cancel();
 

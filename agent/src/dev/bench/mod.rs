@@ -9,6 +9,8 @@
 
 #[cfg(feature = "vision")]
 pub mod faces;
+#[cfg(feature = "vision")]
+pub mod gbds;
 pub mod hook;
 #[cfg(feature = "kafka")]
 pub mod kafka;
@@ -442,7 +444,7 @@ pub async fn channel(args: ChannelBenchArgs) -> Result<(), BenchError> {
     Ok(())
 }
 
-fn tempdir() -> Result<PathBuf, BenchError> {
+pub(crate) fn tempdir() -> Result<PathBuf, BenchError> {
     let d = std::env::temp_dir().join(format!(
         "camgate-bench-{}-{}",
         std::process::id(),
