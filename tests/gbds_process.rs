@@ -63,6 +63,23 @@ fn config(dir: &Path, api_port: u16, endpoint: &str) -> PathBuf {
     )
 }
 
+/// A daemon on a free API port notifying `ep`, its API up.
+async fn start(dir: &Path, ep: &Endpoint) -> (u16, PathBuf, Daemon) {
+    let port = common::mosquitto::free_port();
+    let cfg = config(dir, port, &ep.url);
+    let daemon = spawn(&cfg, dir);
+    api_up(port).await;
+    (port, cfg, daemon)
+}
+
+/// The daemon's health file (what `camgate status` prints); null while there is none.
+fn health(dir: &Path) -> serde_json::Value {
+    std::fs::read(dir.join("health.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
 fn client(port: u16) -> HttpsClient {
     HttpsClient::new(&format!("127.0.0.1:{port}"), None, Duration::from_secs(10))
 }
@@ -174,10 +191,7 @@ async fn transactions_over_http_are_notified_in_order_through_failures_and_kill_
         Reply::Status(200),
     )
     .await;
-    let port = common::mosquitto::free_port();
-    let cfg = config(dir.path(), port, &ep.url);
-    let mut daemon = spawn(&cfg, dir.path());
-    api_up(port).await;
+    let (port, cfg, mut daemon) = start(dir.path(), &ep).await;
 
     let a = submit(
         port,
@@ -250,10 +264,7 @@ async fn transactions_over_http_are_notified_in_order_through_failures_and_kill_
     // The health file (and so `camgate status`) shows the processor's queue, drained.
     let t0 = Instant::now();
     loop {
-        let h: serde_json::Value = std::fs::read(dir.path().join("health.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
+        let h = health(dir.path());
         if h["transactions"]["queued"] == 0 {
             break;
         }
@@ -271,10 +282,7 @@ async fn transactions_over_http_are_notified_in_order_through_failures_and_kill_
 async fn a_post_cut_by_kill_9_is_sent_again_and_counted() {
     let dir = tempfile::tempdir().unwrap();
     let ep = Endpoint::start(&[Reply::Status(200)], Reply::Hang).await;
-    let port = common::mosquitto::free_port();
-    let cfg = config(dir.path(), port, &ep.url);
-    let mut daemon = spawn(&cfg, dir.path());
-    api_up(port).await;
+    let (port, cfg, mut daemon) = start(dir.path(), &ep).await;
     let a = submit(
         port,
         "/v1/people",
@@ -301,10 +309,7 @@ async fn a_post_cut_by_kill_9_is_sent_again_and_counted() {
     let _daemon = spawn(&cfg, dir.path());
     let t0 = Instant::now();
     let health = loop {
-        let h: serde_json::Value = std::fs::read(dir.path().join("health.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
+        let h = health(dir.path());
         let site = &h["sinks"]["notifier:site"];
         if site["delivered"] == 1 {
             break site.clone();
