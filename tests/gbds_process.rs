@@ -306,7 +306,7 @@ async fn a_post_cut_by_kill_9_is_sent_again_and_counted() {
     let cut = ep.keys().iter().filter(|k| k.starts_with(&b)).count();
     *ep.then.lock().unwrap() = Reply::Status(200);
 
-    let _daemon = spawn(&cfg, dir.path());
+    let daemon = spawn(&cfg, dir.path());
     let t0 = Instant::now();
     let health = loop {
         let h = health(dir.path());
@@ -332,9 +332,38 @@ async fn a_post_cut_by_kill_9_is_sent_again_and_counted() {
     let (firsts, _) = received(&ep);
     let bodies: Vec<_> = firsts.into_iter().map(|(_, b)| b).collect();
     assert_eq!(bodies.len(), 2, "{bodies:?}");
+    forget_the_endpoints_cursor(&cfg, dir.path(), daemon);
     assert_eq!(bodies[0], body("ENROLL", &a, "ENROLLED"));
     assert_eq!(
         (&bodies[1]["operation"], &bodies[1]["tguid"]),
         (&"ENROLL".into(), &b.clone().into())
     );
+}
+
+/// `camgate outbox forget`: refused while the daemon holds the outbox; once it is stopped, the
+/// endpoint's cursor (say it was removed from the config) goes.
+fn forget_the_endpoints_cursor(cfg: &Path, dir: &Path, daemon: Daemon) {
+    let forget = |name: &str| {
+        std::process::Command::new(BIN)
+            .args(["outbox", "forget", "--config"])
+            .arg(cfg)
+            .arg(name)
+            .output()
+            .unwrap()
+    };
+    let out = forget("notifier-site");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("locked by another process"), "{err}");
+    drop(daemon);
+    let out = forget("notifier-nowhere");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has no consumer notifier-nowhere"));
+    let out = forget("notifier-site");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!dir.join("outbox/notifier-site.consumer").exists());
 }

@@ -312,6 +312,50 @@ async fn retention_holds_for_the_slowest_consumer() {
     outbox.shutdown().await.unwrap();
 }
 
+/// A consumer whose sink was removed from the config holds its records until it is forgotten:
+/// `idle_consumers` names it, `forget_consumer` (and `camgate outbox forget`) releases them.
+#[tokio::test]
+async fn an_idle_consumer_is_listed_and_forgetting_it_releases_its_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = cfg(tmp.path(), 1024 * 1024, 1024);
+    let outbox = Outbox::open(&cfg).await.unwrap();
+    let mut kept = outbox.consumer("kafka").unwrap();
+    let mut gone = outbox.consumer("notifier-old").unwrap();
+    for i in 0..200 {
+        outbox.append(event(i)).await.unwrap();
+    }
+    read_n(&mut gone, 10).await;
+    gone.commit(9).await.unwrap();
+    gone.mark(Some(12), None).unwrap();
+    drop(gone);
+    read_n(&mut kept, 200).await;
+    kept.commit(199).await.unwrap();
+    let idle = outbox.stats().idle_consumers;
+    assert_eq!(
+        idle.into_iter().collect::<Vec<_>>(),
+        [("notifier-old".to_owned(), Some(9))]
+    );
+    let before = seg_files(tmp.path());
+    assert!(matches!(
+        outbox.forget_consumer("kafka").await,
+        Err(OutboxError::ConsumerBusy(_))
+    ));
+    assert!(!outbox.forget_consumer("no-such").await.unwrap());
+    assert!(outbox.forget_consumer("notifier-old").await.unwrap());
+    let after = seg_files(tmp.path());
+    assert!(after.len() < before.len(), "{before:?} -> {after:?}");
+    assert!(outbox.stats().idle_consumers.is_empty());
+    for f in ["notifier-old.consumer", "notifier-old.progress"] {
+        assert!(!tmp.path().join(f).exists(), "{f} left behind");
+    }
+    drop(kept);
+    outbox.shutdown().await.unwrap();
+    // Gone across a restart too.
+    let outbox = Outbox::open(&cfg).await.unwrap();
+    assert_eq!(outbox.stats().consumers, 1);
+    outbox.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn shutdown_drains_and_wakes_waiting_consumers() {
     let tmp = tempfile::tempdir().unwrap();

@@ -97,6 +97,17 @@ enum OutboxCmd {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Unregister a consumer whose sink was removed from the config (`camgate status` lists it
+    /// under outbox.idle_consumers): the records only it held are released. Stop camgate first.
+    Forget {
+        #[arg(long, short, conflicts_with = "dir")]
+        config: Option<PathBuf>,
+        /// The outbox directory (instead of --config).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The consumer, e.g. `notifier-hr.example`.
+        name: String,
+    },
 }
 
 #[cfg(feature = "dev-tools")]
@@ -223,6 +234,9 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         Cmd::Outbox {
             cmd: OutboxCmd::Dump { config, dir },
         } => dump_outbox(config, dir),
+        Cmd::Outbox {
+            cmd: OutboxCmd::Forget { config, dir, name },
+        } => forget_consumer(config, dir, &name),
         Cmd::Health(a) => health(&a.config),
         Cmd::Status(a) => {
             let cfg = Config::load(&a.config)?;
@@ -316,16 +330,43 @@ fn check_config(path: &std::path::Path) -> Result<ExitCode> {
     }
 }
 
-fn dump_outbox(config: Option<PathBuf>, dir: Option<PathBuf>) -> Result<ExitCode> {
-    use std::io::Write;
-    let dir = match (dir, config) {
+/// The outbox directory: `--dir`, else the config's.
+fn outbox_dir(config: Option<PathBuf>, dir: Option<PathBuf>) -> Result<PathBuf> {
+    Ok(match (dir, config) {
         (Some(d), _) => d,
         (None, c) => {
             Config::load(&c.unwrap_or_else(|| DEFAULT_CONFIG.into()))?
                 .outbox
                 .dir
         }
+    })
+}
+
+fn forget_consumer(config: Option<PathBuf>, dir: Option<PathBuf>, name: &str) -> Result<ExitCode> {
+    let dir = outbox_dir(config, dir)?;
+    let oc = camgate::outbox::OutboxConfig {
+        dir: dir.clone(),
+        ..Default::default()
     };
+    let forgotten = runtime()?.block_on(async {
+        let outbox = Outbox::open(&oc).await?;
+        let r = outbox.forget_consumer(name).await;
+        outbox.shutdown().await?;
+        r
+    });
+    let forgotten = forgotten.with_context(|| format!("outbox {}", dir.display()))?;
+    if forgotten {
+        println!("consumer {name} forgotten; the records only it held are released");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("camgate: outbox {} has no consumer {name}", dir.display());
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+fn dump_outbox(config: Option<PathBuf>, dir: Option<PathBuf>) -> Result<ExitCode> {
+    use std::io::Write;
+    let dir = outbox_dir(config, dir)?;
     let mut out = std::io::stdout().lock();
     for r in Outbox::dump(&dir).with_context(|| format!("reading outbox {}", dir.display()))? {
         out.write_all(&r.data)?;

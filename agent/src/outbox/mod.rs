@@ -159,6 +159,10 @@ pub struct OutboxStats {
     /// Segment files and registered consumers.
     pub segments: u64,
     pub consumers: u64,
+    /// Registered consumers nobody reads now, with their committed cursor (`null`: nothing
+    /// committed). One whose sink was removed from the config holds its records forever (and
+    /// so fills the outbox) until `camgate outbox forget NAME`.
+    pub idle_consumers: BTreeMap<String, Option<Offset>>,
     /// Group commits that failed with an I/O error (their appenders got `Io`), since open.
     pub io_errors: u64,
     /// Bytes of torn or corrupt tail truncated at open.
@@ -225,7 +229,7 @@ pub enum OutboxError {
         through: Offset,
         next_offset: Offset,
     },
-    #[error("outbox directory {0} is locked by another process")]
+    #[error("outbox directory {0} is locked by another process (a running camgate?)")]
     Locked(PathBuf),
 }
 
@@ -506,6 +510,12 @@ impl Outbox {
             refused_full: st.refused_full,
             segments: st.segments.len() as u64,
             consumers: st.consumers.len() as u64,
+            idle_consumers: st
+                .consumers
+                .iter()
+                .filter(|(_, slot)| !slot.live)
+                .map(|(name, slot)| (name.clone(), slot.committed))
+                .collect(),
             io_errors: st.io_errors,
             truncated_bytes: st.truncated_bytes,
             corrupt_records: st.corrupt_records,
@@ -519,6 +529,30 @@ impl Outbox {
                 })
                 .collect(),
         }
+    }
+
+    /// Unregisters consumer `name`: its cursor and progress files go, and the records only it
+    /// still held are released. `false` when there was no such consumer; refused while it is
+    /// being read.
+    pub async fn forget_consumer(&self, name: &str) -> Result<bool, OutboxError> {
+        let core = self.inner.core.clone();
+        let released = {
+            let mut st = core.lock();
+            match st.consumers.get(name) {
+                None => return Ok(false),
+                Some(slot) if slot.live => return Err(OutboxError::ConsumerBusy(name.to_owned())),
+                Some(_) => {}
+            }
+            store::remove_consumer(&core.cfg.dir, name)?;
+            st.consumers.remove(name);
+            st.take_released()
+        };
+        let dir = core.cfg.dir.clone();
+        let freed = tokio::task::spawn_blocking(move || store::delete_segments(&dir, &released))
+            .await
+            .unwrap_or(0);
+        core.lock().stored_bytes -= freed;
+        Ok(true)
     }
 
     /// Writes what was queued before the call, syncs, and closes: later appends and waiting

@@ -129,6 +129,17 @@ fn apply_progress(dir: &Path, state: &mut State) -> Result<(), OutboxError> {
     Ok(())
 }
 
+/// Removes a consumer's cursor and progress files, durably (the directory is synced).
+pub(crate) fn remove_consumer(dir: &Path, name: &str) -> Result<(), OutboxError> {
+    for path in [cursor_path(dir, name), progress_path(dir, name)] {
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err(&path)(e)),
+            _ => {}
+        }
+    }
+    sync_dir(dir).map_err(io_err(dir))
+}
+
 fn parse_cursor(text: &str) -> Option<Option<Offset>> {
     let v = text.strip_prefix("committed ")?.strip_suffix('\n')?;
     if v == "none" {
