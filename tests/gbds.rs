@@ -1,11 +1,15 @@
 //! GBDS-style transactions through the real processor: the shipped models on the repo's photos,
-//! a real gallery and outbox on disk; every notification checked field by field and in order.
+//! a real gallery and outbox on disk, and the notifier POSTing to a real local HTTP endpoint that
+//! answers 500, 204 and hangs before it takes them; every notification checked field by field
+//! and in order, both in the outbox and as the endpoint received it.
 
 #![cfg(feature = "vision")]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use camgate::gallery::{Gallery, GalleryConfig};
 use camgate::gbds::run::{notice_keys, Gbds};
@@ -14,7 +18,10 @@ use camgate::gbds::GbdsConfig;
 use camgate::notice::Notification;
 use camgate::outbox::{Outbox, OutboxConfig};
 use camgate::results::Stored;
+use camgate::sinks::notifier::{self, EndpointConfig};
+use camgate::sinks::SinkStatus;
 use camgate::vision::{FaceEngine, VisionConfig, VisionPool};
+use common::endpoint::{Endpoint, Reply};
 use tokio_util::sync::CancellationToken;
 
 fn root() -> PathBuf {
@@ -29,7 +36,9 @@ struct Rig {
     gbds: Arc<Gbds>,
     outbox: Outbox,
     outbox_dir: PathBuf,
+    endpoint: Endpoint,
     stop: CancellationToken,
+    /// The processor and the notifier.
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -42,6 +51,16 @@ fn pool() -> VisionPool {
 }
 
 async fn rig(dir: &Path, pool: VisionPool, gcfg: GbdsConfig) -> Rig {
+    let endpoint = Endpoint::start(
+        &[Reply::Status(500), Reply::Status(204), Reply::Hang],
+        Reply::Status(200),
+    )
+    .await;
+    rig_on(dir, pool, gcfg, endpoint).await
+}
+
+/// A rig whose notifier POSTs to `endpoint` (kept across a restart).
+async fn rig_on(dir: &Path, pool: VisionPool, gcfg: GbdsConfig, endpoint: Endpoint) -> Rig {
     let ocfg = OutboxConfig {
         dir: dir.join("outbox"),
         ..OutboxConfig::default()
@@ -65,17 +84,65 @@ async fn rig(dir: &Path, pool: VisionPool, gcfg: GbdsConfig) -> Rig {
         .unwrap(),
     );
     let stop = CancellationToken::new();
+    let site = EndpointConfig {
+        name: Some("site".into()),
+        timeout_ms: 300,
+        retry_min_ms: 20,
+        retry_max_ms: 60,
+        ..EndpointConfig::new(&endpoint.url)
+    };
+    let sink = notifier::run(
+        outbox.clone(),
+        site,
+        false,
+        camgate::clock::system(),
+        Arc::new(SinkStatus::default()),
+        stop.clone(),
+    );
     let (g, s) = (gbds.clone(), stop.clone());
     let task = tokio::spawn(async move {
-        g.run(s).await.unwrap();
+        let (processed, notified) = tokio::join!(g.run(s), sink);
+        processed.unwrap();
+        notified.unwrap();
     });
     Rig {
         gbds,
         outbox,
         outbox_dir: ocfg.dir,
+        endpoint,
         stop,
         task,
     }
+}
+
+impl Rig {
+    /// The outbox holds exactly `want`, in order, and the endpoint received exactly these
+    /// bodies in this order (first arrivals; the re-POSTs after its 500, 204 and hang aside).
+    async fn assert_notified(&self, want: &[Notification]) {
+        assert_eq!(notices(&self.outbox_dir), want, "in the outbox");
+        let t0 = Instant::now();
+        loop {
+            let got = first_arrivals(&self.endpoint);
+            if got.len() >= want.len() || t0.elapsed() > Duration::from_secs(30) {
+                assert_eq!(got, want, "as POSTed");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Each notification the endpoint received, once, in order of first arrival.
+fn first_arrivals(ep: &Endpoint) -> Vec<Notification> {
+    let mut keys: Vec<String> = Vec::new();
+    let mut out = Vec::new();
+    for r in ep.seen() {
+        if !keys.iter().any(|k| k == r.key()) {
+            keys.push(r.key().to_owned());
+            out.push(serde_json::from_str(&r.body).unwrap());
+        }
+    }
+    out
 }
 
 fn gbds_config(dir: &Path) -> GbdsConfig {
@@ -215,22 +282,20 @@ async fn every_status_and_treatment_path_notifies_in_order() {
         "{v}"
     );
 
-    assert_eq!(
-        notices(&r.outbox_dir),
-        vec![
-            n("ENROLL", &a, "ENROLLED"),
-            n("ENROLL", &b, "EXCEPTION"),
-            treated(&b, "MERGE_TRANSACTIONS"),
-            n("ENROLL", &b, "ENROLLED"),
-            n("ENROLL", &c, "EXCEPTION"),
-            treated(&c, "DIFFERENT_FINGERS"),
-            n("ENROLL", &c, "FAILED"),
-            n("SEARCH", &s1, "MATCH"),
-            n("SEARCH", &sn, "NOT_MATCH"),
-            n("SEARCH", &s0, "PERSON_NOT_FOUND"),
-            n("SEARCH", &bad, "FAILED"),
-        ]
-    );
+    r.assert_notified(&[
+        n("ENROLL", &a, "ENROLLED"),
+        n("ENROLL", &b, "EXCEPTION"),
+        treated(&b, "MERGE_TRANSACTIONS"),
+        n("ENROLL", &b, "ENROLLED"),
+        n("ENROLL", &c, "EXCEPTION"),
+        treated(&c, "DIFFERENT_FINGERS"),
+        n("ENROLL", &c, "FAILED"),
+        n("SEARCH", &s1, "MATCH"),
+        n("SEARCH", &sn, "NOT_MATCH"),
+        n("SEARCH", &s0, "PERSON_NOT_FOUND"),
+        n("SEARCH", &bad, "FAILED"),
+    ])
+    .await;
     r.stop.cancel();
     r.task.await.unwrap();
 }
@@ -262,18 +327,16 @@ async fn a_face_below_the_bar_waits_for_review_and_work_survives_a_restart() {
     r.stop.cancel();
     r.task.await.unwrap();
     r.outbox.shutdown().await.unwrap();
-    let r = rig(dir.path(), pool, strict).await;
+    let r = rig_on(dir.path(), pool, strict, r.endpoint).await;
     settled(&r.gbds, &a, &["ENROLLED"]).await;
     settled(&r.gbds, &b, &["FAILED"]).await;
-    assert_eq!(
-        notices(&r.outbox_dir),
-        vec![
-            n("ENROLL", &a, "PENDING"),
-            n("ENROLL", &b, "PENDING"),
-            n("ENROLL", &a, "ENROLLED"),
-            n("ENROLL", &b, "FAILED"),
-        ]
-    );
+    r.assert_notified(&[
+        n("ENROLL", &a, "PENDING"),
+        n("ENROLL", &b, "PENDING"),
+        n("ENROLL", &a, "ENROLLED"),
+        n("ENROLL", &b, "FAILED"),
+    ])
+    .await;
     assert!(matches!(
         r.gbds.review(&a, true),
         Err(ServiceError::Conflict(_))
@@ -364,7 +427,7 @@ async fn every_treatment_of_both_exception_kinds() {
         want.push(treated(t, name));
         want.push(n("ENROLL", t, outcome));
     }
-    assert_eq!(notices(&r.outbox_dir), want);
+    r.assert_notified(&want).await;
     r.stop.cancel();
     r.task.await.unwrap();
 }
@@ -406,11 +469,9 @@ async fn a_stranger_the_cameras_saw_is_a_reverse_latent_match_and_becomes_histor
         uguid: Some(uguid.clone()),
         ..n("ENROLL", &a, "REVERSE_LATENT_MATCH")
     };
-    assert_eq!(
-        notices(&r.outbox_dir),
-        vec![latent, n("ENROLL", &a, "ENROLLED")],
-        "the reverse latent match comes before the final status"
-    );
+    // The reverse latent match comes before the final status.
+    r.assert_notified(&[latent, n("ENROLL", &a, "ENROLLED")])
+        .await;
     let p = r.gbds.person("obama").unwrap();
     assert_eq!(
         p["seen_before"], 2,
