@@ -263,13 +263,7 @@ async fn transactions(args: &GbdsBenchArgs, dir: &Path) -> Result<(), BenchError
     faces::write_gallery(&base.join("gallery"), args.persons)?;
     let port = free_port()?;
     let cfg = write_config(&base, port, endpoint)?;
-    let mut child = tokio::process::Command::new(std::env::current_exe()?)
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .env("RUST_LOG", "warn")
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
+    let mut child = super::run_child(&cfg)?;
     let api = Api::new(port);
     api.wait_up(&mut child).await?;
     let b64 = |p: &Vec<u8>| base64::engine::general_purpose::STANDARD.encode(p);

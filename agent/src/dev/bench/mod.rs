@@ -444,6 +444,17 @@ pub async fn channel(args: ChannelBenchArgs) -> Result<(), BenchError> {
     Ok(())
 }
 
+/// `camgate run --config cfg` as a child of this process, killed if the bench ends early.
+pub(crate) fn run_child(cfg: &Path) -> std::io::Result<tokio::process::Child> {
+    tokio::process::Command::new(std::env::current_exe()?)
+        .args(["run", "--config"])
+        .arg(cfg)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+}
+
 pub(crate) fn tempdir() -> Result<PathBuf, BenchError> {
     let d = std::env::temp_dir().join(format!(
         "camgate-bench-{}-{}",
@@ -502,13 +513,7 @@ pub async fn camera_to_broker(
     sim.set_paused(true);
     let dir = tempdir()?;
     let cfg_path = write_config(&dir, std::slice::from_ref(&sim), &secret, sink_toml)?;
-    let mut child = tokio::process::Command::new(std::env::current_exe()?)
-        .args(["run", "--config"])
-        .arg(&cfg_path)
-        .env("RUST_LOG", "warn")
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
+    let mut child = run_child(&cfg_path)?;
     let result = async {
         if !wait_subscribed(std::slice::from_ref(&sim), 1, Duration::from_secs(120)).await {
             return Err(BenchError::Other(
