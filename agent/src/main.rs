@@ -198,6 +198,10 @@ enum BenchCmd {
     /// next to the bare face pipeline; notifications/s next to a bare hyper client.
     #[cfg(feature = "vision")]
     Gbds(camgate::dev::bench::gbds::GbdsBenchArgs),
+    /// The [gbds] enrolment bars on labelled photos: genuine and impostor similarity as faces
+    /// are scaled down or blurred, next to the same photos as they are; pose and score per pair.
+    #[cfg(feature = "vision")]
+    Quality(camgate::dev::bench::quality::QualityBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -437,6 +441,11 @@ fn bench(cmd: BenchCmd) -> Result<ExitCode> {
         BenchCmd::Faces(args) => {
             logging::init("error", true);
             runtime()?.block_on(bench::faces::run(args))?;
+        }
+        #[cfg(feature = "vision")]
+        BenchCmd::Quality(args) => {
+            logging::init("error", true);
+            bench::quality::run(args)?;
         }
         #[cfg(feature = "vision")]
         BenchCmd::Gbds(args) => {

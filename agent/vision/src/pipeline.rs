@@ -164,7 +164,7 @@ impl FaceEngine {
             .into_iter()
             .zip(&crops)
             .map(|(d, c)| Face {
-                quality: measure(&d, c.as_ref()),
+                quality: measure(&d, c.as_ref(), Some((img.width, img.height))),
                 detection: d,
                 embedding: None,
                 aligned: None,

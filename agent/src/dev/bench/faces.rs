@@ -286,7 +286,7 @@ fn bench_stage_config() -> StageConfig {
     }
 }
 
-fn other(e: impl std::fmt::Display) -> BenchError {
+pub(super) fn other(e: impl std::fmt::Display) -> BenchError {
     BenchError::Other(e.to_string())
 }
 

@@ -20,6 +20,8 @@ pub mod outbox;
 #[cfg(feature = "vision")]
 pub mod profile;
 #[cfg(feature = "vision")]
+pub mod quality;
+#[cfg(feature = "vision")]
 pub mod vision;
 
 use std::path::{Path, PathBuf};
