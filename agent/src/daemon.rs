@@ -44,6 +44,9 @@ pub enum DaemonError {
     Gbds(#[from] crate::gbds::GbdsError),
     #[error("transactions API: {0}")]
     Api(#[from] crate::api::ApiError),
+    #[cfg(all(feature = "vision", feature = "kafka"))]
+    #[error("{0}")]
+    Ekyc(#[from] crate::ekyc::worker::EkycError),
 }
 
 pub struct Daemon {
@@ -68,6 +71,11 @@ pub struct Daemon {
     pub sink_status: Vec<(String, Arc<sinks::SinkStatus>)>,
     /// The vision stage's counters, when it runs.
     pub stage_counters: Option<Arc<crate::stage::StageCounters>>,
+    /// The EKYC services' counters, when `[ekyc]` is on.
+    #[cfg(all(feature = "vision", feature = "kafka"))]
+    pub ekyc_counters: Option<Arc<crate::ekyc::worker::EkycCounters>>,
+    #[cfg(not(all(feature = "vision", feature = "kafka")))]
+    pub ekyc_counters: Option<Arc<()>>,
     health_task: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -101,6 +109,8 @@ impl Daemon {
         let mut api = None;
         #[cfg_attr(not(feature = "vision"), allow(unused_mut))]
         let mut processor = None;
+        #[cfg_attr(not(all(feature = "vision", feature = "kafka")), allow(unused_mut))]
+        let mut ekyc_counters = None;
         #[cfg(feature = "vision")]
         if let Some(v) = &cfg.vision {
             let notices = crate::gbds::run::notice_keys(&stored);
@@ -118,6 +128,18 @@ impl Daemon {
                 });
                 processor = Some(gbds.clone());
                 api = Some(ApiServer::start(a, gbds, intake_stop.clone()).await?);
+            }
+            #[cfg(feature = "kafka")]
+            if let Some(e) = &cfg.ekyc {
+                let w = crate::ekyc::worker::Worker::new(e, cfg.gateway_id(), stage.pool())?;
+                ekyc_counters = Some(w.counters.clone());
+                let stop = sink_stop.clone();
+                sink_tasks.spawn(async move {
+                    match w.run(stop).await {
+                        Ok(n) => info!(answered = n, "ekyc services finished"),
+                        Err(e) => warn!(error = %e, "ekyc services stopped"),
+                    }
+                });
             }
             let stop = sink_stop.clone();
             spawn_sink(&mut sink_tasks, &mut sink_status, "vision", move |st| {
@@ -141,6 +163,7 @@ impl Daemon {
             sink_tasks,
             sink_status,
             stage_counters,
+            ekyc_counters,
             health_task: None,
         };
         d.health_task = Some(d.spawn_health());
@@ -198,6 +221,7 @@ impl Daemon {
         r.hook = self.hook_health().map(|h| h.value());
         r.vision = vision_health(&self.stage_counters);
         r.transactions = transactions_health(&self.processor);
+        r.ekyc = ekyc_health(&self.ekyc_counters);
         r
     }
 
@@ -219,6 +243,7 @@ impl Daemon {
         let hook = self.hook_health();
         let stage = self.stage_counters.clone();
         let processor = self.processor.clone();
+        let ekyc = self.ekyc_counters.clone();
         let interval_secs = self.cfg.health.interval_secs;
         let stop = self.intake_stop.clone();
         tokio::spawn(async move {
@@ -234,6 +259,7 @@ impl Daemon {
                 report.hook = hook.as_ref().map(HookHealth::value);
                 report.vision = vision_health(&stage);
                 report.transactions = transactions_health(&processor);
+                report.ekyc = ekyc_health(&ekyc);
                 if let Err(e) = ops::write_health(&path, &report) {
                     if !warned {
                         warn!(path = %path.display(), error = %e, "cannot write health file");
@@ -385,6 +411,16 @@ fn transactions_health(_: &Option<()>) -> Option<serde_json::Value> {
     None
 }
 
+#[cfg(all(feature = "vision", feature = "kafka"))]
+fn ekyc_health(c: &Option<Arc<crate::ekyc::worker::EkycCounters>>) -> Option<serde_json::Value> {
+    c.as_ref().and_then(|c| serde_json::to_value(&**c).ok())
+}
+
+#[cfg(not(all(feature = "vision", feature = "kafka")))]
+fn ekyc_health(_: &Option<Arc<()>>) -> Option<serde_json::Value> {
+    None
+}
+
 fn vision_health(c: &Option<Arc<crate::stage::StageCounters>>) -> Option<serde_json::Value> {
     c.as_ref().and_then(|c| serde_json::to_value(&**c).ok())
 }
@@ -421,6 +457,7 @@ fn health_report(
             .collect(),
         outbox: serde_json::to_value(stats).unwrap_or_default(),
         vision: None,
+        ekyc: None,
     }
 }
 

@@ -34,6 +34,7 @@ pub mod config;
 pub mod daemon;
 #[cfg(feature = "dev-tools")]
 pub mod dev;
+pub mod ekyc;
 pub mod event;
 pub mod gallery;
 pub mod gbds;

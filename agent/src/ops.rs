@@ -80,6 +80,10 @@ pub struct HealthReport {
     /// The transactions processor (`queued`: accepted work not yet done), when `[api]` is on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transactions: Option<serde_json::Value>,
+    /// The EKYC services (requests received, answered, failed; reply retries; last error),
+    /// when `[ekyc]` is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ekyc: Option<serde_json::Value>,
     /// Forwarding sinks by name (`kafka`, `mqtt`): delivery counters and lag.
     #[serde(default)]
     pub sinks: std::collections::BTreeMap<String, serde_json::Value>,

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::api::ApiConfig;
 pub use crate::camera::{CameraConfig, CameraMode};
+pub use crate::ekyc::EkycConfig;
 pub use crate::gallery::GalleryConfig;
 pub use crate::gbds::GbdsConfig;
 pub use crate::hook::HookConfig;
@@ -63,6 +64,10 @@ pub struct Config {
     /// `[api]`: the local transactions API. Absent: no API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api: Option<ApiConfig>,
+    /// `[ekyc]`: the MTCNN and InsightFace services of the MI EKYC back end over Kafka.
+    /// Absent: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ekyc: Option<EkycConfig>,
     #[serde(default)]
     pub cameras: Vec<CameraConfig>,
 }
@@ -185,6 +190,20 @@ impl Config {
             }
             if !cfg!(feature = "vision") {
                 errs.push("api: this build has no face pipeline (cargo feature `vision`)".into());
+            }
+        }
+        if let Some(e) = &self.ekyc {
+            e.validate(&mut errs);
+            if self.vision.is_none() {
+                errs.push(
+                    "ekyc: the services need the face pipeline: add a [vision] section".into(),
+                );
+            }
+            if !cfg!(all(feature = "vision", feature = "kafka")) {
+                errs.push(
+                    "ekyc: this camgate was built without the `vision` and `kafka` features the services need"
+                        .into(),
+                );
             }
         }
         let mut names = HashSet::new();

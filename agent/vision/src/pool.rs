@@ -38,6 +38,16 @@ impl VisionPool {
         bytes: Vec<u8>,
         with_embeddings: bool,
     ) -> Result<(Vec<Face>, StageTimes), VisionError> {
+        self.run(move |engine| engine.process(&bytes, with_embeddings))
+            .await?
+    }
+
+    /// Runs `work` with the engine on a blocking thread, once a worker is free.
+    pub async fn run<T, F>(&self, work: F) -> Result<T, VisionError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&FaceEngine) -> T + Send + 'static,
+    {
         let _permit = self
             .permits
             .clone()
@@ -45,8 +55,8 @@ impl VisionPool {
             .await
             .map_err(|e| VisionError::Pool(e.to_string()))?;
         let engine = self.engine.clone();
-        tokio::task::spawn_blocking(move || engine.process(&bytes, with_embeddings))
+        tokio::task::spawn_blocking(move || work(&engine))
             .await
-            .map_err(|e| VisionError::Pool(e.to_string()))?
+            .map_err(|e| VisionError::Pool(e.to_string()))
     }
 }

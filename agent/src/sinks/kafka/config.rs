@@ -3,11 +3,12 @@
 //! the delivery guarantee rests on are refused there.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::PathBuf;
 
 use rdkafka::ClientConfig;
 use serde::{Deserialize, Serialize};
+
+pub use crate::net::kafka::{guarded_option, valid_topic, OptionValue};
 
 /// `[kafka]`; an absent section disables the sink.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -72,27 +73,6 @@ impl Default for KafkaConfig {
     }
 }
 
-/// A librdkafka property value as written in TOML.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(untagged)]
-pub enum OptionValue {
-    Bool(bool),
-    Int(i64),
-    Float(f64),
-    Str(String),
-}
-
-impl fmt::Display for OptionValue {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            OptionValue::Bool(b) => b.fmt(f),
-            OptionValue::Int(i) => i.fmt(f),
-            OptionValue::Float(x) => x.fmt(f),
-            OptionValue::Str(s) => s.fmt(f),
-        }
-    }
-}
-
 /// librdkafka's default of 300 s would still be a silent drop if we trusted it; we do not (a
 /// timed-out message is re-produced), but a shorter timeout surfaces an outage in the status
 /// sooner and bounds how long one record can hold the cursor.
@@ -105,12 +85,7 @@ impl KafkaConfig {
             errs.push("kafka.brokers: must not be empty (host:port[,host:port...])".into());
         }
         for (name, topic) in [("topic", &self.topic), ("faces_topic", &self.faces_topic)] {
-            if topic.is_empty()
-                || topic.len() > 249
-                || !topic
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-            {
+            if !valid_topic(topic) {
                 errs.push(format!(
                     "kafka.{name}: {topic:?} is not a valid topic name ([A-Za-z0-9._-], 1..=249)"
                 ));
@@ -164,24 +139,6 @@ impl KafkaConfig {
         c.set("enable.idempotence", "true");
         c.set("acks", "all");
         c
-    }
-}
-
-/// Why an option may not be given, if it may not: the delivery guarantee rests on these.
-/// Rejected in validation rather than warned about, because a warning in a log nobody reads
-/// would silently turn "delivered" into "maybe delivered".
-pub fn guarded_option(key: &str, value: &str) -> Option<String> {
-    let v = value.trim().to_ascii_lowercase();
-    match key {
-        "enable.idempotence" if v != "true" => {
-            Some("camgate requires the idempotent producer; it cannot be turned off".into())
-        }
-        "acks" | "request.required.acks" if v != "all" && v != "-1" => Some(
-            "camgate requires acks=all (an ack must mean replicated, not just received)".into(),
-        ),
-        "bootstrap.servers" | "metadata.broker.list" => Some("set kafka.brokers instead".into()),
-        "transactional.id" => Some("transactions are not supported by the camgate sink".into()),
-        _ => None,
     }
 }
 
