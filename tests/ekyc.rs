@@ -25,6 +25,7 @@ const REQ: &str = "MTCNN_REQUEST";
 const IF_REQ: &str = "INSIGHTFACE_REQUEST";
 const IF_REPLY: &str = "INSIGHTFACE_REPLY";
 const RESULT: &str = "EKYC_RESULT";
+const LICENSES: &str = "EKYC_LICENSES";
 const ALIGNED: usize = 112 * 112 * 3;
 
 fn fixture(name: &str) -> PathBuf {
@@ -90,9 +91,16 @@ impl Client {
     }
 
     fn send(&self, topic: &str, key: Option<&str>, value: &[u8]) {
+        self.send_to(topic, None, key, value)
+    }
+
+    fn send_to(&self, topic: &str, partition: Option<i32>, key: Option<&str>, value: &[u8]) {
         let mut r = BaseRecord::<str, [u8]>::to(topic).payload(value);
         if let Some(k) = key {
             r = r.key(k);
+        }
+        if let Some(p) = partition {
+            r = r.partition(p);
         }
         self.producer.send(r).map_err(|(e, _)| e).unwrap();
         self.producer.flush(Duration::from_secs(10)).unwrap();
@@ -189,6 +197,7 @@ fn topics(broker: &Tansu) {
     broker.create_topic(IF_REQ, 2);
     broker.create_topic(IF_REPLY, 1);
     broker.create_topic(RESULT, 1);
+    broker.create_topic(LICENSES, 1);
 }
 
 fn by_key<'a>(seen: &'a [(String, String, Value)], topic: &str, key: &str) -> Vec<&'a Value> {
@@ -450,4 +459,124 @@ fn split_mode_passes_aligned_faces_and_answers_them_too() {
         &json!({"request_api_type": "register_face", "client_id": 5})
     );
     assert_eq!(one(&seen, RESULT, "s-bad")["status"], json!(1));
+}
+
+/// One of the worker's health counters (`ekyc.<name>`), once its health file is readable.
+fn counter(dir: &Path, name: &str) -> Option<u64> {
+    let h: Value = serde_json::from_slice(&std::fs::read(dir.join("health.json")).ok()?).ok()?;
+    h["ekyc"][name].as_u64()
+}
+
+fn wait_for(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn results_for(seen: &[(String, String, Value)], keys: &[String]) -> bool {
+    keys.iter()
+        .all(|k| seen.iter().any(|(t, key, _)| t == RESULT && key == k))
+}
+
+/// Requests of one round: each on a partition of its own choosing (alternating), so that both
+/// workers get some whatever the key hashes to.
+fn round(client: &Client, tag: &str, n: usize, value: &[u8]) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let key = format!("{tag}-{i}");
+            client.send_to(REQ, Some(i as i32 % 2), Some(&key), value);
+            key
+        })
+        .collect()
+}
+
+/// Two `camgate run` workers in one group: the second one's arrival is a rebalance, a license
+/// registered on one is used by the other, and a worker killed with SIGKILL mid-request and
+/// started again (as systemd does) loses no request: every id gets a successful result.
+/// tansu 0.6 only: a member that expires while the group is formed leaves the dead member as
+/// the group's leader (the survivors are never given its partitions), unless another member
+/// joins first; so the killed worker is restarted within `session.timeout.ms`.
+#[test]
+fn two_workers_share_the_work_and_the_licenses_and_lose_nothing_to_a_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Tansu::start(dir.path());
+    topics(&broker);
+    let client = Client::new(&broker, &[(IF_REPLY, 1), (RESULT, 1)]);
+    let opts = "options = { \"session.timeout.ms\" = 15000, \"heartbeat.interval.ms\" = 500 }";
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let mut cfgs = Vec::new();
+    for d in [&a, &b] {
+        std::fs::create_dir_all(d).unwrap();
+        cfgs.push(config(d, &broker, opts));
+    }
+    let log = dir.path().join("workers.log");
+    let mut worker_a = spawn(&cfgs[0], &log);
+    let face = request("register_face", json!(9), jpeg("obama2.jpg"));
+    let compare = request("compare_face", json!(77), jpeg("obama2.jpg"));
+    client.send(
+        REQ,
+        Some("g-lic"),
+        &request("register_license", json!(77), jpeg("obama.jpg")),
+    );
+    let mut seen = Vec::new();
+    let mut all = vec!["g-lic".to_string()];
+    client.read_until(Duration::from_secs(180), &mut seen, |s| {
+        results_for(s, &all)
+    });
+    // The second worker joins (a rebalance) while requests keep coming.
+    let _worker_b = spawn(&cfgs[1], &log);
+    let mut warm = 0;
+    wait_for(
+        Duration::from_secs(180),
+        "worker b takes a partition",
+        || {
+            all.extend(round(&client, &format!("warm{warm}"), 2, &face));
+            warm += 1;
+            client.read_until(Duration::from_secs(5), &mut seen, |s| results_for(s, &all));
+            counter(&b, "received").unwrap_or(0) > 0
+        },
+    );
+    // compare_face on both partitions: b, which never saw the license, compares with it too.
+    let b_before = counter(&b, "received").unwrap();
+    let compares = round(&client, "cmp", 4, &compare);
+    client.read_until(Duration::from_secs(180), &mut seen, |s| {
+        results_for(s, &compares)
+    });
+    wait_for(Duration::from_secs(10), "b's counters", || {
+        counter(&b, "received").unwrap_or(0) > b_before
+    });
+    for k in &compares {
+        let r = one(&seen, RESULT, k);
+        assert_eq!(r["status"], json!(0), "{k}: {r}");
+        assert!(r["rate"].as_f64().unwrap() > 0.6, "{k}: {r}");
+    }
+    // SIGKILL a while it serves a round; started again at once.
+    let a_before = counter(&a, "received").unwrap_or(0);
+    let batch = round(&client, "kill", 12, &face);
+    wait_for(Duration::from_secs(60), "a reads the round", || {
+        counter(&a, "received").unwrap_or(0) > a_before
+    });
+    worker_a.0.kill().unwrap();
+    worker_a.0.wait().unwrap();
+    let _ = std::fs::remove_file(a.join("health.json"));
+    let _worker_a2 = spawn(&cfgs[0], &log);
+    all.extend(compares);
+    all.extend(batch);
+    client.read_until(Duration::from_secs(240), &mut seen, |s| {
+        results_for(s, &all)
+    });
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    let twice = all.iter().filter(|k| by_key(&seen, RESULT, k).len() > 1);
+    eprintln!(
+        "answered twice (at-least-once): {:?}",
+        twice.collect::<Vec<_>>()
+    );
+    for k in &all {
+        let r = by_key(&seen, RESULT, k);
+        assert!(!r.is_empty(), "no result for {k}; log:\n{log}");
+        // At-least-once: a request cut by the kill may be answered twice, the same way.
+        assert!(r.iter().all(|v| v["status"] == json!(0)), "{k}: {r:?}");
+    }
 }

@@ -211,18 +211,21 @@ impl Daemon {
     }
 
     pub fn health(&self, state: &str) -> HealthReport {
-        let mut r = health_report(
-            state,
-            self.cfg.health.interval_secs,
-            &self.cameras,
-            &self.outbox,
-            &self.sink_status,
-        );
-        r.hook = self.hook_health().map(|h| h.value());
-        r.vision = vision_health(&self.stage_counters);
-        r.transactions = transactions_health(&self.processor);
-        r.ekyc = ekyc_health(&self.ekyc_counters);
-        r
+        self.health_sources().report(state)
+    }
+
+    /// What the health file is read from, cloned once for the periodic writer.
+    fn health_sources(&self) -> HealthSources {
+        HealthSources {
+            interval_secs: self.cfg.health.interval_secs,
+            cameras: self.cameras.clone(),
+            outbox: self.outbox.clone(),
+            sink_status: self.sink_status.clone(),
+            hook: self.hook_health(),
+            stage: self.stage_counters.clone(),
+            processor: self.processor.clone(),
+            ekyc: self.ekyc_counters.clone(),
+        }
     }
 
     fn hook_health(&self) -> Option<HookHealth> {
@@ -237,14 +240,7 @@ impl Daemon {
     fn spawn_health(&self) -> tokio::task::JoinHandle<()> {
         let path = self.cfg.health.file.clone();
         let every = Duration::from_secs(self.cfg.health.interval_secs.max(1));
-        let cameras = self.cameras.clone();
-        let outbox = self.outbox.clone();
-        let sink_status = self.sink_status.clone();
-        let hook = self.hook_health();
-        let stage = self.stage_counters.clone();
-        let processor = self.processor.clone();
-        let ekyc = self.ekyc_counters.clone();
-        let interval_secs = self.cfg.health.interval_secs;
+        let sources = self.health_sources();
         let stop = self.intake_stop.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
@@ -254,13 +250,7 @@ impl Daemon {
                     _ = tick.tick() => {}
                     _ = stop.cancelled() => break,
                 }
-                let mut report =
-                    health_report("running", interval_secs, &cameras, &outbox, &sink_status);
-                report.hook = hook.as_ref().map(HookHealth::value);
-                report.vision = vision_health(&stage);
-                report.transactions = transactions_health(&processor);
-                report.ekyc = ekyc_health(&ekyc);
-                if let Err(e) = ops::write_health(&path, &report) {
+                if let Err(e) = ops::write_health(&path, &sources.report("running")) {
                     if !warned {
                         warn!(path = %path.display(), error = %e, "cannot write health file");
                         warned = true;
@@ -400,64 +390,65 @@ impl HookHealth {
     }
 }
 
-#[cfg(feature = "vision")]
-fn transactions_health(p: &Option<Arc<crate::gbds::run::Gbds>>) -> Option<serde_json::Value> {
-    p.as_ref()
-        .map(|g| serde_json::json!({ "queued": g.queued() }))
-}
-
-#[cfg(not(feature = "vision"))]
-fn transactions_health(_: &Option<()>) -> Option<serde_json::Value> {
-    None
-}
-
-#[cfg(all(feature = "vision", feature = "kafka"))]
-fn ekyc_health(c: &Option<Arc<crate::ekyc::worker::EkycCounters>>) -> Option<serde_json::Value> {
-    c.as_ref().and_then(|c| serde_json::to_value(&**c).ok())
-}
-
-#[cfg(not(all(feature = "vision", feature = "kafka")))]
-fn ekyc_health(_: &Option<Arc<()>>) -> Option<serde_json::Value> {
-    None
-}
-
-fn vision_health(c: &Option<Arc<crate::stage::StageCounters>>) -> Option<serde_json::Value> {
-    c.as_ref().and_then(|c| serde_json::to_value(&**c).ok())
-}
-
-fn health_report(
-    state: &str,
+/// The parts of the daemon the health file reports on.
+struct HealthSources {
     interval_secs: u64,
-    cameras: &[(String, Arc<CameraStatus>)],
-    outbox: &Outbox,
-    sink_status: &[(String, Arc<sinks::SinkStatus>)],
-) -> HealthReport {
-    let now = crate::clock::unix_now_ms();
-    let stats = outbox.stats();
-    HealthReport {
-        pid: std::process::id(),
-        version: env!("CARGO_PKG_VERSION").to_string(),
-        state: state.to_string(),
-        updated_ms: now,
-        interval_secs,
-        cameras: cameras
-            .iter()
-            .map(|(n, s)| NamedCamera::new(n, &s.snapshot()))
-            .collect(),
-        hook: None,
-        transactions: None,
-        sinks: sink_status
-            .iter()
-            .map(|(n, s)| {
-                (
-                    n.clone(),
-                    serde_json::to_value(s.snapshot(&stats, now)).unwrap_or_default(),
-                )
-            })
-            .collect(),
-        outbox: serde_json::to_value(stats).unwrap_or_default(),
-        vision: None,
-        ekyc: None,
+    cameras: Vec<(String, Arc<CameraStatus>)>,
+    outbox: Outbox,
+    sink_status: Vec<(String, Arc<sinks::SinkStatus>)>,
+    hook: Option<HookHealth>,
+    stage: Option<Arc<crate::stage::StageCounters>>,
+    #[cfg(feature = "vision")]
+    processor: Option<Arc<crate::gbds::run::Gbds>>,
+    #[cfg(not(feature = "vision"))]
+    processor: Option<()>,
+    #[cfg(all(feature = "vision", feature = "kafka"))]
+    ekyc: Option<Arc<crate::ekyc::worker::EkycCounters>>,
+    #[cfg(not(all(feature = "vision", feature = "kafka")))]
+    ekyc: Option<Arc<()>>,
+}
+
+/// A component's counters as its health section, when it runs.
+fn section<T: serde::Serialize>(c: &Option<Arc<T>>) -> Option<serde_json::Value> {
+    c.as_ref().and_then(|c| serde_json::to_value(&**c).ok())
+}
+
+impl HealthSources {
+    fn report(&self, state: &str) -> HealthReport {
+        let now = crate::clock::unix_now_ms();
+        let stats = self.outbox.stats();
+        #[cfg(feature = "vision")]
+        let transactions = self
+            .processor
+            .as_ref()
+            .map(|g| serde_json::json!({ "queued": g.queued() }));
+        #[cfg(not(feature = "vision"))]
+        let transactions = None;
+        HealthReport {
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            state: state.to_string(),
+            updated_ms: now,
+            interval_secs: self.interval_secs,
+            cameras: self
+                .cameras
+                .iter()
+                .map(|(n, s)| NamedCamera::new(n, &s.snapshot()))
+                .collect(),
+            hook: self.hook.as_ref().map(HookHealth::value),
+            transactions,
+            sinks: self
+                .sink_status
+                .iter()
+                .map(|(n, s)| {
+                    let snap = s.snapshot(&stats, now);
+                    (n.clone(), serde_json::to_value(snap).unwrap_or_default())
+                })
+                .collect(),
+            outbox: serde_json::to_value(stats).unwrap_or_default(),
+            vision: section(&self.stage),
+            ekyc: section(&self.ekyc),
+        }
     }
 }
 

@@ -202,6 +202,10 @@ enum BenchCmd {
     /// are scaled down or blurred, next to the same photos as they are; pose and score per pair.
     #[cfg(feature = "vision")]
     Quality(camgate::dev::bench::quality::QualityBenchArgs),
+    /// One EKYC worker (mock cluster; a real broker with --brokers): requests/s and request ->
+    /// result latency next to the face pipeline alone; its reply production next to a raw producer.
+    #[cfg(all(feature = "vision", feature = "kafka"))]
+    Ekyc(camgate::dev::bench::ekyc::EkycBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -446,6 +450,11 @@ fn bench(cmd: BenchCmd) -> Result<ExitCode> {
         BenchCmd::Quality(args) => {
             logging::init("error", true);
             bench::quality::run(args)?;
+        }
+        #[cfg(all(feature = "vision", feature = "kafka"))]
+        BenchCmd::Ekyc(args) => {
+            logging::init("error", true);
+            runtime()?.block_on(bench::ekyc::run(args))?;
         }
         #[cfg(feature = "vision")]
         BenchCmd::Gbds(args) => {

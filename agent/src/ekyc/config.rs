@@ -1,6 +1,6 @@
 //! `[ekyc]`: where the EKYC requests come from and the replies go. librdkafka's own options pass
-//! through (`options`, as in `[kafka]`) to both the consumer and the producer; only the settings
-//! the at-least-once answer rests on are refused there.
+//! through (`options`, as in `[kafka]`) to the consumer and the producer, each property to the
+//! kind of client it is for; only the settings the at-least-once answer rests on are refused.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -39,6 +39,11 @@ pub struct Topics {
     pub insightface_reply: String,
     /// The web side's result messages. Default `EKYC_RESULT`.
     pub result: String,
+    /// The last `register_license` face of each client, shared by every worker of the group
+    /// (keyed by the client id; make it compacted). A worker brings its copy up to date from it
+    /// before each `compare_face`. Default `EKYC_LICENSES`; empty: each worker keeps only the
+    /// licenses it registered itself (one worker, or a group that routes clients itself).
+    pub licenses: String,
 }
 
 impl Default for Topics {
@@ -48,6 +53,7 @@ impl Default for Topics {
             insightface_request: "INSIGHTFACE_REQUEST".into(),
             insightface_reply: "INSIGHTFACE_REPLY".into(),
             result: "EKYC_RESULT".into(),
+            licenses: "EKYC_LICENSES".into(),
         }
     }
 }
@@ -81,8 +87,8 @@ pub struct EkycConfig {
     /// Most clients whose license face is kept; the least recently registered go first.
     /// Default 10000 (37.6 KB each on disk).
     pub max_clients: usize,
-    /// librdkafka properties for the consumer and the producer, applied over camgate's
-    /// defaults. Refused: `enable.idempotence` and `acks` other than camgate's, `group.id`,
+    /// librdkafka properties, applied over camgate's defaults; a consumer-only or producer-only
+    /// one goes to that client alone (`net::kafka::scope`). Refused: `enable.idempotence` and `acks` other than camgate's, `group.id`,
     /// `enable.auto.commit`, `bootstrap.servers`, `transactional.id`.
     pub options: BTreeMap<String, OptionValue>,
     /// Retry delay while replies cannot be produced: floor and cap, milliseconds. Defaults 200
@@ -126,8 +132,10 @@ impl EkycConfig {
             ("insightface_request", &t.insightface_request),
             ("insightface_reply", &t.insightface_reply),
             ("result", &t.result),
+            ("licenses", &t.licenses),
         ] {
-            if !valid_topic(topic) {
+            let off = name == "licenses" && topic.is_empty();
+            if !off && !valid_topic(topic) {
                 errs.push(format!(
                     "ekyc.topics.{name}: {topic:?} is not a valid topic name ([A-Za-z0-9._-], 1..=249)"
                 ));
@@ -239,5 +247,23 @@ options = { }                # passed to librdkafka, as [kafka] options are
             assert!(all.contains(needle), "missing {needle} in {all}");
         }
         assert!(!all.contains("fetch.wait.max.ms"), "{all}");
+        assert!(!all.contains("ekyc.topics.licenses"), "{all}");
+    }
+
+    #[test]
+    fn licenses_are_shared_on_a_topic_unless_it_is_empty() {
+        let mut c = EkycConfig {
+            brokers: "b:1".into(),
+            ..EkycConfig::default()
+        };
+        assert_eq!(c.topics.licenses, "EKYC_LICENSES");
+        let mut errs = Vec::new();
+        c.topics.licenses = String::new();
+        c.validate(&mut errs);
+        assert!(errs.is_empty(), "{errs:?}");
+        c.topics.licenses = "no spaces".into();
+        c.validate(&mut errs);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].contains("ekyc.topics.licenses"), "{errs:?}");
     }
 }

@@ -6,9 +6,12 @@
 //!   replies as the bytes to produce).
 //! - `licenses`: the last `register_license` face of each client, on disk, bounded.
 //! - `serve`: what each request is answered with, given the face pipeline.
+//! - `feed`: the licenses every worker of the group shares, through a topic.
 //! - `worker`: the consumer-group member: read, answer, produce (acknowledged), commit.
 
 pub mod config;
+#[cfg(all(feature = "vision", feature = "kafka"))]
+pub mod feed;
 #[cfg(feature = "vision")]
 pub mod licenses;
 pub mod messages;

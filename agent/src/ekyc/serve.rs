@@ -25,12 +25,16 @@ pub enum Topic {
     InsightfaceRequest,
     InsightfaceReply,
     Result,
+    /// The group's shared licenses (`topics.licenses`), keyed by the client id.
+    License,
 }
 
-/// A record to produce, keyed by the request id.
+/// A record to produce.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reply {
     pub topic: Topic,
+    /// The record's key when it is not the request id.
+    pub key: Option<Vec<u8>>,
     pub value: Vec<u8>,
 }
 
@@ -57,7 +61,20 @@ pub struct Services {
 }
 
 fn reply(topic: Topic, value: Vec<u8>) -> Reply {
-    Reply { topic, value }
+    Reply {
+        topic,
+        key: None,
+        value,
+    }
+}
+
+/// A client's license as the shared record: the client id as JSON text, the aligned BGR face.
+fn license_record(client_id: &Value, face: &AlignedBgr) -> Reply {
+    Reply {
+        topic: Topic::License,
+        key: Some(client_id.to_string().into_bytes()),
+        value: face.0.clone(),
+    }
 }
 
 fn result(id: &str, api: Option<ApiType>, success: bool, rate: Option<f32>) -> Reply {
@@ -138,6 +155,11 @@ impl Services {
         self.licenses.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Keeps a license another worker of the group registered (read from the shared topic).
+    pub fn keep_license(&self, client_id: &Value, face: &AlignedBgr) -> Result<(), LicenseError> {
+        self.licenses().put(client_id, face)
+    }
+
     /// The usable faces, largest first.
     fn faces(&self, engine: &FaceEngine, img: &RgbImage) -> Result<Vec<Face>, String> {
         let inline = self.mode == Mode::Inline;
@@ -154,23 +176,17 @@ impl Services {
     /// An `MTCNN_REQUEST`: detect and align, then embed here (`inline`) or pass the aligned
     /// faces on (`split`).
     pub fn mtcnn(&self, engine: &FaceEngine, req: MtcnnRequest) -> Answer {
-        let MtcnnRequest {
-            request_id,
-            api,
-            client_id,
-            picture,
-        } = req;
-        let head = Head {
-            request_id,
-            api,
-            client_id,
-        };
-        let faces = decode(engine, picture).and_then(|img| self.faces(engine, &img));
+        let head = Head::of_mtcnn(&req);
+        let faces = decode(engine, req.picture).and_then(|img| self.faces(engine, &img));
         let (id, face) = match faces.and_then(|f| self.pick(&head, f)) {
             Ok(p) => p,
             Err(why) => return head.detector_failed(why),
         };
-        match self.mode {
+        let license = match (head.api, id.aligned()) {
+            (ApiType::RegisterLicense, Some(l)) => Some(license_record(&head.client_id, &l)),
+            _ => None,
+        };
+        let mut answer = match self.mode {
             Mode::Inline => match id.feature(engine) {
                 Ok(idf) => head.features(idf, face.and_then(|f| f.embedding)),
                 Err(why) => head.features_failed(why),
@@ -184,7 +200,10 @@ impl Services {
                     face.as_ref().and_then(bgr_of).as_ref(),
                 ),
             )]),
-        }
+        };
+        // Shared before the replies: the web side's next request may go to another worker.
+        answer.replies.splice(0..0, license);
+        answer
     }
 
     /// The faces the request's type takes (largest first: `face` the live one, `idface` the
@@ -235,11 +254,7 @@ impl Services {
                 .transpose()
         };
         let features = (embed(&req.idface), embed(&req.face));
-        let head = Head {
-            request_id: req.request_id,
-            api: req.api,
-            client_id: req.client_id,
-        };
+        let head = Head::of_insightface(&req);
         match features {
             (Ok(id), Ok(face)) => head.features(id, face),
             (Err(e), _) | (_, Err(e)) => head.features_failed(e),
@@ -276,13 +291,29 @@ impl Side {
 }
 
 /// What every reply repeats: the request's id, type and client.
-struct Head {
+pub struct Head {
     request_id: String,
     api: ApiType,
     client_id: Value,
 }
 
 impl Head {
+    pub fn of_mtcnn(r: &MtcnnRequest) -> Head {
+        Head {
+            request_id: r.request_id.clone(),
+            api: r.api,
+            client_id: r.client_id.clone(),
+        }
+    }
+
+    pub fn of_insightface(r: &InsightfaceRequest) -> Head {
+        Head {
+            request_id: r.request_id.clone(),
+            api: r.api,
+            client_id: r.client_id.clone(),
+        }
+    }
+
     /// The embedding side's reply and the web side's result from the features made.
     fn features(&self, id: Option<Vec<f32>>, face: Option<Vec<f32>>) -> Answer {
         let rate = match (&id, &face) {
@@ -302,13 +333,13 @@ impl Head {
     }
 
     /// The text's error messages on the embedding side: every feature of the type `null`.
-    fn features_failed(&self, why: String) -> Answer {
+    pub fn features_failed(&self, why: String) -> Answer {
         let value = msg::insightface_reply_value(self.api, &self.client_id, None, None);
         self.answer(value, false, None, Some(why))
     }
 
     /// The detector side's reply when it has no usable face: only the type and the client.
-    fn detector_failed(&self, why: String) -> Answer {
+    pub fn detector_failed(&self, why: String) -> Answer {
         let value = msg::detector_reply_value(self.api, &self.client_id);
         self.answer(value, false, None, Some(why))
     }

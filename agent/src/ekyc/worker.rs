@@ -20,9 +20,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::config::{EkycConfig, Service};
-use super::messages as msg;
-use super::serve::{poison_answer, Answer, Services, Topic};
+use super::feed::LicenseFeed;
+use super::messages::{self as msg, ApiType};
+use super::serve::{poison_answer, Answer, Head, Services, Topic};
 use crate::net::backoff::Backoff;
+use crate::net::kafka::{scope, Scope};
 use crate::vision::pool::VisionPool;
 
 #[derive(Debug, thiserror::Error)]
@@ -63,30 +65,47 @@ impl EkycCounters {
     }
 }
 
-fn client_config(cfg: &EkycConfig, gateway_id: &str) -> ClientConfig {
+/// camgate's defaults, then `options`, each only on the kind of client it is for.
+fn client_config(cfg: &EkycConfig, gateway_id: &str, kind: Scope) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("client.id", format!("camgate-ekyc-{gateway_id}"));
-    c.set("message.timeout.ms", "30000");
-    c.set("auto.offset.reset", "earliest");
+    match kind {
+        Scope::Producer => c.set("message.timeout.ms", "30000"),
+        // A broker that holds an empty fetch for its full wait even when a record arrives
+        // (tansu 0.6, librdkafka's mock cluster) would add up to that wait to every request:
+        // 100 ms instead of librdkafka's 500.
+        _ => c
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", "100"),
+    };
     for (k, v) in &cfg.options {
-        c.set(k.as_str(), v.to_string());
+        if scope(k).fits(kind) {
+            c.set(k.as_str(), v.to_string());
+        }
     }
     c.set("bootstrap.servers", cfg.brokers.as_str());
     c
 }
 
 fn consumer(cfg: &EkycConfig, gateway_id: &str) -> Result<StreamConsumer, EkycError> {
-    let mut c = client_config(cfg, gateway_id);
+    let mut c = client_config(cfg, gateway_id, Scope::Consumer);
     c.set("group.id", cfg.group_id.as_str());
     c.set("enable.auto.commit", "false");
     c.set("enable.auto.offset.store", "false");
     c.create().map_err(|e| EkycError::Client("consumer", e))
 }
 
-fn producer(cfg: &EkycConfig, gateway_id: &str) -> Result<FutureProducer, EkycError> {
-    let mut c = client_config(cfg, gateway_id);
+/// The replies' producer: idempotent, `acks=all`.
+pub fn producer(cfg: &EkycConfig, gateway_id: &str) -> Result<FutureProducer, EkycError> {
+    let mut c = client_config(cfg, gateway_id, Scope::Producer);
     c.set("enable.idempotence", "true");
     c.set("acks", "all");
+    // Each reply is awaited before the next, so nothing can be batched: waiting for more
+    // (librdkafka's default 5 ms) would only add to every reply's latency.
+    if !cfg.options.contains_key("linger.ms") && !cfg.options.contains_key("queue.buffering.max.ms")
+    {
+        c.set("linger.ms", "0");
+    }
     // A whole picture is never produced, but an aligned pair is 100 KB; leave room.
     c.set(
         "message.max.bytes",
@@ -100,6 +119,8 @@ pub struct Worker {
     gateway_id: String,
     pool: VisionPool,
     services: Arc<Services>,
+    /// The group's shared licenses (`topics.licenses`), unless that is empty.
+    feed: Option<Arc<Mutex<LicenseFeed>>>,
     pub counters: Arc<EkycCounters>,
 }
 
@@ -119,8 +140,20 @@ impl Worker {
         gateway_id: String,
         pool: VisionPool,
     ) -> Result<Worker, EkycError> {
+        let feed = match cfg.topics.licenses.as_str() {
+            "" => None,
+            topic => Some(
+                LicenseFeed::new(
+                    client_config(cfg, &gateway_id, Scope::Consumer),
+                    &cfg.group_id,
+                    topic,
+                )
+                .map_err(|e| EkycError::Client("license reader", e))?,
+            ),
+        };
         Ok(Worker {
             services: Arc::new(Services::open(cfg)?),
+            feed: feed.map(|f| Arc::new(Mutex::new(f))),
             cfg: cfg.clone(),
             gateway_id,
             pool,
@@ -170,10 +203,13 @@ impl Worker {
             };
             let Some(req) = req else { continue };
             self.counters.received.fetch_add(1, Ordering::Relaxed);
-            let Some(answer) = self.answer(&req).await else {
+            let Some(answer) = self.answer(&req, &stop).await else {
                 break;
             };
-            if !self.produce(&producer, &req, &answer, &stop).await {
+            if !self
+                .produce(&producer, req.key.as_deref(), &answer, &stop)
+                .await
+            {
                 break;
             }
             self.commit(&consumer, &req);
@@ -215,65 +251,123 @@ impl Worker {
         })
     }
 
-    /// The request's replies; `None` only when the pipeline is gone (shutting down).
-    async fn answer(&self, req: &Request) -> Option<Answer> {
-        let (key, value) = (req.key.as_deref(), req.value.as_slice());
-        let services = self.services.clone();
-        let answer = match req.service {
-            Service::Mtcnn => {
-                match msg::mtcnn_request(
-                    key,
-                    value,
-                    self.cfg.max_message_bytes,
-                    self.cfg.max_pixels,
-                ) {
-                    Ok(r) => self.pool.run(move |e| services.mtcnn(e, r)).await.ok()?,
-                    Err(p) => poison_answer(&p),
-                }
-            }
-            Service::Insightface => {
-                match msg::insightface_request(key, value, self.cfg.max_message_bytes) {
-                    Ok(r) => self
-                        .pool
-                        .run(move |e| services.insightface(e, r))
-                        .await
-                        .ok()?,
-                    Err(p) => poison_answer(&p),
-                }
-            }
+    /// The request's replies; `None` only when `stop` cut the pipeline's work (the request is
+    /// then left uncommitted). A failure of the pipeline itself (a panic on one picture) is that
+    /// request's error answer: it must not stall the partition nor end the worker.
+    async fn answer(&self, req: &Request, stop: &CancellationToken) -> Option<Answer> {
+        let ran = match req.service {
+            Service::Mtcnn => self.mtcnn(req, stop).await?,
+            Service::Insightface => self.insightface(req).await,
+        };
+        let answer = match ran {
+            Ok(a) => a,
+            Err(_) if stop.is_cancelled() => return None,
+            Err(failed) => failed,
         };
         if let Some(why) = &answer.error {
             self.counters.failed.fetch_add(1, Ordering::Relaxed);
             self.counters.error(why);
+            let id = String::from_utf8_lossy(req.key.as_deref().unwrap_or_default());
             warn!(topic = %req.topic, partition = req.partition, offset = req.offset,
-                request_id = %String::from_utf8_lossy(key.unwrap_or_default()), error = %why,
+                request_id = %id, error = %why,
                 "ekyc: request answered with an error");
         }
         Some(answer)
     }
 
-    fn reply_topic(&self, t: Topic) -> &str {
-        match t {
-            Topic::InsightfaceRequest => &self.cfg.topics.insightface_request,
-            Topic::InsightfaceReply => &self.cfg.topics.insightface_reply,
-            Topic::Result => &self.cfg.topics.result,
+    /// An `MTCNN_REQUEST`'s answer; `Err` holds the answer to a failure of the pipeline.
+    /// `None`: `stop` came while the shared licenses were being read.
+    async fn mtcnn(
+        &self,
+        req: &Request,
+        stop: &CancellationToken,
+    ) -> Option<Result<Answer, Answer>> {
+        let (max_bytes, max_pixels) = (self.cfg.max_message_bytes, self.cfg.max_pixels);
+        let r = match msg::mtcnn_request(req.key.as_deref(), &req.value, max_bytes, max_pixels) {
+            Ok(r) => r,
+            Err(p) => return Some(Ok(poison_answer(&p))),
+        };
+        if r.api == ApiType::CompareFace && !self.catch_up(stop).await {
+            return None;
+        }
+        let (head, services) = (Head::of_mtcnn(&r), self.services.clone());
+        let ran = self.pool.run(move |e| services.mtcnn(e, r)).await;
+        Some(ran.map_err(|e| head.detector_failed(format!("face pipeline: {e}"))))
+    }
+
+    /// An `INSIGHTFACE_REQUEST`'s answer; `Err` holds the answer to a failure of the pipeline.
+    async fn insightface(&self, req: &Request) -> Result<Answer, Answer> {
+        let max_bytes = self.cfg.max_message_bytes;
+        let r = match msg::insightface_request(req.key.as_deref(), &req.value, max_bytes) {
+            Ok(r) => r,
+            Err(p) => return Ok(poison_answer(&p)),
+        };
+        let (head, services) = (Head::of_insightface(&r), self.services.clone());
+        let ran = self.pool.run(move |e| services.insightface(e, r)).await;
+        ran.map_err(|e| head.features_failed(format!("face pipeline: {e}")))
+    }
+
+    /// Brings this worker's licenses up to date with the group's before a `compare_face`;
+    /// retried (with backoff) until it can be done, or `stop` (false): a stale license would
+    /// compare the live face with the wrong document.
+    async fn catch_up(&self, stop: &CancellationToken) -> bool {
+        let Some(feed) = &self.feed else { return true };
+        let mut backoff = self.backoff();
+        loop {
+            let (feed, services) = (feed.clone(), self.services.clone());
+            let read = tokio::task::spawn_blocking(move || {
+                let mut f = feed.lock().unwrap_or_else(|p| p.into_inner());
+                f.catch_up(&services, Duration::from_secs(10))
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+            match read {
+                Ok(n) => {
+                    debug!(read = n, "ekyc: shared licenses up to date");
+                    return true;
+                }
+                Err(e) => {
+                    self.counters.error(&e);
+                    warn!(error = %e, "ekyc: cannot read the shared licenses; retrying");
+                }
+            }
+            self.pause(&mut backoff, stop).await;
+            if stop.is_cancelled() {
+                return false;
+            }
         }
     }
 
-    /// Produces the replies in order, each acknowledged before the next; retries (with backoff)
-    /// until they are, or `stop` (false).
-    async fn produce(
+    /// Where a reply goes; `None` for a license when they are not shared.
+    fn reply_topic(&self, t: Topic) -> Option<&str> {
+        let topics = &self.cfg.topics;
+        match t {
+            Topic::InsightfaceRequest => Some(&topics.insightface_request),
+            Topic::InsightfaceReply => Some(&topics.insightface_reply),
+            Topic::Result => Some(&topics.result),
+            Topic::License => Some(topics.licenses.as_str()).filter(|t| !t.is_empty()),
+        }
+    }
+
+    /// Produces the replies in order (keyed by `key`, the request id, unless a reply has its
+    /// own), each acknowledged before the next; retries (with backoff) until they are, or
+    /// `stop` (false).
+    pub async fn produce(
         &self,
         producer: &FutureProducer,
-        req: &Request,
+        key: Option<&[u8]>,
         answer: &Answer,
         stop: &CancellationToken,
     ) -> bool {
         let mut backoff = self.backoff();
         for r in &answer.replies {
+            let Some(topic) = self.reply_topic(r.topic) else {
+                continue;
+            };
             loop {
-                let mut record = FutureRecord::to(self.reply_topic(r.topic)).payload(&r.value);
-                if let Some(k) = &req.key {
+                let mut record = FutureRecord::to(topic).payload(&r.value);
+                if let Some(k) = r.key.as_deref().or(key) {
                     record = record.key(k);
                 }
                 let sent = tokio::select! {

@@ -109,7 +109,7 @@ pub async fn run(args: FacesBenchArgs) -> Result<(), BenchError> {
     Ok(())
 }
 
-fn tempfile_dir() -> Result<std::path::PathBuf, BenchError> {
+pub(super) fn tempfile_dir() -> Result<std::path::PathBuf, BenchError> {
     let d = std::env::temp_dir().join(format!(
         "camgate-bench-faces-{}-{}",
         std::process::id(),
@@ -300,15 +300,15 @@ fn pictures() -> Result<Vec<(String, Bytes)>, BenchError> {
             let name = p
                 .file_name()
                 .map_or(String::new(), |n| n.to_string_lossy().into_owned());
-            let frame = frame_1080p(&std::fs::read(&p)?)?;
+            let frame = framed(&std::fs::read(&p)?, 1920, 1080)?;
             Ok((format!("{name} in 1920x1080"), Bytes::from(frame)))
         })
         .collect()
 }
 
-fn frame_1080p(photo: &[u8]) -> Result<Vec<u8>, BenchError> {
+/// `photo` scaled to fit a `w`×`h` frame, grey around it, as a JPEG of quality 90.
+pub(super) fn framed(photo: &[u8], w: u32, h: u32) -> Result<Vec<u8>, BenchError> {
     use image::imageops::{overlay, resize, FilterType};
-    let (w, h) = (1920u32, 1080u32);
     let img = image::load_from_memory(photo).map_err(other)?.to_rgb8();
     let s = (w as f32 / img.width() as f32).min(h as f32 / img.height() as f32);
     let (sw, sh) = (
@@ -332,7 +332,7 @@ fn frame_1080p(photo: &[u8]) -> Result<Vec<u8>, BenchError> {
 
 /// The reference: the same pictures through the pipeline one by one (decode, detect, embed);
 /// seconds per picture.
-fn reference_pass(
+pub(super) fn reference_pass(
     engine: &FaceEngine,
     pics: &[(String, Bytes)],
     n: usize,

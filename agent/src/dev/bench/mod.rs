@@ -7,6 +7,8 @@
 //!    the child. Reference: the same cameras acked at once by a bare in-process client (no
 //!    outbox), i.e. what the network and TLS alone cost.
 
+#[cfg(all(feature = "vision", feature = "kafka"))]
+pub mod ekyc;
 #[cfg(feature = "vision")]
 pub mod faces;
 #[cfg(feature = "vision")]
