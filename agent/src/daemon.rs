@@ -62,8 +62,6 @@ pub struct Daemon {
     api: Option<ApiServer>,
     #[cfg(feature = "vision")]
     processor: Option<Arc<crate::gbds::run::Gbds>>,
-    #[cfg(not(feature = "vision"))]
-    processor: Option<()>,
     /// The hook cameras' subscription tasks, stopped first at shutdown (before unsubscribing).
     reconcilers: (CancellationToken, JoinSet<()>),
     sink_tasks: JoinSet<()>,
@@ -107,7 +105,7 @@ impl Daemon {
         let mut stage_counters = None;
         #[cfg_attr(not(feature = "vision"), allow(unused_mut))]
         let mut api = None;
-        #[cfg_attr(not(feature = "vision"), allow(unused_mut))]
+        #[cfg(feature = "vision")]
         let mut processor = None;
         #[cfg_attr(not(all(feature = "vision", feature = "kafka")), allow(unused_mut))]
         let mut ekyc_counters = None;
@@ -158,6 +156,7 @@ impl Daemon {
             camera_tasks,
             hook,
             api,
+            #[cfg(feature = "vision")]
             processor,
             reconcilers,
             sink_tasks,
@@ -223,6 +222,7 @@ impl Daemon {
             sink_status: self.sink_status.clone(),
             hook: self.hook_health(),
             stage: self.stage_counters.clone(),
+            #[cfg(feature = "vision")]
             processor: self.processor.clone(),
             ekyc: self.ekyc_counters.clone(),
         }
@@ -400,8 +400,6 @@ struct HealthSources {
     stage: Option<Arc<crate::stage::StageCounters>>,
     #[cfg(feature = "vision")]
     processor: Option<Arc<crate::gbds::run::Gbds>>,
-    #[cfg(not(feature = "vision"))]
-    processor: Option<()>,
     #[cfg(all(feature = "vision", feature = "kafka"))]
     ekyc: Option<Arc<crate::ekyc::worker::EkycCounters>>,
     #[cfg(not(all(feature = "vision", feature = "kafka")))]

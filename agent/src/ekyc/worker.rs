@@ -70,7 +70,9 @@ fn client_config(cfg: &EkycConfig, gateway_id: &str, kind: Scope) -> ClientConfi
     let mut c = ClientConfig::new();
     c.set("client.id", format!("camgate-ekyc-{gateway_id}"));
     match kind {
-        Scope::Producer => c.set("message.timeout.ms", "30000"),
+        // Each reply is awaited before the next, so nothing can be batched: waiting for more
+        // (librdkafka's default 5 ms) would only add to every reply's latency.
+        Scope::Producer => c.set("message.timeout.ms", "30000").set("linger.ms", "0"),
         // A broker that holds an empty fetch for its full wait even when a record arrives
         // (tansu 0.6, librdkafka's mock cluster) would add up to that wait to every request:
         // 100 ms instead of librdkafka's 500.
@@ -100,12 +102,6 @@ pub fn producer(cfg: &EkycConfig, gateway_id: &str) -> Result<FutureProducer, Ek
     let mut c = client_config(cfg, gateway_id, Scope::Producer);
     c.set("enable.idempotence", "true");
     c.set("acks", "all");
-    // Each reply is awaited before the next, so nothing can be batched: waiting for more
-    // (librdkafka's default 5 ms) would only add to every reply's latency.
-    if !cfg.options.contains_key("linger.ms") && !cfg.options.contains_key("queue.buffering.max.ms")
-    {
-        c.set("linger.ms", "0");
-    }
     // A whole picture is never produced, but an aligned pair is 100 KB; leave room.
     c.set(
         "message.max.bytes",

@@ -23,8 +23,8 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::faces::{engine, framed, other, reference_pass, tempfile_dir};
-use super::{fixture_images, median, BenchError};
+use super::faces::{engine, other, pictures, reference_pass, tempfile_dir};
+use super::{median, BenchError};
 use crate::ekyc::config::{EkycConfig, Topics};
 use crate::ekyc::messages::{self as msg, ApiType};
 use crate::ekyc::serve::{Answer, Reply, Topic};
@@ -66,20 +66,11 @@ fn run_config(brokers: &str, dir: &std::path::Path) -> EkycConfig {
     }
 }
 
-/// The fixture JPEGs, each framed in 1616×948.
-fn pictures() -> Result<Vec<bytes::Bytes>, BenchError> {
-    fixture_images()?
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
-        .map(|p| Ok(framed(&std::fs::read(p)?, W, H)?.into()))
-        .collect()
-}
-
-fn requests(pics: &[bytes::Bytes], n: usize) -> Vec<Vec<u8>> {
+fn requests(pics: &[(String, bytes::Bytes)], n: usize) -> Vec<Vec<u8>> {
     (0..n)
         .map(|i| {
             let v = json!({"request_api_type": "register_face", "client_id": i,
-                "image_shape": [H, W, 3], "image": B64.encode(&pics[i % pics.len()])});
+                "image_shape": [H, W, 3], "image": B64.encode(&pics[i % pics.len()].1)});
             serde_json::to_vec(&v).expect("JSON")
         })
         .collect()
@@ -321,16 +312,14 @@ async fn measure(
 pub async fn run(args: EkycBenchArgs) -> Result<(), BenchError> {
     let engine = Arc::new(engine().ok_or_else(|| other("the face models cannot be loaded"))?);
     let pool = VisionPool::new(engine.clone());
-    let pics = pictures()?;
+    let pics = pictures(W, H)?;
     let reqs = requests(&pics, args.requests.max(1));
     let mock = MockCluster::new(1).map_err(other)?;
     println!(
         "ekyc bench: register_face requests of {W}x{H} JPEGs (q90) of the {} fixture photos, inline mode, one worker",
         pics.len()
     );
-    let named: Vec<(String, bytes::Bytes)> =
-        pics.iter().map(|p| (String::new(), p.clone())).collect();
-    let per_pic = reference_pass(&engine, &named, args.requests.max(pics.len()))?;
+    let per_pic = reference_pass(&engine, &pics, args.requests.max(pics.len()))?;
     let reference = Reference {
         mean_ms: per_pic.iter().sum::<f64>() / per_pic.len() as f64 * 1e3,
         median_ms: median(per_pic) * 1e3,

@@ -290,9 +290,9 @@ pub(super) fn other(e: impl std::fmt::Display) -> BenchError {
     BenchError::Other(e.to_string())
 }
 
-/// The fixture photos as a door camera sends them: each scaled to fit a 1920x1080 frame (grey
+/// The fixture photos as a door camera sends them: each scaled to fit a `w`×`h` frame (grey
 /// around it) and encoded as JPEG at quality 90.
-fn pictures() -> Result<Vec<(String, Bytes)>, BenchError> {
+pub(super) fn pictures(w: u32, h: u32) -> Result<Vec<(String, Bytes)>, BenchError> {
     super::fixture_images()?
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
@@ -300,14 +300,14 @@ fn pictures() -> Result<Vec<(String, Bytes)>, BenchError> {
             let name = p
                 .file_name()
                 .map_or(String::new(), |n| n.to_string_lossy().into_owned());
-            let frame = framed(&std::fs::read(&p)?, 1920, 1080)?;
-            Ok((format!("{name} in 1920x1080"), Bytes::from(frame)))
+            let frame = framed(&std::fs::read(&p)?, w, h)?;
+            Ok((format!("{name} in {w}x{h}"), Bytes::from(frame)))
         })
         .collect()
 }
 
 /// `photo` scaled to fit a `w`×`h` frame, grey around it, as a JPEG of quality 90.
-pub(super) fn framed(photo: &[u8], w: u32, h: u32) -> Result<Vec<u8>, BenchError> {
+fn framed(photo: &[u8], w: u32, h: u32) -> Result<Vec<u8>, BenchError> {
     use image::imageops::{overlay, resize, FilterType};
     let img = image::load_from_memory(photo).map_err(other)?.to_rgb8();
     let s = (w as f32 / img.width() as f32).min(h as f32 / img.height() as f32);
@@ -353,7 +353,7 @@ async fn stage(args: &FacesBenchArgs, dir: &Path) -> Result<(), BenchError> {
         println!("stage: skipped (no models in ./models or $CAMGATE_MODELS)");
         return Ok(());
     };
-    let pics = pictures()?;
+    let pics = pictures(1920, 1080)?;
     let names: Vec<&str> = pics.iter().map(|p| p.0.as_str()).collect();
     println!("stage: pictures {names:?} served over TLS by a simulated camera, one vision worker");
     // The reference runs before and after the stage: a shared machine that changes speed
